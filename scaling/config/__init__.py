@@ -1,0 +1,1 @@
+"""Run configuration: typed sections, the resolved DeepSpeed JSON, and validation before launch."""

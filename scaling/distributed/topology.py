@@ -1,0 +1,78 @@
+"""Parallel layout of a job: pure arithmetic, testable without a process group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from scaling.errors import ConfigError, Problem
+
+
+@dataclass(frozen=True)
+class Topology:
+    """How `world_size` processes split into data-, tensor- and pipeline-parallel groups.
+
+    The pipeline axis is outermost and the tensor axis innermost, as DeepSpeed's PipeModelDataParallelTopology
+    lays them out: consecutive ranks form a tensor-parallel group, so they share a node when they can.
+    """
+
+    world_size: int
+    """Total number of processes."""
+    tensor_parallel: int = 1
+    """Processes that split each layer's weights (AutoTP)."""
+    pipeline_stages: int = 1
+    """Processes that each hold a contiguous slice of the layers."""
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(problems, header="invalid parallel layout")
+
+    def problems(self) -> list[Problem]:
+        out = []
+        for name, value in (
+            ("world_size", self.world_size),
+            ("tensor_parallel", self.tensor_parallel),
+            ("pipeline_stages", self.pipeline_stages),
+        ):
+            if not isinstance(value, int) or value < 1:
+                out.append(Problem(name, "must be a positive integer", value))
+        if out:
+            return out
+        model_parallel = self.tensor_parallel * self.pipeline_stages
+        if self.world_size % model_parallel:
+            out.append(
+                Problem(
+                    "parallel",
+                    f"tensor_parallel({self.tensor_parallel}) * pipeline_stages({self.pipeline_stages}) = "
+                    f"{model_parallel} does not divide WORLD_SIZE({self.world_size})",
+                    fix="choose degrees whose product divides the number of processes",
+                )
+            )
+        return out
+
+    @property
+    def data_parallel(self) -> int:
+        return self.world_size // (self.tensor_parallel * self.pipeline_stages)
+
+    def coordinates(self, rank: int) -> tuple[int, int, int]:
+        """(pipeline stage, data-parallel rank, tensor-parallel rank) of a global rank."""
+        if not 0 <= rank < self.world_size:
+            raise ValueError(f"rank {rank} outside world of {self.world_size}")
+        tp_rank = rank % self.tensor_parallel
+        dp_rank = (rank // self.tensor_parallel) % self.data_parallel
+        stage = rank // (self.tensor_parallel * self.data_parallel)
+        return stage, dp_rank, tp_rank
+
+    def data_rank(self, rank: int) -> int:
+        """Which share of the data a rank reads: tensor-parallel peers and pipeline stages read the same."""
+        return self.coordinates(rank)[1]
+
+    def global_batch(self, micro_batch: int, grad_accum: int) -> int:
+        """Samples per optimizer step: micro x accumulation x data-parallel size."""
+        return micro_batch * grad_accum * self.data_parallel
+
+    def describe(self) -> str:
+        return (
+            f"world {self.world_size} = dp {self.data_parallel} x tp {self.tensor_parallel}"
+            f" x pp {self.pipeline_stages}"
+        )
