@@ -1,0 +1,443 @@
+"""Resolve a DeepSpeed JSON config for one run: load (preset or file), apply `--set` overrides, fill
+`"auto"` values from the run options, and check that explicit values agree with explicit options.
+
+Every leaf of the result carries its source, so `scaling config explain` can say where each value came from.
+All problems are collected and raised together as one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from scaling.config.sections import LR_SCHEDULES, PRECISIONS
+from scaling.errors import ConfigError, Problem
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+DEFAULT_PRESET = "zero2"
+AUTO = "auto"
+
+
+@dataclass(kw_only=True, frozen=True)
+class RunValues:
+    """The run options that DeepSpeed JSON values must agree with (or are filled from, where `"auto"`)."""
+
+    micro_batch: int = 8
+    """Samples per rank per forward pass."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    lr: float = 5e-4
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    eps: float = 1e-8
+    """Adam epsilon."""
+    warmup_steps: int = 0
+    """Linear warmup steps."""
+    total_steps: int = 1000
+    """Optimizer steps of the whole run (for decay schedules)."""
+    lr_schedule: str = "linear"
+    """linear, cosine or constant."""
+    min_lr_ratio: float = 0.0
+    """Cosine floor as a fraction of lr."""
+    clip_grad: float = 1.0
+    """Gradient-norm clip (0: off)."""
+    precision: str = "bf16"
+    """fp32, bf16 or fp16."""
+    world_size: int = 1
+    """Processes in the job."""
+    tensor_parallel: int = 1
+    """AutoTP degree."""
+    pipeline_stages: int = 1
+    """Pipeline degree."""
+    hidden_size: int | None = None
+    """Model width, for the bucket sizes HF fills for `"auto"` ZeRO knobs."""
+    cpu_only: bool = True
+    """No CUDA device: use torch's AdamW instead of JIT-built fused/CPU Adam ops."""
+    explicit: frozenset[str] = frozenset()
+    """Names of the fields above that the user set on the command line (others yield to the JSON)."""
+
+    @property
+    def data_parallel(self) -> int:
+        return max(1, self.world_size // (self.tensor_parallel * self.pipeline_stages))
+
+
+@dataclass
+class ResolvedDeepSpeed:
+    """The final JSON every rank gets, where each value came from, and the run values after adoption."""
+
+    config: dict[str, Any]
+    sources: dict[str, str]
+    run: RunValues
+    origin: str
+    """The preset name or file path the config started from."""
+
+
+@dataclass
+class _Resolver:
+    config: dict[str, Any]
+    sources: dict[str, str]
+    run: RunValues
+    problems: list[Problem] = field(default_factory=list)
+    adopted: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, path: str) -> Any:
+        node: Any = self.config
+        for part in path.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def put(self, path: str, value: Any, source: str) -> None:
+        parts = path.split(".")
+        node = self.config
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+        self.sources[path] = source
+
+    def bind(self, path: str, run_field: str, run_value: Any, *, option: str) -> None:
+        """Tie a JSON key to a run option: fill it when `"auto"`/absent, adopt it when the option was not
+        given, or report a mismatch when both were given and differ."""
+        current = self.get(path)
+        explicit = run_field in self.run.explicit
+        label = f"{'option' if explicit else 'default of'} {option}"
+        if current is None or current == AUTO:
+            self.put(path, run_value, f"{label} (filled 'auto')" if current == AUTO else label)
+            return
+        if _same(current, run_value):
+            return
+        if explicit:
+            self.problems.append(
+                Problem(
+                    path,
+                    f"contradicts {option} {_fmt(run_value)}",
+                    current,
+                    fix=f'set it to "auto" or drop {option}',
+                )
+            )
+        else:
+            self.adopted[run_field] = current
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def _fmt(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+# -- loading -----------------------------------------------------------------------------------------------
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def locate(spec: str | None) -> tuple[Path, str]:
+    """A preset name or a JSON path -> (file, label used as the source of its values)."""
+    name = spec or DEFAULT_PRESET
+    path = Path(name)
+    if path.suffix == ".json" or path.exists() or "/" in name:
+        if not path.is_file():
+            raise ConfigError([Problem("--ds-config", "no such file", name)])
+        return path, f"file {path}"
+    preset = PRESET_DIR / f"{name}.json"
+    if not preset.is_file():
+        raise ConfigError(
+            [
+                Problem(
+                    "--ds-config",
+                    "neither a file nor a preset",
+                    name,
+                    fix=f"presets: {', '.join(list_presets())}",
+                )
+            ]
+        )
+    return preset, f"preset {name}"
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    """Parse JSON strictly: syntax errors with line and column, duplicate keys named."""
+    text = path.read_text(encoding="utf-8")
+    duplicates: list[Problem] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                duplicates.append(
+                    Problem(key, f"duplicate key in {path} (the last one would silently win)", value)
+                )
+            out[key] = value
+        return out
+
+    try:
+        data = json.loads(text, object_pairs_hook=pairs)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            [Problem(str(path), f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}")]
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [Problem(str(path), "a DeepSpeed config must be a JSON object", type(data).__name__)]
+        )
+    if duplicates:
+        raise ConfigError(duplicates)
+    return data
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b.c=VALUE`: VALUE is JSON when it parses (numbers, true, null, lists), else a plain string."""
+    if "=" not in item:
+        raise ConfigError([Problem("--set", "expected KEY=VALUE with a dotted KEY", item)])
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError([Problem("--set", "empty key segment", item)])
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key, value
+
+
+def apply_overrides(config: dict[str, Any], overrides: Iterable[str], sources: dict[str, str]) -> None:
+    for item in overrides:
+        key, value = parse_override(item)
+        node = config
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = value
+        for stale in [k for k in sources if k == key or k.startswith(key + ".")]:
+            del sources[stale]
+        for leaf in _leaves(value, key):
+            sources[leaf] = f"--set {item}"
+
+
+def _leaves(value: Any, prefix: str) -> Iterable[str]:
+    if isinstance(value, dict) and value:
+        for k, v in value.items():
+            yield from _leaves(v, f"{prefix}.{k}")
+    else:
+        yield prefix
+
+
+# -- resolution ----------------------------------------------------------------------------------------------
+
+
+def resolve_deepspeed(
+    spec: str | dict[str, Any] | None, overrides: Iterable[str], run: RunValues
+) -> ResolvedDeepSpeed:
+    """Load, override, fill and check. Raises ConfigError listing every problem found."""
+    if isinstance(spec, dict):
+        raw, origin = copy.deepcopy(spec), "inline"
+    else:
+        path, origin = locate(spec)
+        raw = load_json(path)
+    sources = {leaf: origin for leaf in _leaves(raw, "")}
+    sources = {k.lstrip("."): v for k, v in sources.items()}
+    apply_overrides(raw, overrides, sources)
+
+    problems = [*validate_run_values(run)]
+    r = _Resolver(raw, sources, run)
+    _bind_batch(r)
+    _bind_precision(r)
+    r.bind("gradient_clipping", "clip_grad", run.clip_grad, option="--clip-grad")
+    _bind_optimizer(r)
+    _bind_scheduler(r)
+    _fill_zero_autos(r)
+    r.config.setdefault("steps_per_print", 10**9)  # our own logger reports; DeepSpeed's would duplicate it
+    r.sources.setdefault("steps_per_print", "derived (scaling logs metrics itself)")
+    r.config.setdefault("wall_clock_breakdown", False)
+    r.sources.setdefault("wall_clock_breakdown", "derived")
+
+    problems.extend(r.problems)
+    problems.extend(
+        Problem(path, "still 'auto' after resolution", AUTO, fix="give a value")
+        for path in _autos_left(r.config)
+    )
+    if problems:
+        raise ConfigError(problems, header=f"DeepSpeed config ({origin})")
+    final_run = replace(run, **r.adopted) if r.adopted else run
+    return ResolvedDeepSpeed(config=r.config, sources=r.sources, run=final_run, origin=origin)
+
+
+def validate_run_values(run: RunValues) -> list[Problem]:
+    out = []
+    if run.precision not in PRECISIONS:
+        out.append(Problem("--precision", f"must be one of {', '.join(PRECISIONS)}", run.precision))
+    if run.lr_schedule not in LR_SCHEDULES:
+        out.append(Problem("--lr-schedule", f"must be one of {', '.join(LR_SCHEDULES)}", run.lr_schedule))
+    if run.warmup_steps > run.total_steps:
+        out.append(Problem("--warmup-steps", f"exceeds the run's {run.total_steps} steps", run.warmup_steps))
+    return out
+
+
+def _bind_batch(r: _Resolver) -> None:
+    run = r.run
+    r.bind("train_micro_batch_size_per_gpu", "micro_batch", run.micro_batch, option="--micro-batch")
+    r.bind("gradient_accumulation_steps", "grad_accum", run.grad_accum, option="--grad-accum")
+    micro = _as_int(r.adopted.get("micro_batch", run.micro_batch))
+    accum = _as_int(r.adopted.get("grad_accum", run.grad_accum))
+    dp = run.data_parallel
+    expected = None if micro is None or accum is None else micro * accum * dp
+    current = r.get("train_batch_size")
+    if current is None or current == AUTO:
+        if expected is not None:
+            r.put("train_batch_size", expected, f"derived: micro {micro} x accum {accum} x dp {dp}")
+    elif expected is not None and current != expected:
+        r.problems.append(
+            Problem(
+                "train_batch_size",
+                f"!= train_micro_batch_size_per_gpu({micro}) * gradient_accumulation_steps({accum})"
+                f" * data_parallel_size({dp}) = {expected}",
+                current,
+                fix='set it to "auto" or to the product',
+            )
+        )
+
+
+def _as_int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _bind_precision(r: _Resolver) -> None:
+    precision = r.run.precision
+    explicit = "precision" in r.run.explicit
+    for mode in ("bf16", "fp16"):
+        enabled = r.get(f"{mode}.enabled")
+        wanted = precision == mode
+        if enabled is None or enabled == AUTO:
+            label = f"{'option' if explicit else 'default of'} --precision"
+            r.put(f"{mode}.enabled", wanted, label + (" (filled 'auto')" if enabled == AUTO else ""))
+        elif enabled is not wanted:
+            if explicit:
+                r.problems.append(
+                    Problem(
+                        f"{mode}.enabled",
+                        f"contradicts --precision {precision}",
+                        enabled,
+                        fix='set it to "auto" or drop --precision',
+                    )
+                )
+            elif enabled is True:
+                r.adopted["precision"] = mode
+    if r.get("bf16.enabled") is True and r.get("fp16.enabled") is True:
+        r.problems.append(Problem("fp16.enabled", "bf16 and fp16 are both enabled", True, fix="enable one"))
+    if "precision" in r.adopted:  # JSON decided: make the other mode agree
+        chosen = r.adopted["precision"]
+        other = "fp16" if chosen == "bf16" else "bf16"
+        if r.get(f"{other}.enabled") is not True:
+            r.put(f"{other}.enabled", False, f"derived from {chosen}.enabled")
+
+
+def _bind_optimizer(r: _Resolver) -> None:
+    run = r.run
+    if r.get("optimizer") is None:
+        r.put("optimizer.type", "AdamW", "derived (no optimizer section)")
+    r.bind("optimizer.params.lr", "lr", run.lr, option="--lr")
+    r.bind("optimizer.params.weight_decay", "weight_decay", run.weight_decay, option="--weight-decay")
+    r.bind("optimizer.params.betas", "betas", list(run.betas), option="--betas")
+    r.bind("optimizer.params.eps", "eps", run.eps, option="--eps")
+    if isinstance(r.adopted.get("betas"), list):
+        r.adopted["betas"] = tuple(r.adopted["betas"])
+    kind = str(r.get("optimizer.type") or "").lower()
+    if run.cpu_only and kind in {"adam", "adamw"} and r.get("optimizer.params.torch_adam") is None:
+        # DeepSpeed would JIT-compile a fused CPU Adam (~50 s on 2 cores); torch's AdamW is the same maths.
+        r.put("optimizer.params.torch_adam", True, "derived (no CUDA: torch AdamW instead of a JIT-built op)")
+        if kind == "adamw":
+            r.put("optimizer.params.adam_w_mode", True, "derived (AdamW)")
+
+
+SCHEDULERS = {"linear": "WarmupDecayLR", "cosine": "WarmupCosineLR", "constant": "WarmupLR"}
+
+
+def _bind_scheduler(r: _Resolver) -> None:
+    run = r.run
+    if r.get("scheduler") is None:
+        r.put(
+            "scheduler.type",
+            SCHEDULERS[run.lr_schedule] if run.lr_schedule in SCHEDULERS else "WarmupDecayLR",
+            f"{'option' if 'lr_schedule' in run.explicit else 'default of'} --lr-schedule",
+        )
+    elif r.get("scheduler.type") not in (None, AUTO) and "lr_schedule" in run.explicit:
+        wanted = SCHEDULERS.get(run.lr_schedule)
+        if wanted and r.get("scheduler.type") != wanted:
+            r.problems.append(
+                Problem(
+                    "scheduler.type",
+                    f"contradicts --lr-schedule {run.lr_schedule} ({wanted})",
+                    r.get("scheduler.type"),
+                    fix="drop the scheduler section or --lr-schedule",
+                )
+            )
+    kind = r.get("scheduler.type")
+    r.bind("scheduler.params.warmup_num_steps", "warmup_steps", run.warmup_steps, option="--warmup-steps")
+    if r.get("scheduler.params.warmup_type") is None:
+        r.put("scheduler.params.warmup_type", "linear", "derived (DeepSpeed's default is log)")
+    lr = r.adopted.get("lr", run.lr)
+    if kind in ("WarmupDecayLR", "WarmupLR"):
+        _fill(r, "scheduler.params.warmup_max_lr", lr, "derived from the optimizer lr")
+        _fill(r, "scheduler.params.warmup_min_lr", 0.0, "derived (warmup starts at 0)")
+    if kind in ("WarmupDecayLR", "WarmupCosineLR"):
+        r.bind("scheduler.params.total_num_steps", "total_steps", run.total_steps, option="--max-steps")
+    if kind == "WarmupCosineLR":
+        _fill(r, "scheduler.params.warmup_min_ratio", 0.0, "derived (warmup starts at 0)")
+        r.bind("scheduler.params.cos_min_ratio", "min_lr_ratio", run.min_lr_ratio, option="--min-lr-ratio")
+
+
+def _fill(r: _Resolver, path: str, value: Any, source: str) -> None:
+    current = r.get(path)
+    if current is None or current == AUTO:
+        r.put(path, value, source + (" (filled 'auto')" if current == AUTO else ""))
+
+
+def _fill_zero_autos(r: _Resolver) -> None:
+    # The HF Trainer's rule for these knobs: sized from the model width.
+    hidden = r.run.hidden_size
+    rules = {
+        "zero_optimization.reduce_bucket_size": (lambda h: h * h),
+        "zero_optimization.stage3_prefetch_bucket_size": (lambda h: int(0.9 * h * h)),
+        "zero_optimization.stage3_param_persistence_threshold": (lambda h: 10 * h),
+    }
+    for path, rule in rules.items():
+        if r.get(path) == AUTO:
+            if hidden is None:
+                r.problems.append(
+                    Problem(
+                        path,
+                        "'auto' needs the model's hidden size",
+                        AUTO,
+                        fix="give a number, or a model whose config has hidden_size",
+                    )
+                )
+            else:
+                r.put(path, rule(hidden), f"derived from hidden_size {hidden} (HF rule)")
+
+
+def _autos_left(node: Any, prefix: str = "") -> Iterable[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _autos_left(value, f"{prefix}.{key}" if prefix else key)
+    elif node == AUTO:
+        yield prefix
