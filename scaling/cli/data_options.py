@@ -21,7 +21,9 @@ def data_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--eval-data", "eval_data", multiple=True, metavar="SPEC", help="Held-out source spec."),
         click.option("--seq-len", type=click.IntRange(min=8), default=128, show_default=True),
-        click.option("--label-column", default="label", show_default=True, help="Label field/column for seq-cls."),
+        click.option(
+            "--label-column", default="label", show_default=True, help="Label field/column for seq-cls."
+        ),
         click.option("--packing/--no-packing", default=True, show_default=True),
         click.option(
             "--cross-doc-attention/--no-cross-doc-attention",

@@ -12,12 +12,20 @@ from scaling import __version__
 
 # name -> (module, attribute, one-line help shown by `scaling --help` without importing the module)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("scaling.cli.train", "train", "Train an HF model with DeepSpeed (one process, or via the launcher)."),
+    "train": (
+        "scaling.cli.train",
+        "train",
+        "Train an HF model with DeepSpeed (one process, or via the launcher).",
+    ),
     "export": ("scaling.cli.export", "export", "Turn a training checkpoint into an HF model directory."),
     "config": ("scaling.cli.config", "config", "Validate, resolve, explain and edit DeepSpeed JSON configs."),
     "estimate": ("scaling.cli.estimate", "estimate", "Estimate per-GPU and per-node memory for a run."),
     "tokenizer": ("scaling.cli.tokenizer", "tokenizer", "Train and inspect tokenizers."),
-    "preprocess": ("scaling.cli.preprocess", "preprocess", "Tokenize and pack sources into memory-mapped shards."),
+    "preprocess": (
+        "scaling.cli.preprocess",
+        "preprocess",
+        "Tokenize and pack sources into memory-mapped shards.",
+    ),
     "checkpoint": ("scaling.cli.checkpoint", "checkpoint", "Inspect, verify and reshape checkpoints."),
     "compress": ("scaling.cli.compress", "compress", "Quantize, distill, prune, evaluate and report."),
     "launch": ("scaling.cli.launch", "launch", "Validate once, then start a multi-node run."),

@@ -377,7 +377,7 @@ def _bind_scheduler(r: _Resolver) -> None:
     if r.get("scheduler") is None:
         r.put(
             "scheduler.type",
-            SCHEDULERS[run.lr_schedule] if run.lr_schedule in SCHEDULERS else "WarmupDecayLR",
+            SCHEDULERS.get(run.lr_schedule, "WarmupDecayLR"),
             f"{'option' if 'lr_schedule' in run.explicit else 'default of'} --lr-schedule",
         )
     elif r.get("scheduler.type") not in (None, AUTO) and "lr_schedule" in run.explicit:

@@ -28,7 +28,9 @@ class LaunchEnv:
     """True when a launcher started this process (RANK and WORLD_SIZE are set), even for a job of one."""
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] | None = None, local_rank: int | None = None) -> LaunchEnv:
+    def from_environ(
+        cls, environ: Mapping[str, str] | None = None, local_rank: int | None = None
+    ) -> LaunchEnv:
         env = os.environ if environ is None else environ
         lr = local_rank if local_rank is not None and local_rank >= 0 else int(env.get("LOCAL_RANK", "0"))
         return cls(
