@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from scaling.config.schema import Degrees, check_cross, check_schema
 from scaling.config.sections import LR_SCHEDULES, PRECISIONS
 from scaling.errors import ConfigError, Problem
 
@@ -59,6 +60,8 @@ class RunValues:
     """Pipeline degree."""
     hidden_size: int | None = None
     """Model width, for the bucket sizes HF fills for `"auto"` ZeRO knobs."""
+    num_heads: int | None = None
+    """Attention heads of the model, when known: the tensor-parallel degree must divide them."""
     cpu_only: bool = True
     """No CUDA device: use torch's AdamW instead of JIT-built fused/CPU Adam ops."""
     explicit: frozenset[str] = frozenset()
@@ -78,6 +81,8 @@ class ResolvedDeepSpeed:
     run: RunValues
     origin: str
     """The preset name or file path the config started from."""
+    notes: list[Problem] = field(default_factory=list)
+    """Advice that does not block the run: deprecated keys DeepSpeed 0.19.8 still accepts."""
 
 
 @dataclass
@@ -100,7 +105,10 @@ class _Resolver:
         parts = path.split(".")
         node = self.config
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                return  # a section of the wrong type: the schema check has reported it already
+            node = child
         node[parts[-1]] = value
         self.sources[path] = source
 
@@ -258,8 +266,13 @@ def resolve_deepspeed(
     sources = {k.lstrip("."): v for k, v in sources.items()}
     apply_overrides(raw, overrides, sources)
 
-    problems = [*validate_run_values(run)]
+    # The strict schema runs first, on what the user wrote; the resolver then skips what it has flagged, so one
+    # defect is reported once, and every defect in the same run.
+    schema_problems, notes = check_schema(raw)
+    flagged = {p.path for p in schema_problems}
+    problems = [*schema_problems, *validate_run_values(run)]
     r = _Resolver(raw, sources, run)
+    _bind_parallel(r)
     _bind_batch(r)
     _bind_precision(r)
     r.bind("gradient_clipping", "clip_grad", run.clip_grad, option="--clip-grad")
@@ -271,15 +284,25 @@ def resolve_deepspeed(
     r.config.setdefault("wall_clock_breakdown", False)
     r.sources.setdefault("wall_clock_breakdown", "derived")
 
-    problems.extend(r.problems)
+    _fix_zero_warmup(r)
+    problems.extend(p for p in r.problems if p.path not in flagged)
+    flagged |= {p.path for p in problems}
+    final_run = replace(run, **r.adopted) if r.adopted else run
+    degrees = Degrees(
+        world_size=final_run.world_size,
+        tensor_parallel=final_run.tensor_parallel,
+        pipeline_stages=final_run.pipeline_stages,
+        num_heads=final_run.num_heads,
+    )
+    problems.extend(check_cross(r.config, degrees, skip=flagged))
     problems.extend(
         Problem(path, "still 'auto' after resolution", AUTO, fix="give a value")
         for path in _autos_left(r.config)
+        if path not in flagged
     )
     if problems:
         raise ConfigError(problems, header=f"DeepSpeed config ({origin})")
-    final_run = replace(run, **r.adopted) if r.adopted else run
-    return ResolvedDeepSpeed(config=r.config, sources=r.sources, run=final_run, origin=origin)
+    return ResolvedDeepSpeed(config=r.config, sources=r.sources, run=final_run, origin=origin, notes=notes)
 
 
 def validate_run_values(run: RunValues) -> list[Problem]:
@@ -293,13 +316,31 @@ def validate_run_values(run: RunValues) -> list[Problem]:
     return out
 
 
+def _bind_parallel(r: _Resolver) -> None:
+    # Only where the user wrote the section: DeepSpeed's own defaults need no value, and an AutoTP section
+    # with autotp_size > 1 switches AutoTP on.
+    if isinstance(r.get("pipeline"), dict):
+        r.bind("pipeline.stages", "pipeline_stages", r.run.pipeline_stages, option="--pipeline-stages")
+    if isinstance(r.get("tensor_parallel"), dict):
+        r.bind(
+            "tensor_parallel.autotp_size",
+            "tensor_parallel",
+            r.run.tensor_parallel,
+            option="--tensor-parallel",
+        )
+    for name in ("pipeline_stages", "tensor_parallel"):
+        if name in r.adopted and (_as_int(r.adopted[name]) or 0) < 1:
+            del r.adopted[name]  # a wrong type or 0: reported by the schema, keep the option's value
+
+
 def _bind_batch(r: _Resolver) -> None:
     run = r.run
+    layout = {k: v for k, v in r.adopted.items() if k in ("pipeline_stages", "tensor_parallel")}
     r.bind("train_micro_batch_size_per_gpu", "micro_batch", run.micro_batch, option="--micro-batch")
     r.bind("gradient_accumulation_steps", "grad_accum", run.grad_accum, option="--grad-accum")
     micro = _as_int(r.adopted.get("micro_batch", run.micro_batch))
     accum = _as_int(r.adopted.get("grad_accum", run.grad_accum))
-    dp = run.data_parallel
+    dp = replace(run, **layout).data_parallel if layout else run.data_parallel
     expected = None if micro is None or accum is None else micro * accum * dp
     current = r.get("train_batch_size")
     if current is None or current == AUTO:
@@ -404,6 +445,23 @@ def _bind_scheduler(r: _Resolver) -> None:
     if kind == "WarmupCosineLR":
         _fill(r, "scheduler.params.warmup_min_ratio", 0.0, "derived (warmup starts at 0)")
         r.bind("scheduler.params.cos_min_ratio", "min_lr_ratio", run.min_lr_ratio, option="--min-lr-ratio")
+
+
+def _fix_zero_warmup(r: _Resolver) -> None:
+    # DeepSpeed's warmup schedulers raise on warmup_num_steps == 0. One warmup step that starts at the peak
+    # lr is the same schedule as none (the first step runs at lr either way).
+    kind = r.get("scheduler.type")
+    if (
+        kind not in ("WarmupLR", "WarmupDecayLR", "WarmupCosineLR")
+        or r.get("scheduler.params.warmup_num_steps") != 0
+    ):
+        return
+    why = "derived (DeepSpeed rejects 0 warmup steps: 1 step starting at the peak lr)"
+    r.put("scheduler.params.warmup_num_steps", 1, why)
+    if kind == "WarmupCosineLR":
+        r.put("scheduler.params.warmup_min_ratio", 1.0, why)
+    else:
+        r.put("scheduler.params.warmup_min_lr", r.get("scheduler.params.warmup_max_lr"), why)
 
 
 def _fill(r: _Resolver, path: str, value: Any, source: str) -> None:
