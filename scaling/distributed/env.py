@@ -20,6 +20,8 @@ class LaunchEnv:
     """Rank within this node; selects the device."""
     world_size: int = 1
     """Number of processes in the job."""
+    local_world_size: int = 1
+    """Number of processes of this job on this node (they share its cores)."""
     master_addr: str = "127.0.0.1"
     """Address of rank 0's rendezvous."""
     master_port: int = 29500
@@ -37,6 +39,10 @@ class LaunchEnv:
             rank=int(env.get("RANK", "0")),
             local_rank=lr,
             world_size=int(env.get("WORLD_SIZE", "1")),
+            # torchrun says LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE
+            local_world_size=int(
+                env.get("LOCAL_WORLD_SIZE", env.get("LOCAL_SIZE", env.get("WORLD_SIZE", "1")))
+            ),
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
             master_port=int(env.get("MASTER_PORT", "29500")),
             launched="RANK" in env and "WORLD_SIZE" in env,

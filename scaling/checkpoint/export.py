@@ -1,0 +1,113 @@
+"""Export a training checkpoint (any ZeRO stage) to a plain HF model directory with safetensors.
+
+Runs in one process on the files alone: no process group, no DeepSpeed engine.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from scaling.checkpoint.manager import MODEL_DIR, saved_run_config
+from scaling.checkpoint.store import CheckpointRef, ref_from_path, verify
+from scaling.errors import CheckpointError
+
+
+def consolidated_state_dict(ref: CheckpointRef) -> dict[str, Any]:
+    """Full fp32 weights, gathered from whatever partitioning the checkpoint was saved with."""
+    import torch
+
+    run = saved_run_config(ref)
+    stage = int(run["deepspeed"].get("zero_optimization", {}).get("stage", 0))
+    if stage > 0:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(ref.root), tag=ref.tag)
+    # Stage 0 keeps the whole module in one file; with bf16 the fp32 master copy lives in the optimizer
+    # state, which is what training continues from, so prefer it when present.
+    states = torch.load(ref.path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    module = states["module"]
+    master = _bf16_master_weights(ref, module)
+    return {k: (master.get(k, v)).float() for k, v in module.items()}
+
+
+def _bf16_master_weights(ref: CheckpointRef, module: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    files = sorted(ref.path.glob("bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"))
+    if not files:
+        return {}
+    optim = torch.load(files[0], map_location="cpu", weights_only=False)
+    osd = optim.get("optimizer_state_dict", {})
+    groups = osd.get("single_partition_of_fp32_groups")
+    shapes = optim.get("param_shapes")
+    if groups is None or shapes is None:
+        return {}
+    out = {}
+    for flat, group_shapes in zip(groups, shapes, strict=False):
+        offset = 0
+        for name, shape in group_shapes.items():
+            numel = int(torch.Size(shape).numel())
+            out[name] = flat[offset : offset + numel].view(shape).clone()
+            offset += numel
+    return out
+
+
+def export_checkpoint(checkpoint: Path, output_dir: Path, *, safe_serialization: bool = True) -> Path:
+    """Write `output_dir` as an HF model directory (config, safetensors, tokenizer) from a checkpoint.
+
+    `checkpoint` may be a step directory, a checkpoints root or a run directory. The directory appears
+    complete or not at all: it is assembled beside the target and renamed into place.
+    """
+    from scaling.models.load import model_class_for
+
+    ref = ref_from_path(Path(checkpoint))
+    verify(ref.path, hashes=True)
+    run = saved_run_config(ref)
+    model_dir = ref.ours / MODEL_DIR
+    if not (model_dir / "config.json").is_file():
+        raise CheckpointError(f"{ref.path}: no model config saved in {model_dir}")
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    state = consolidated_state_dict(ref)
+    model = model_class_for(run["model"]["task"]).from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    missing = [k for k in missing if k not in tied and not _is_tied_copy(model, k)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{ref.path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=safe_serialization)
+        for file in model_dir.iterdir():
+            if file.name != "config.json" and file.is_file():
+                shutil.copy2(file, staging / file.name)
+        (staging / "scaling_export.json").write_text(
+            json.dumps(
+                {"checkpoint": str(ref.path), "step": ref.step, "task": run["model"]["task"]}, indent=1
+            )
+            + "\n",
+            encoding="utf-8",
+        )
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def _is_tied_copy(model: Any, key: str) -> bool:
+    # transformers 5 describes ties as a mapping target -> source; a missing target whose tensor is shared
+    # with a loaded one is fine.
+    tied = getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or {}
+    return key in tied

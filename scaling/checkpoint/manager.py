@@ -1,0 +1,109 @@
+"""Save and load complete training checkpoints: DeepSpeed's engine state plus our per-rank state.
+
+All ranks call `save`/`load`; only rank 0 commits (manifest, `latest`, retention).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from scaling.checkpoint.store import (
+    CheckpointRef,
+    atomic_write_text,
+    is_complete,
+    publish_latest,
+    retain,
+    tag_for,
+    verify,
+    write_manifest,
+)
+from scaling.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+MODEL_DIR = "model"  # inside OURS: HF config + tokenizer, so a checkpoint exports without the run directory
+
+
+@dataclass
+class CheckpointManager:
+    """Saves into `root` (OUTPUT/checkpoints) and keeps the newest `keep_last` committed checkpoints."""
+
+    root: Path
+    rank: int
+    keep_last: int
+
+    def save(
+        self,
+        engine: Any,
+        *,
+        step: int,
+        rank_state: dict[str, Any],
+        run_config_json: str,
+        hf_config: Any,
+        tokenizer: PreTrainedTokenizerBase,
+        barrier: Any,
+    ) -> CheckpointRef:
+        import torch
+
+        ref = CheckpointRef(self.root, tag_for(step))
+        if is_complete(ref.path):  # this step is already committed (e.g. saved just before a resume)
+            return ref
+        if self.rank == 0:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if ref.path.exists():  # an interrupted save of this very step: start it over
+                shutil.rmtree(ref.path)
+        barrier()
+        engine.save_checkpoint(
+            str(self.root), tag=ref.tag, client_state={"scaling_step": step}, save_latest=False
+        )
+        ref.ours.mkdir(parents=True, exist_ok=True)
+        rank_file = ref.ours / f"rank{self.rank:05d}.pt"
+        tmp = rank_file.with_name(rank_file.name + ".tmp")
+        torch.save(rank_state, tmp)
+        os.replace(tmp, rank_file)
+        if self.rank == 0:
+            atomic_write_text(ref.ours / "run_config.json", run_config_json)
+            model_dir = ref.ours / MODEL_DIR
+            model_dir.mkdir(exist_ok=True)
+            hf_config.save_pretrained(model_dir)
+            tokenizer.save_pretrained(model_dir)
+        barrier()  # every rank's files are on disk before the commit marker describes them
+        if self.rank == 0:
+            write_manifest(ref.path, step=step)
+            publish_latest(ref)
+            retain(self.root, self.keep_last)
+        barrier()
+        return ref
+
+    def load(self, engine: Any, ref: CheckpointRef, *, load_optimizer: bool = True) -> dict[str, Any]:
+        """Restore engine state and return this rank's own state."""
+        import torch
+
+        if self.rank == 0:
+            verify(ref.path, hashes=True)
+        rank_file = ref.ours / f"rank{self.rank:05d}.pt"
+        if not rank_file.is_file():
+            saved = sorted(ref.ours.glob("rank*.pt"))
+            raise CheckpointError(
+                f"{ref.path} was saved by {len(saved)} rank(s) and has no state for rank {self.rank}; "
+                "resume with the same number of processes, or reshape it (scaling checkpoint reshape)"
+            )
+        path, _ = engine.load_checkpoint(
+            str(ref.root),
+            tag=ref.tag,
+            load_optimizer_states=load_optimizer,
+            load_lr_scheduler_states=load_optimizer,
+        )
+        if path is None:
+            raise CheckpointError(f"DeepSpeed could not load {ref.path}")
+        return torch.load(rank_file, map_location="cpu", weights_only=False)
+
+
+def saved_run_config(ref: CheckpointRef) -> dict[str, Any]:
+    return json.loads((ref.ours / "run_config.json").read_text(encoding="utf-8"))

@@ -1,0 +1,195 @@
+"""The whole run, resolved once: typed sections plus the final DeepSpeed JSON and where its values came from.
+
+It is written to OUTPUT/run_config.json before any rank starts and into every checkpoint; ranks started by
+`scaling train`/`scaling launch` read that file instead of re-parsing the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scaling.config.deepspeed import ResolvedDeepSpeed, RunValues, resolve_deepspeed
+from scaling.config.sections import (
+    ON_NAN,
+    TASKS,
+    CheckpointConfig,
+    DeepSpeedSource,
+    LogConfig,
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+)
+from scaling.data.config import DataConfig
+from scaling.errors import ConfigError, Problem
+
+RUN_CONFIG_FILE = "run_config.json"
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Everything a rank needs to run, with nothing left to infer."""
+
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig
+    checkpoint: CheckpointConfig
+    log: LogConfig
+    parallel: ParallelConfig
+    deepspeed_source: DeepSpeedSource
+    world_size: int
+    """Processes the run was resolved for."""
+    total_steps: int
+    """Optimizer steps of the whole run."""
+    deepspeed: dict[str, Any] = field(default_factory=dict)
+    """The final DeepSpeed JSON every rank passes to deepspeed.initialize."""
+    deepspeed_sources: dict[str, str] = field(default_factory=dict)
+    """Dotted key -> where its value came from."""
+
+    @property
+    def output(self) -> Path:
+        return Path(self.checkpoint.output)
+
+    @property
+    def zero_stage(self) -> int:
+        return int(self.deepspeed.get("zero_optimization", {}).get("stage", 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        optim = dict(data["optim"])
+        optim["betas"] = tuple(optim["betas"])
+        return cls(
+            model=ModelConfig(**data["model"]),
+            data=DataConfig(**data["data"]),
+            optim=OptimConfig(**optim),
+            checkpoint=CheckpointConfig(**data["checkpoint"]),
+            log=LogConfig(**data["log"]),
+            parallel=ParallelConfig(**data["parallel"]),
+            deepspeed_source=DeepSpeedSource(**data["deepspeed_source"]),
+            world_size=data["world_size"],
+            total_steps=data["total_steps"],
+            deepspeed=data["deepspeed"],
+            deepspeed_sources=data["deepspeed_sources"],
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+# Run option name -> OptimConfig field it feeds (and RunValues field it is checked against).
+_RUN_VALUE_FIELDS = {
+    "micro_batch": "micro_batch",
+    "grad_accum": "grad_accum",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "betas": "betas",
+    "eps": "eps",
+    "warmup_steps": "warmup_steps",
+    "lr_schedule": "lr_schedule",
+    "min_lr_ratio": "min_lr_ratio",
+    "clip_grad": "clip_grad",
+    "precision": "precision",
+}
+
+
+def check_sections(
+    model: ModelConfig, data: DataConfig, optim: OptimConfig, ckpt: CheckpointConfig
+) -> list[Problem]:
+    """Checks of the typed sections that need no file reads beyond existence."""
+    problems = []
+    if model.task not in TASKS:
+        problems.append(Problem("--task", f"must be one of {', '.join(TASKS)}", model.task))
+    if optim.on_nan not in ON_NAN:
+        problems.append(Problem("--on-nan", f"must be one of {', '.join(ON_NAN)}", optim.on_nan))
+    if not data.train:
+        problems.append(Problem("--data", "at least one training source is required"))
+    if optim.max_steps is None and optim.epochs is None:
+        problems.append(Problem("--max-steps", "give --max-steps or --epochs"))
+    if optim.max_steps is not None and optim.max_steps < 1:
+        problems.append(Problem("--max-steps", "must be at least 1", optim.max_steps))
+    if optim.epochs is not None and optim.epochs <= 0:
+        problems.append(Problem("--epochs", "must be positive", optim.epochs))
+    if ckpt.keep_last < 1:
+        problems.append(Problem("--keep-last", "must keep at least 1 checkpoint", ckpt.keep_last))
+    return problems
+
+
+def resolve_run(
+    *,
+    model: ModelConfig,
+    data: DataConfig,
+    optim: OptimConfig,
+    checkpoint: CheckpointConfig,
+    log: LogConfig,
+    parallel: ParallelConfig,
+    deepspeed_source: DeepSpeedSource,
+    world_size: int,
+    explicit: frozenset[str],
+    hidden_size: int | None,
+    total_steps: int,
+    cpu_only: bool,
+) -> RunConfig:
+    """Resolve the DeepSpeed JSON against the run options and return the complete run.
+
+    `explicit` names the options the user typed (others yield to values written in the JSON).
+    Raises ConfigError with every problem found.
+    """
+    problems = check_sections(model, data, optim, checkpoint)
+    run_values = RunValues(
+        micro_batch=optim.micro_batch,
+        grad_accum=optim.grad_accum,
+        lr=optim.lr,
+        weight_decay=optim.weight_decay,
+        betas=optim.betas,
+        eps=optim.eps,
+        warmup_steps=optim.warmup_steps,
+        total_steps=total_steps,
+        lr_schedule=optim.lr_schedule,
+        min_lr_ratio=optim.min_lr_ratio,
+        clip_grad=optim.clip_grad,
+        precision=optim.precision,
+        world_size=world_size,
+        tensor_parallel=parallel.tensor_parallel,
+        pipeline_stages=parallel.pipeline_stages,
+        hidden_size=hidden_size,
+        cpu_only=cpu_only,
+        explicit=frozenset(name for name in explicit if name in _RUN_VALUE_FIELDS)
+        | (
+            frozenset({"total_steps"})
+            if optim.max_steps is not None and "max_steps" in explicit
+            else frozenset()
+        ),
+    )
+    resolved: ResolvedDeepSpeed | None = None
+    try:
+        resolved = resolve_deepspeed(deepspeed_source.config, deepspeed_source.overrides, run_values)
+    except ConfigError as err:
+        problems.extend(err.problems)
+    if problems:
+        raise ConfigError(problems, header="cannot start this run")
+    assert resolved is not None
+    adopted = {name: getattr(resolved.run, name) for name in _RUN_VALUE_FIELDS}
+    optim = dataclasses.replace(optim, **adopted)
+    return RunConfig(
+        model=model,
+        data=data,
+        optim=optim,
+        checkpoint=checkpoint,
+        log=log,
+        parallel=parallel,
+        deepspeed_source=deepspeed_source,
+        world_size=world_size,
+        total_steps=resolved.run.total_steps,
+        deepspeed=resolved.config,
+        deepspeed_sources=resolved.sources,
+    )

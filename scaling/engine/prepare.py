@@ -1,0 +1,145 @@
+"""Turn a run request (what the user typed) into a resolved RunConfig, once, before ranks start.
+
+Two phases: `validate` is cheap (no data read, no model built) and reports every config problem together;
+`materialize` does the work that must happen exactly once per run (train or load the tokenizer, count the
+data when the length is given in epochs) and writes OUTPUT/run_config.json for the ranks to read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from scaling.config.run import RUN_CONFIG_FILE, RunConfig, resolve_run
+from scaling.config.sections import (
+    CheckpointConfig,
+    DeepSpeedSource,
+    LogConfig,
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+)
+from scaling.data.config import DataConfig
+from scaling.errors import ConfigError, Problem
+
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass(kw_only=True)
+class RunRequest:
+    """The run as the user asked for it, before anything is derived."""
+
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig
+    checkpoint: CheckpointConfig
+    log: LogConfig
+    parallel: ParallelConfig
+    deepspeed_source: DeepSpeedSource
+    world_size: int
+    """Processes the run will have."""
+    explicit: frozenset[str]
+    """Options typed on the command line; the rest are defaults that yield to the DeepSpeed JSON."""
+
+
+def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfig:
+    """Resolve everything that needs no data: raises ConfigError listing every problem."""
+    from scaling.models import describe_source, hf_config_for
+    from scaling.models.load import hidden_size_of
+
+    problems: list[Problem] = []
+    hidden = None
+    try:
+        hidden = hidden_size_of(hf_config_for(describe_source(request.model.source)))
+    except ConfigError as err:
+        problems.extend(err.problems)
+    if request.model.tokenizer is not None and not Path(request.model.tokenizer).is_dir():
+        problems.append(Problem("--tokenizer", "no such tokenizer directory", request.model.tokenizer))
+    steps = total_steps or request.optim.max_steps or 1
+    try:
+        run = resolve_run(
+            model=request.model,
+            data=request.data,
+            optim=request.optim,
+            checkpoint=request.checkpoint,
+            log=request.log,
+            parallel=request.parallel,
+            deepspeed_source=request.deepspeed_source,
+            world_size=request.world_size,
+            explicit=request.explicit,
+            hidden_size=hidden,
+            total_steps=steps,
+            cpu_only=not _cuda_available(),
+        )
+    except ConfigError as err:
+        problems.extend(err.problems)
+        raise ConfigError(problems, header="cannot start this run") from None
+    if problems:
+        raise ConfigError(problems, header="cannot start this run")
+    return run
+
+
+def materialize(request: RunRequest) -> RunConfig:
+    """Validate, prepare the tokenizer and the run length, and write OUTPUT/run_config.json."""
+    from scaling.data import build_tokenizer, build_train_stream
+    from scaling.distributed import Topology
+
+    run = validate(request)
+    output = run.output
+    output.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = output / TOKENIZER_DIR
+    if tokenizer_dir.is_dir() and any(tokenizer_dir.iterdir()):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    else:
+        tokenizer = build_tokenizer(
+            run.model.source,
+            run.model.tokenizer,
+            run.data,
+            task=run.model.task,
+            vocab_size=run.model.vocab_size,
+            save_dir=tokenizer_dir,
+        )
+        tokenizer.save_pretrained(tokenizer_dir)
+    request = dataclasses.replace(
+        request, model=dataclasses.replace(request.model, tokenizer=str(tokenizer_dir.resolve()))
+    )
+    total_steps = run.optim.max_steps
+    if total_steps is None:
+        topology = Topology(
+            world_size=run.world_size,
+            tensor_parallel=run.parallel.tensor_parallel,
+            pipeline_stages=run.parallel.pipeline_stages,
+        )
+        stream = build_train_stream(
+            run.data,
+            tokenizer,
+            task=run.model.task,
+            micro_batch=run.optim.micro_batch,
+            dp_rank=0,
+            dp_size=topology.data_parallel,
+            seed=run.optim.seed,
+        )
+        per_epoch = stream.steps_per_epoch(run.optim.grad_accum)
+        assert run.optim.epochs is not None
+        total_steps = max(1, math.ceil(per_epoch * run.optim.epochs))
+    run = validate(request, total_steps=total_steps)
+    write_run_config(run)
+    return run
+
+
+def write_run_config(run: RunConfig) -> Path:
+    from scaling.checkpoint.store import atomic_write_text
+
+    path = run.output / RUN_CONFIG_FILE
+    atomic_write_text(path, run.to_json())
+    return path
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

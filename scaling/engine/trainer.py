@@ -1,0 +1,456 @@
+"""The training loop: DeepSpeed engine around an HF model, fed by the data stream, saving resumable
+checkpoints, logging from rank 0.
+
+Exactness across a resume rests on three things: the engine state (weights, optimizer, scheduler) that
+DeepSpeed restores; the data stream's own state (where each rank's sources stand); and randomness that is a
+function of position, not of history: every micro-step reseeds torch from (seed, step, micro-step, rank).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from scaling.checkpoint.manager import CheckpointManager
+from scaling.checkpoint.store import CheckpointRef, resolve_resume
+from scaling.config.run import RunConfig
+from scaling.distributed.env import LaunchEnv
+from scaling.distributed.topology import Topology
+from scaling.engine import dist as dist_setup
+from scaling.engine.metrics import MetricsSink, memory_stats
+from scaling.errors import UserError
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run saved and stopped on SIGTERM; `--resume auto` continues it
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN/inf and the run was told to stop (`--on-nan stop`)."""
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; a checkpoint was saved at the step boundary."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"preempted: saved step {step} to {checkpoint}; resume with --resume auto")
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports back to its caller."""
+
+    final_step: int
+    final_loss: float | None
+    checkpoint: Path | None
+    export_dir: Path | None
+    skipped_nonfinite: int
+    eval: dict[str, float] = field(default_factory=dict)
+
+
+def position_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """A seed that depends only on where we are in the run, so dropout replays exactly after a resume."""
+    return int(np.random.SeedSequence([seed, step, micro, rank]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+class _SigtermFlag:
+    """Records SIGTERM instead of dying mid-step; the loop saves at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _SigtermFlag:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread (e.g. inside a test harness thread): nothing to catch
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.raised = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train(run: RunConfig, env: LaunchEnv) -> TrainResult:
+    """Run (or resume) the training described by `run` in this process, as rank `env.rank`."""
+    dist_setup.init_process_group(env, timeout_s=run.parallel.init_timeout_s)
+    try:
+        return _Run(run, env).fit()
+    finally:
+        dist_setup.teardown()
+
+
+class _Run:
+    def __init__(self, run: RunConfig, env: LaunchEnv):
+        self.run = run
+        self.env = env
+        self.rank = env.rank
+        self.topology = Topology(
+            world_size=env.world_size,
+            tensor_parallel=run.parallel.tensor_parallel,
+            pipeline_stages=run.parallel.pipeline_stages,
+        )
+        self.dp_rank = self.topology.data_rank(self.rank)
+        self.output = run.output
+        self.ckpt = CheckpointManager(self.output / "checkpoints", self.rank, run.checkpoint.keep_last)
+        self.skipped_nonfinite = 0
+
+    # -- building -------------------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        import deepspeed
+
+        from scaling.data import build_eval_batches, build_train_stream
+        from scaling.engine.build import load_run_tokenizer, make_model, param_groups
+
+        run = self.run
+        seed_everything(run.optim.seed)
+        self.tokenizer = load_run_tokenizer(run, self.rank)
+        self.model = make_model(run, self.tokenizer)
+        self.hf_config = self.model.config
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.model,
+            model_parameters=param_groups(self.model, run.optim.weight_decay),
+            config=run.deepspeed,
+            dist_init_required=False,
+        )
+        self.stream = build_train_stream(
+            run.data,
+            self.tokenizer,
+            task=run.model.task,
+            micro_batch=run.optim.micro_batch,
+            dp_rank=self.dp_rank,
+            dp_size=self.topology.data_parallel,
+            seed=run.optim.seed,
+        )
+        self.eval_batches: list[dict[str, torch.Tensor]] = []
+        if run.data.eval:
+            batches = build_eval_batches(
+                run.data,
+                self.tokenizer,
+                task=run.model.task,
+                micro_batch=run.optim.micro_batch,
+                dp_rank=self.dp_rank,
+                dp_size=self.topology.data_parallel,
+                max_batches=run.log.eval_batches,
+            )
+            # Under ZeRO-3 every forward gathers parameters collectively: all ranks must run as many.
+            count = _all_reduce_int(len(batches), dist.ReduceOp.MIN)
+            self.eval_batches = batches[:count]
+
+    # -- the loop -------------------------------------------------------------------------------------
+
+    def fit(self) -> TrainResult:
+        run = self.run
+        self._build()
+        start_step, tokens_seen = self._maybe_resume()
+        if self.rank == 0:
+            self.output.mkdir(parents=True, exist_ok=True)
+            (self.output / "run_config.json").write_text(run.to_json(), encoding="utf-8")
+        sink = MetricsSink(
+            run.log, self.output, active=self.rank == 0, total_steps=run.total_steps, start_step=start_step
+        )
+        if start_step:
+            sink.message(f"resumed from step {start_step}")
+        last_saved = start_step if start_step else None
+        window = _Window()
+        final_loss = None
+        eval_metrics: dict[str, float] = {}
+        step = start_step
+        try:
+            with _SigtermFlag() as sigterm:
+                while step < run.total_steps:
+                    stop_now = self._one_step(step, window, sigterm)
+                    step += 1
+                    tokens_seen += window.last_tokens_local
+                    sink.advance()
+                    if step % run.log.log_every == 0 or step == run.total_steps:
+                        record = window.flush(step, self.engine)
+                        record["skipped_nonfinite"] = self.skipped_nonfinite
+                        record.update(self.stream.metrics())
+                        record.update(memory_stats())
+                        final_loss = record["loss"]
+                        sink.log(record)
+                    if run.log.eval_every and step % run.log.eval_every == 0 and self.eval_batches:
+                        eval_metrics = self.evaluate()
+                        sink.log({"step": step, **eval_metrics})
+                    adapted = self.stream.maybe_adapt(step, self._evaluate_loss)
+                    if adapted:
+                        sink.log({"step": step, **{f"mix_weight/{k}": v for k, v in adapted.items()}})
+                    if stop_now:
+                        ref = self._save(step, tokens_seen)
+                        raise Preempted(step, ref.path)
+                    if run.checkpoint.save_every and step % run.checkpoint.save_every == 0:
+                        self._save(step, tokens_seen)
+                        last_saved = step
+            if self.eval_batches and not (run.log.eval_every and step % run.log.eval_every == 0):
+                eval_metrics = self.evaluate()
+                sink.log({"step": step, **eval_metrics})
+            ref = (
+                self._save(step, tokens_seen)
+                if last_saved != step
+                else CheckpointRef(self.ckpt.root, f"step-{step:08d}")
+            )
+            export_dir = None
+            if run.checkpoint.export_final:
+                export_dir = self._export_final(ref)
+                sink.message(f"exported HF model to {export_dir}")
+        finally:
+            sink.close()
+        return TrainResult(
+            final_step=step,
+            final_loss=final_loss,
+            checkpoint=ref.path,
+            export_dir=export_dir,
+            skipped_nonfinite=self.skipped_nonfinite,
+            eval=eval_metrics,
+        )
+
+    def _one_step(self, step: int, window: _Window, sigterm: _SigtermFlag) -> bool:
+        """One optimizer step of grad_accum good micro-batches. Returns whether any rank got SIGTERM."""
+        run = self.run
+        engine = self.engine
+        engine.train()
+        started = time.perf_counter()
+        data_wait = 0.0
+        micro = 0
+        attempts = 0
+        tokens = 0
+        while micro < run.optim.grad_accum:
+            fetch_started = time.perf_counter()
+            batch = next(self.stream)
+            data_wait += time.perf_counter() - fetch_started
+            torch.manual_seed(position_seed(run.optim.seed, step, attempts, self.rank))
+            attempts += 1
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            loss = engine(**batch).loss
+            bad_ranks, stop_requested = self._check(loss, sigterm.raised)
+            if bad_ranks:
+                self._handle_nonfinite(step, bad_ranks, attempts)
+                continue
+            engine.backward(loss)
+            engine.step()
+            window.add_micro(loss.detach())
+            tokens += _count_tokens(batch)
+            micro += 1
+        window.end_step(time.perf_counter() - started, data_wait, tokens)
+        return stop_requested
+
+    def _check(self, loss: torch.Tensor, sigterm_raised: bool) -> tuple[list[int], bool]:
+        """One small all-reduce per micro-step: which ranks saw a non-finite loss, and whether any rank
+        was asked to stop. Every rank must agree, or a skipped backward would deadlock the others."""
+        flags = torch.zeros(self.env.world_size + 1, dtype=torch.float32)
+        if not torch.isfinite(loss.detach()).all():
+            flags[self.rank] = 1.0
+        flags[-1] = 1.0 if sigterm_raised else 0.0
+        if dist.is_initialized() and self.env.world_size > 1:
+            dist.all_reduce(flags)
+        bad = [int(r) for r in torch.nonzero(flags[:-1]).flatten().tolist()]
+        return bad, bool(flags[-1] > 0)
+
+    def _handle_nonfinite(self, step: int, bad_ranks: list[int], attempts: int) -> None:
+        where = f"step {step + 1}, rank(s) {', '.join(map(str, bad_ranks))}"
+        if self.run.optim.on_nan == "stop":
+            raise NonFiniteLoss(
+                f"non-finite loss at {where}; stopping without saving (use --on-nan skip to skip such batches)"
+            )
+        self.skipped_nonfinite += 1
+        # A diverged model makes every batch non-finite; skipping forever would hide that.
+        if attempts > 10 * self.run.optim.grad_accum:
+            raise NonFiniteLoss(
+                f"non-finite loss on {attempts} consecutive micro-batches at {where}; stopping"
+            )
+
+    # -- evaluation -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        task = self.run.model.task
+        engine = self.engine
+        engine.eval()
+        totals = torch.zeros(3, dtype=torch.float64)  # loss * count, count, correct
+        for batch in self.eval_batches:
+            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            out = engine(**batch)
+            labels = batch["labels"]
+            if task == "seq-cls":
+                count = labels.numel()
+                totals[2] += (out.logits.argmax(-1) == labels).sum().item()
+            elif task == "clm":
+                count = int((labels[:, 1:] != -100).sum())
+            else:
+                count = int((labels != -100).sum())
+            totals[0] += float(out.loss) * count
+            totals[1] += count
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        engine.train()
+        loss = (totals[0] / totals[1].clamp(min=1)).item()
+        metrics = {"eval_loss": loss}
+        if task == "seq-cls":
+            metrics["eval_accuracy"] = (totals[2] / totals[1].clamp(min=1)).item()
+        else:
+            metrics["eval_perplexity"] = math.exp(min(loss, 50.0))
+        return metrics
+
+    def _evaluate_loss(self, batches: list[dict[str, torch.Tensor]]) -> float:
+        """Collective eval loss over the given batches (the data stream's dynamic-mixing hook)."""
+        saved, self.eval_batches = self.eval_batches, batches
+        try:
+            return self.evaluate()["eval_loss"]
+        finally:
+            self.eval_batches = saved
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+
+    def _rank_state(self, step: int, tokens_seen: int) -> dict[str, Any]:
+        return {
+            "step": step,
+            "tokens_seen": tokens_seen,
+            "skipped_nonfinite": self.skipped_nonfinite,
+            "data": self.stream.state_dict(),
+            "rng": rng_state(),
+            "world_size": self.env.world_size,
+            "dp_rank": self.dp_rank,
+            "loss_scale": _loss_scale(self.engine),
+        }
+
+    def _save(self, step: int, tokens_seen: int) -> CheckpointRef:
+        self._assert_finite_weights(step)
+        return self.ckpt.save(
+            self.engine,
+            step=step,
+            rank_state=self._rank_state(step, tokens_seen),
+            run_config_json=self.run.to_json(),
+            hf_config=self.hf_config,
+            tokenizer=self.tokenizer,
+            barrier=dist_setup.barrier,
+        )
+
+    def _assert_finite_weights(self, step: int) -> None:
+        # Never commit non-finite weights: a resume from them could never recover.
+        finite = torch.tensor([1.0])
+        for param in self.engine.module.parameters():
+            if param.numel() and not torch.isfinite(param.detach()).all():
+                finite[0] = 0.0
+                break
+        if dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() < 1:
+            raise NonFiniteLoss(f"weights are non-finite at step {step}; refusing to save a checkpoint")
+
+    def _maybe_resume(self) -> tuple[int, int]:
+        ref = resolve_resume(self.run.checkpoint.resume, self.ckpt.root)
+        if ref is None:
+            return 0, 0
+        state = self.ckpt.load(self.engine, ref)
+        self.stream.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        self.skipped_nonfinite = state["skipped_nonfinite"]
+        return int(state["step"]), int(state["tokens_seen"])
+
+    def _export_final(self, ref: CheckpointRef) -> Path | None:
+        from scaling.checkpoint.export import export_checkpoint
+
+        target = self.output / "final"
+        if self.rank == 0:
+            export_checkpoint(ref.path, target)
+        dist_setup.barrier()
+        return target
+
+
+def _count_tokens(batch: dict[str, torch.Tensor]) -> int:
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+
+
+def _all_reduce_int(value: int, op: Any) -> int:
+    tensor = torch.tensor([value], dtype=torch.int64)
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=op)
+    return int(tensor.item())
+
+
+def _loss_scale(engine: Any) -> float | None:
+    optimizer = getattr(engine, "optimizer", None)
+    scale = getattr(optimizer, "cur_scale", None) or getattr(optimizer, "loss_scale", None)
+    try:
+        return float(scale) if scale is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+class _Window:
+    """Accumulates per-step figures between log records without forcing a host sync every step."""
+
+    def __init__(self) -> None:
+        self._losses: list[torch.Tensor] = []
+        self._tokens = 0
+        self._time = 0.0
+        self._data_wait = 0.0
+        self._steps = 0
+        self._samples = 0
+        self.last_tokens_local = 0
+
+    def add_micro(self, loss: torch.Tensor) -> None:
+        self._losses.append(loss.float())
+
+    def end_step(self, seconds: float, data_wait: float, tokens: int) -> None:
+        self._time += seconds
+        self._data_wait += data_wait
+        self._tokens += tokens
+        self._steps += 1
+        self.last_tokens_local = tokens
+
+    def flush(self, step: int, engine: Any) -> dict[str, Any]:
+        local = torch.stack(self._losses).mean() if self._losses else torch.tensor(float("nan"))
+        totals = torch.tensor([float(local), float(self._tokens)], dtype=torch.float64)
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        loss = float(totals[0] / world)
+        tokens = float(totals[1])
+        seconds = max(self._time, 1e-9)
+        grad_norm = engine.get_global_grad_norm()
+        record = {
+            "step": step,
+            "loss": loss,
+            "loss_hex": loss.hex(),
+            "lr": float(engine.get_lr()[0]),
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "tokens_per_s": tokens / seconds,
+            "samples_per_s": engine.train_batch_size() * self._steps / seconds,
+            "step_time_s": seconds / max(self._steps, 1),
+            "data_wait_pct": 100.0 * self._data_wait / seconds,
+        }
+        self.__init__()
+        return record

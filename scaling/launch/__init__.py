@@ -1,0 +1,1 @@
+"""Multi-node launching: hostfiles, deepspeed launcher commands, preflight checks."""
