@@ -1,0 +1,44 @@
+"""Shared fixtures: real text from ../shared/data, offline hub, a tokenizer trained once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"shared data not found at {SHARED_DATA} (CI lays shared/ beside the clone)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def small_corpus(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 3,000 lines of tinyshakespeare: enough text for a tokenizer and a few hundred steps."""
+    lines = (shared_data / "tinyshakespeare.txt").read_text(encoding="utf-8").splitlines()[:3000]
+    path = tmp_path_factory.mktemp("corpus") / "shakespeare_3k.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def clm_tokenizer(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SentencePiece tokenizer trained on the small corpus, saved as an HF tokenizer directory."""
+    from scaling.data import DataConfig, build_tokenizer
+
+    out = tmp_path_factory.mktemp("tok") / "clm"
+    tok = build_tokenizer(
+        "tiny-gpt2", None, DataConfig(train=[str(small_corpus)]), task="clm", vocab_size=512, save_dir=out
+    )
+    tok.save_pretrained(out)
+    return out
