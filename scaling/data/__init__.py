@@ -5,10 +5,26 @@ The engine uses only what this module exports:
 - `build_tokenizer(model_source, tokenizer, data, task, vocab_size, save_dir)`: an HF tokenizer.
 - `build_train_stream(data, tokenizer, task=, micro_batch=, dp_rank=, dp_size=, seed=)`: an endless iterator of
   micro-batches (dicts of tensors: `input_ids`, `attention_mask`, `labels`, optionally `position_ids`), with
-  `state_dict()`/`load_state_dict()`, `epoch`, `metrics()` and `steps_per_epoch(grad_accum)`.
-- `build_eval_batches(data, tokenizer, task=, micro_batch=, dp_rank=, dp_size=, max_batches=)`: a finite list.
+  `state_dict()`/`load_state_dict()`, `epoch`, `metrics()`, `steps_per_epoch(grad_accum)` and `maybe_adapt`.
+  Packed clm/mlm batches without cross-document attention carry `position_ids` and no `attention_mask`:
+  HF models then derive the block-diagonal causal mask from the restarting positions.
+- `build_eval_batches(data, tokenizer, task=, micro_batch=, dp_rank=, dp_size=, max_batches=)`: a finite list,
+  the same length on every rank.
 """
 
 from scaling.data.config import DataConfig
+from scaling.data.shards import preprocess
+from scaling.data.stream import TrainStream, build_eval_batches, build_train_stream
+from scaling.data.tokenizer import build_tokenizer, load_tokenizer, tokenizer_fingerprint, train_sentencepiece
 
-__all__ = ["DataConfig"]
+__all__ = [
+    "DataConfig",
+    "TrainStream",
+    "build_eval_batches",
+    "build_tokenizer",
+    "build_train_stream",
+    "load_tokenizer",
+    "preprocess",
+    "tokenizer_fingerprint",
+    "train_sentencepiece",
+]

@@ -1,0 +1,207 @@
+"""One source as an endless, rank-sharded record stream whose position is a few integers.
+
+Sharding is by record: record i of a pass goes to rank i % dp_size, so ranks read disjoint shares that
+together cover every record once per pass, whatever the number or size of files. Each rank parses the
+whole source (cheap) but tokenizes and augments only its own share (the expensive part).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from scaling.data.sources import ReadCounts, ReaderOptions, SourceSpec, expand_files, file_reader
+from scaling.errors import DataError
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """A record of this rank, with the coordinates that seed its augmentation."""
+
+    text: str
+    label: int | None
+    epoch: int
+    index: int
+    """Index of the record within its pass over the source (global across ranks)."""
+
+
+class RecordStream:
+    """Endless iterator over this rank's records of one source; `state()` is O(1) and resumes by seeking."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        *,
+        label_column: str | None,
+        max_doc_chars: int,
+        dp_rank: int,
+        dp_size: int,
+        seed: int,
+        shuffle_files: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
+        self.shuffle_files = shuffle_files
+        self.options = ReaderOptions(field=spec.field, label_column=label_column, max_doc_chars=max_doc_chars)
+        self.files = expand_files(spec)
+        self.epoch = 0
+        self._file_pos = 0
+        self._offset = 0
+        self._record_index = 0
+        self._iter: Iterator[tuple[tuple[str, int | None], int]] | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(os.path.getsize(f) for f in self.files)
+
+    @property
+    def counts(self) -> ReadCounts:
+        return self.options.counts
+
+    def _file_order(self, epoch: int) -> list[str]:
+        if not self.shuffle_files or len(self.files) == 1:
+            return self.files
+        order = np.random.default_rng([self.seed, epoch, 7]).permutation(len(self.files))
+        return [self.files[i] for i in order]
+
+    def state(self) -> dict:
+        return {
+            "epoch": self.epoch,
+            "file": self._file_pos,
+            "offset": self._offset,
+            "record": self._record_index,
+            "counts": self.counts.as_dict(),
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self._file_pos = state["epoch"], state["file"]
+        self._offset, self._record_index = state["offset"], state["record"]
+        self.options.counts = ReadCounts(**state["counts"])
+        self._iter = None
+
+    def next_record(self, *, stop_at_epoch_end: bool = False) -> SourceRecord | None:
+        """This rank's next record; None at the end of a pass when stop_at_epoch_end (the next call starts the next)."""
+        while True:
+            if self._file_pos >= len(self.files):
+                if self._record_index < self.dp_size:
+                    what = "no records" if self._record_index == 0 else f"only {self._record_index} records"
+                    raise DataError(
+                        f"data source {self.spec.raw!r}: {what} for {self.dp_size} data-parallel rank(s) "
+                        "(empty files or every record skipped)"
+                    )
+                self.epoch += 1
+                self._file_pos = self._offset = self._record_index = 0
+                if stop_at_epoch_end:
+                    return None
+            if self._iter is None:
+                path = self._file_order(self.epoch)[self._file_pos]
+                self._iter = file_reader(path, self.spec)(path, self._offset, self.options)
+            for (text, label), offset in self._iter:
+                self._offset = offset
+                index = self._record_index
+                self._record_index += 1
+                if index % self.dp_size == self.dp_rank:
+                    return SourceRecord(text, label, self.epoch, index)
+            self._iter = None
+            self._file_pos += 1
+            self._offset = 0
+
+
+class HFRecordStream(RecordStream):
+    """A source read through HF `datasets` streaming; its position is the IterableDataset's own state_dict."""
+
+    def __init__(self, spec: SourceSpec, *, label_column: str | None, max_doc_chars: int, dp_rank: int, dp_size: int, seed: int) -> None:
+        self.spec = spec
+        self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
+        self.options = ReaderOptions(field=spec.field, label_column=label_column, max_doc_chars=max_doc_chars)
+        self.files = [spec.path] if os.path.exists(spec.path) else []
+        if not self.files:
+            raise DataError(f"data source {spec.raw!r}: {spec.path} does not exist")
+        self.dataset = _load_hf_streaming(spec)
+        self.epoch = 0
+        self._record_index = 0
+        self._iter = None
+        self._ds_state: dict | None = None
+
+    @property
+    def size_bytes(self) -> int:
+        root = self.spec.path
+        if os.path.isfile(root):
+            return os.path.getsize(root)
+        return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+
+    def state(self) -> dict:
+        # The dataset's state is taken only here (chunk boundaries), not per record: it is a deep copy.
+        ds_state = self.dataset.state_dict() if self._iter is not None else self._ds_state
+        return {"epoch": self.epoch, "record": self._record_index, "dataset": ds_state, "counts": self.counts.as_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.epoch, self._record_index = state["epoch"], state["record"]
+        self._ds_state = state["dataset"]
+        self.options.counts = ReadCounts(**state["counts"])
+        self._iter = None
+
+    def next_record(self, *, stop_at_epoch_end: bool = False) -> SourceRecord | None:
+        key = self.spec.field or "text"
+        label_key = self.options.label_column
+        while True:
+            if self._iter is None:
+                if self._ds_state is not None:
+                    self.dataset.load_state_dict(self._ds_state)
+                self._iter = iter(self.dataset)
+            for example in self._iter:
+                text = example.get(key)
+                if not isinstance(text, str) or not text.strip():
+                    self.counts.skipped_empty += 1
+                    continue
+                label = None
+                if label_key is not None:
+                    try:
+                        label = int(example[label_key])
+                    except (KeyError, TypeError, ValueError):
+                        self.counts.skipped_bad += 1
+                        continue
+                index = self._record_index
+                self._record_index += 1
+                if index % self.dp_size == self.dp_rank:
+                    return SourceRecord(text[: self.options.max_doc_chars], label, self.epoch, index)
+            if self._record_index < self.dp_size:
+                raise DataError(f"data source {self.spec.raw!r}: fewer records than {self.dp_size} rank(s)")
+            self.epoch += 1
+            self._record_index = 0
+            self._iter = None
+            self._ds_state = None
+            self.dataset = _load_hf_streaming(self.spec)
+            if stop_at_epoch_end:
+                return None
+
+
+def _load_hf_streaming(spec: SourceSpec):
+    import datasets
+
+    path = spec.path
+    try:
+        if os.path.isdir(path) and os.path.isfile(os.path.join(path, "state.json")):
+            loaded = datasets.load_from_disk(path)
+            if isinstance(loaded, datasets.DatasetDict):
+                loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
+            return loaded.to_iterable_dataset()
+        if os.path.isfile(path):
+            builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+            ext = os.path.splitext(path)[1].lower()
+            if ext not in builder:
+                raise DataError(f"data source {spec.raw!r}: datasets cannot read {ext} files")
+            return datasets.load_dataset(builder[ext], data_files=path, split="train", streaming=True)
+        return datasets.load_dataset(path, split="train", streaming=True)
+    except DataError:
+        raise
+    except Exception as e:  # datasets raises many types for unreadable input; all mean the same to a user
+        raise DataError(f"data source {spec.raw!r}: datasets could not load {path}: {e}") from e
+
+
+def open_record_stream(spec: SourceSpec, *, label_column: str | None, max_doc_chars: int, dp_rank: int, dp_size: int, seed: int) -> RecordStream:
+    cls = HFRecordStream if spec.hf else RecordStream
+    return cls(spec, label_column=label_column, max_doc_chars=max_doc_chars, dp_rank=dp_rank, dp_size=dp_size, seed=seed)

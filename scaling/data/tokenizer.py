@@ -1,0 +1,171 @@
+"""Tokenizers: load an HF one, or train a SentencePiece model on the data and wrap it for `AutoTokenizer`."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from scaling.data.config import DataConfig
+from scaling.data.sources import SourceSpec, is_packed_dir, parse_spec
+from scaling.data.streams import open_record_stream
+from scaling.errors import ConfigError, DataError, Problem
+
+MODEL_TYPES = ("unigram", "bpe")
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
+MASK, CLS, SEP = "<mask>", "<cls>", "<sep>"
+# Enough text for a small vocabulary; bounds training time and memory whatever the corpus size.
+DEFAULT_MAX_SENTENCES = 300_000
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def has_tokenizer(path: str | os.PathLike) -> bool:
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in _TOKENIZER_FILES)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    if not has_tokenizer(path):
+        raise DataError(f"tokenizer {path}: not a directory with tokenizer files ({', '.join(_TOKENIZER_FILES)})")
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise DataError(f"tokenizer {path}: cannot be loaded: {e}") from e
+
+
+def iter_training_text(specs: Iterable[str], *, max_sentences: int, max_doc_chars: int = 100_000) -> Iterator[str]:
+    """Text of the sources in file order, one pass, at most max_sentences records: deterministic by design."""
+    streams = []
+    for raw in specs:
+        spec = parse_spec(raw)
+        if is_packed_dir(spec.path):
+            raise DataError(f"data source {raw!r}: a preprocessed directory has no text to train a tokenizer on")
+        streams.append(
+            open_record_stream(spec, label_column=None, max_doc_chars=max_doc_chars, dp_rank=0, dp_size=1, seed=0)
+        )
+    for stream in streams:
+        stream.shuffle_files = False
+    budget = max_sentences
+    for stream in streams:
+        share = max(1, budget // len(streams))
+        for _ in range(share):
+            record = stream.next_record(stop_at_epoch_end=True)
+            if record is None:
+                break
+            yield record.text
+
+
+def train_sentencepiece(
+    texts: Iterable[str], output: str | os.PathLike, *, vocab_size: int, model_type: str = "unigram", seed: int = 0
+):
+    """Train SentencePiece on `texts` and write an HF tokenizer directory at `output`; returns the tokenizer.
+
+    Single-threaded with a fixed seed, so every rank that calls this on the same data gets the same vocabulary.
+    Ids: pad 0, unk 1, bos 2, eos 3, then <mask>, <cls>, <sep> (usable for clm, mlm and seq-cls alike).
+    """
+    import sentencepiece as spm
+
+    if model_type not in MODEL_TYPES:
+        raise ConfigError([Problem("--model-type", f"must be one of {MODEL_TYPES}", model_type)])
+    model = io.BytesIO()
+    lines = (t.replace("\n", " ") for t in texts if t.strip())
+    spm.set_random_generator_seed(seed)
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=lines,
+            model_writer=model,
+            vocab_size=vocab_size,
+            model_type=model_type,
+            byte_fallback=True,
+            pad_id=0,
+            unk_id=1,
+            bos_id=2,
+            eos_id=3,
+            user_defined_symbols=[MASK, CLS, SEP],
+            num_threads=1,
+            minloglevel=2,
+            max_sentence_length=1 << 16,
+            hard_vocab_limit=False,
+        )
+    except RuntimeError as e:
+        raise DataError(f"tokenizer training failed (vocab {vocab_size}, {model_type}): {e}") from e
+    if model.getbuffer().nbytes == 0:
+        raise DataError("tokenizer training read no text: the sources are empty")
+    return _wrap_sentencepiece(model.getvalue(), Path(output), model_type)
+
+
+def _wrap_sentencepiece(model_proto: bytes, output: Path, model_type: str):
+    import transformers
+
+    # T5Tokenizer converts a unigram model faithfully, LlamaTokenizer a BPE one (ids equal to sp.encode).
+    cls_name, file_name, extra = (
+        ("T5Tokenizer", "spiece.model", {"extra_ids": 0})
+        if model_type == "unigram"
+        else ("LlamaTokenizer", "tokenizer.model", {"add_bos_token": False, "add_eos_token": False})
+    )
+    output.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output) as tmp:
+        (Path(tmp) / file_name).write_bytes(model_proto)
+        tok = getattr(transformers, cls_name).from_pretrained(
+            tmp,
+            pad_token=PAD,
+            unk_token=UNK,
+            bos_token=BOS,
+            eos_token=EOS,
+            mask_token=MASK,
+            cls_token=CLS,
+            sep_token=SEP,
+            **extra,
+        )
+        tok.save_pretrained(str(output))
+    return load_tokenizer(output)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of what maps text to ids (vocabulary, merges, normalisation), stable across save/load."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        payload = json.loads(backend.to_str())
+        payload.pop("added_tokens", None)
+        blob = json.dumps(payload, sort_keys=True) + json.dumps(sorted(tokenizer.get_vocab().items()))
+    else:
+        blob = json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def build_tokenizer(model_source: str, tokenizer: str | None, data: DataConfig, *, task: str, vocab_size: int, save_dir: Path):
+    """The run's tokenizer: an explicit directory, the model directory's own, or SentencePiece trained on data.train."""
+    if tokenizer is not None:
+        tok = load_tokenizer(tokenizer)
+    elif has_tokenizer(model_source):
+        tok = load_tokenizer(model_source)
+    else:
+        if not data.train:
+            raise ConfigError([Problem("--data", "a tokenizer must be trained for this model but no data is given")])
+        save_dir = Path(save_dir)
+        # Every rank may call this at once: train into a private dir, then publish it with one atomic rename.
+        if not has_tokenizer(save_dir):
+            staging = Path(tempfile.mkdtemp(prefix=".tok-", dir=save_dir.parent if save_dir.parent.exists() else None))
+            train_sentencepiece(
+                iter_training_text(data.train, max_sentences=DEFAULT_MAX_SENTENCES), staging, vocab_size=vocab_size
+            )
+            try:
+                os.replace(staging, save_dir)
+            except OSError:
+                shutil.rmtree(staging, ignore_errors=True)  # another rank published the same tokenizer first
+        tok = load_tokenizer(save_dir)
+    check_tokenizer_for_task(tok, task)
+    return tok
+
+
+def check_tokenizer_for_task(tok, task: str) -> None:
+    if task == "mlm" and tok.mask_token_id is None:
+        raise ConfigError([Problem("tokenizer", "task mlm needs a tokenizer with a mask token", tok.name_or_path)])
+    if tok.eos_token_id is None and tok.sep_token_id is None and task != "seq-cls":
+        raise ConfigError([Problem("tokenizer", "packing needs an eos (or sep) token between documents", tok.name_or_path)])
