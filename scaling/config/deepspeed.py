@@ -60,6 +60,8 @@ class RunValues:
     """Pipeline degree."""
     hidden_size: int | None = None
     """Model width, for the bucket sizes HF fills for `"auto"` ZeRO knobs."""
+    gpus_per_node: int | None = None
+    """Ranks per node, when known (ZeRO++ hpZ keeps a secondary parameter copy within each node)."""
     num_heads: int | None = None
     """Attention heads of the model, when known: the tensor-parallel degree must divide them."""
     cpu_only: bool = True
@@ -478,6 +480,14 @@ def _fill_zero_autos(r: _Resolver) -> None:
         "zero_optimization.stage3_prefetch_bucket_size": (lambda h: int(0.9 * h * h)),
         "zero_optimization.stage3_param_persistence_threshold": (lambda h: 10 * h),
     }
+    if r.get("zero_optimization.zero_hpz_partition_size") == AUTO:
+        # hpZ's secondary partition spans one node; unknown node size: a single-node job's whole world.
+        per_node = r.run.gpus_per_node or min(r.run.world_size, 8)
+        r.put(
+            "zero_optimization.zero_hpz_partition_size",
+            per_node,
+            f"derived: GPUs per node ({'given' if r.run.gpus_per_node else 'assumed'})",
+        )
     for path, rule in rules.items():
         if r.get(path) == AUTO:
             if hidden is None:

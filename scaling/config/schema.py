@@ -136,7 +136,7 @@ ZERO = {
     "round_robin_gradients": B,
     "parameter_alignment": B,
     # ZeRO++: hierarchical partitioning (hpZ), quantized weights (qwZ) and gradients (qgZ).
-    "zero_hpz_partition_size": I1,
+    "zero_hpz_partition_size": Key("int", auto=True, minimum=1),
     "zero_quantized_weights": B,
     "zero_quantized_nontrainable_weights": B,
     "zero_quantized_gradients": B,
