@@ -64,7 +64,7 @@ def init_dist(rank: int, world: int, port: int) -> None:
         OMP_NUM_THREADS="1",
     )
     import deepspeed
-    import deepspeed.comm.torch  # noqa: F401  (the module must be loaded before it is patched)
+    import deepspeed.comm.torch  # the module must be loaded before it is patched
 
     # The notes' shm patch: `import deepspeed.comm.torch as m` would bind torch itself, so go via sys.modules.
     sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
