@@ -56,7 +56,9 @@ def parse_augment(spec: str, synonyms_path: str | None, *, task: str) -> Augment
                 raise ConfigError([Problem("--augment", f"{name} masking applies to task mlm only", item)])
             mask_op = (name, rate)
         else:
-            raise ConfigError([Problem("--augment", f"unknown op {name!r} (ops: {', '.join(TEXT_OPS + MASK_OPS)})", item)])
+            raise ConfigError(
+                [Problem("--augment", f"unknown op {name!r} (ops: {', '.join(TEXT_OPS + MASK_OPS)})", item)]
+            )
     table = load_synonyms(synonyms_path) if synonyms_path else {}
     if any(name == "synonym" for name, _ in text_ops) and not table:
         raise ConfigError([Problem("--synonyms", "the synonym op needs a synonym table (--synonyms FILE)")])
@@ -152,7 +154,9 @@ def augment_text(text: str, plan: AugmentPlan, rng: np.random.Generator) -> str:
 
 
 def batch_generator(seed: int, dp_rank: int, batch_index: int) -> torch.Generator:
-    value = int(np.random.SeedSequence([seed, dp_rank, batch_index, 11]).generate_state(1, dtype=np.uint64)[0])
+    value = int(
+        np.random.SeedSequence([seed, dp_rank, batch_index, 11]).generate_state(1, dtype=np.uint64)[0]
+    )
     return torch.Generator().manual_seed(value & 0x7FFF_FFFF_FFFF_FFFF)
 
 
@@ -169,7 +173,9 @@ class Masker:
         self.special = special
         self.word_start = word_start_table(tokenizer) | special if self.strategy == "wwm" else None
 
-    def __call__(self, input_ids: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, input_ids: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         eligible = ~self.special[input_ids]
         if self.strategy == "wwm":
             selected = self._whole_words(input_ids, eligible, generator)
@@ -197,7 +203,7 @@ class Masker:
         selected = torch.zeros_like(eligible)
         geometric = 1.0 / SPAN_MEAN_LENGTH
         for row in range(rows):
-            target = int(round(self.probability * int(eligible[row].sum())))
+            target = round(self.probability * int(eligible[row].sum()))
             # Loop over spans (a handful per row), never over tokens.
             for _ in range(4 * width):
                 if int(selected[row].sum()) >= target:

@@ -18,7 +18,9 @@ def temperature_weights(sizes: Sequence[float], temperature: float) -> list[floa
     return (scaled / scaled.sum()).tolist()
 
 
-def initial_weights(explicit: Sequence[float | None], sizes: Sequence[float], temperature: float, raws: Sequence[str]) -> list[float]:
+def initial_weights(
+    explicit: Sequence[float | None], sizes: Sequence[float], temperature: float, raws: Sequence[str]
+) -> list[float]:
     given = [w is not None for w in explicit]
     if any(given) and not all(given):
         missing = [raw for raw, g in zip(raws, given, strict=True) if not g]
@@ -27,7 +29,9 @@ def initial_weights(explicit: Sequence[float | None], sizes: Sequence[float], te
     return temperature_weights(base, temperature)
 
 
-def dynamic_update(initial: Sequence[float], losses: Sequence[float], *, step_size: float, max_ratio: float) -> list[float]:
+def dynamic_update(
+    initial: Sequence[float], losses: Sequence[float], *, step_size: float, max_ratio: float
+) -> list[float]:
     """Shift weight towards the sources with the highest loss, each within [p0/r, p0*r], then renormalise."""
     p0 = np.asarray(initial, dtype=np.float64)
     loss = np.asarray(losses, dtype=np.float64)

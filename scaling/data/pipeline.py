@@ -69,10 +69,17 @@ class TextChunker:
         self.ids = tokenizer_ids(tokenizer)
         # seq-cls inputs are framed like the tokenizer frames a single sequence, with our trained ones cls..sep.
         cls_id, sep_id = getattr(tokenizer, "cls_token_id", None), getattr(tokenizer, "sep_token_id", None)
-        self.frame = (cls_id, sep_id) if task == "seq-cls" and cls_id is not None and sep_id is not None else None
+        self.frame = (
+            (cls_id, sep_id) if task == "seq-cls" and cls_id is not None and sep_id is not None else None
+        )
 
     def initial_state(self, weights: list[float]) -> dict:
-        return {"chunk": 0, "sources": [s.state() for s in self.streams], "carry": [], "weights": list(weights)}
+        return {
+            "chunk": 0,
+            "sources": [s.state() for s in self.streams],
+            "carry": [],
+            "weights": list(weights),
+        }
 
     def _seek(self, state: dict) -> None:
         for stream, wanted in zip(self.streams, state["sources"], strict=True):
@@ -113,7 +120,9 @@ class TextChunker:
                 augment_text(text, self.augment, record_rng(self.seed, src, r.epoch, r.index))
                 for text, (src, r) in zip(texts, records, strict=True)
             ]
-        encoded = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)[
+            "input_ids"
+        ]
         next_state = {
             "chunk": state["chunk"] + 1,
             "sources": [s.state() for s in self.streams],
@@ -125,7 +134,9 @@ class TextChunker:
             blocks, carry = pack_tokens(encoded, state["carry"], self.ids["eos"], self.data.seq_len)
             next_state["carry"] = carry
             if self.shuffle and len(blocks) > 1:
-                blocks = blocks[chunk_rng(self.seed, self.dp_rank, state["chunk"], 2).permutation(len(blocks))]
+                blocks = blocks[
+                    chunk_rng(self.seed, self.dp_rank, state["chunk"], 2).permutation(len(blocks))
+                ]
             return Chunk(blocks=blocks, batches=None, docs=len(records)), next_state, stats
         batches, truncated = self._bucket(encoded, [r.label for _, r in records], state["chunk"])
         stats["truncated"] = truncated
@@ -146,7 +157,9 @@ class TextChunker:
                 ids = [*ids, self.ids["eos"]]
             seqs.append(np.asarray(ids, dtype=np.int64))
         # Length-grouped batching: neighbours in length share a batch (little padding); batch order is shuffled.
-        order = np.argsort(np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs)), kind="stable")
+        order = np.argsort(
+            np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs)), kind="stable"
+        )
         groups = [order[i : i + self.micro_batch] for i in range(0, len(order), self.micro_batch)]
         if self.shuffle and len(groups) > 1:
             perm = chunk_rng(self.seed, self.dp_rank, chunk_index, 3).permutation(len(groups))
@@ -155,7 +168,9 @@ class TextChunker:
         return batches, truncated
 
 
-def pack_tokens(encoded: list[list[int]], carry: list[int], eos: int, seq_len: int) -> tuple[np.ndarray, list[int]]:
+def pack_tokens(
+    encoded: list[list[int]], carry: list[int], eos: int, seq_len: int
+) -> tuple[np.ndarray, list[int]]:
     """Documents joined with EOS after each, prefixed by the carry, cut into full blocks; the rest carries over."""
     lengths = np.fromiter((len(ids) for ids in encoded), dtype=np.int64, count=len(encoded))
     flat = np.fromiter(chain.from_iterable(encoded), dtype=np.int64, count=int(lengths.sum()))
@@ -195,7 +210,9 @@ def document_positions(input_ids: torch.Tensor, eos: int) -> tuple[torch.Tensor,
     return columns - last_start, starts
 
 
-def padded_batch(seqs: list[np.ndarray], labels: list[int | None], *, task: str, pad: int) -> dict[str, torch.Tensor]:
+def padded_batch(
+    seqs: list[np.ndarray], labels: list[int | None], *, task: str, pad: int
+) -> dict[str, torch.Tensor]:
     """Pad to the longest sequence of the batch (dynamic padding)."""
     width = max(len(s) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)

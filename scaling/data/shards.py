@@ -51,7 +51,9 @@ def _init_worker(tokenizer_dir: str) -> None:
 
 def _encode(texts: list[str]) -> list[list[int]]:
     assert _worker_tokenizer is not None
-    return _worker_tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+    return _worker_tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)[
+        "input_ids"
+    ]
 
 
 def _text_batches(specs: list[str], batch_docs: int, max_doc_chars: int, progress) -> Iterator[list[str]]:
@@ -98,7 +100,9 @@ def preprocess(
         raise DataError(f"output {out}: exists and is not empty")
     out.mkdir(parents=True, exist_ok=True)
     for raw in specs:  # fail fast, before any worker starts, on a missing or empty source
-        open_record_stream(parse_spec(raw), label_column=None, max_doc_chars=max_doc_chars, dp_rank=0, dp_size=1, seed=0)
+        open_record_stream(
+            parse_spec(raw), label_column=None, max_doc_chars=max_doc_chars, dp_rank=0, dp_size=1, seed=0
+        )
 
     shards: list[dict] = []
     carry: list[int] = []
@@ -109,7 +113,9 @@ def preprocess(
     pool = None
     try:
         if workers > 1:
-            pool = multiprocessing.get_context("fork").Pool(workers, initializer=_init_worker, initargs=(tokenizer_dir,))
+            pool = multiprocessing.get_context("fork").Pool(
+                workers, initializer=_init_worker, initargs=(tokenizer_dir,)
+            )
             encoded_batches = pool.imap(_encode, batches, chunksize=1)
         else:
             _init_worker(tokenizer_dir)
@@ -207,7 +213,9 @@ class PackedShards:
             want = shard["blocks"] * seq_len * dtype.itemsize
             if not file.is_file() or file.stat().st_size != want:
                 got = file.stat().st_size if file.is_file() else "missing"
-                raise DataError(f"preprocessed data {path}: shard {shard['file']} is {got} bytes, index says {want}")
+                raise DataError(
+                    f"preprocessed data {path}: shard {shard['file']} is {got} bytes, index says {want}"
+                )
             self.maps.append(np.memmap(file, dtype=dtype, mode="r", shape=(shard["blocks"], seq_len)))
             self.first_blocks.append(shard["first_block"])
         self.blocks = int(manifest["blocks"])
@@ -226,7 +234,16 @@ class PackedShards:
 class ShardChunker:
     """Chunks of packed blocks from a preprocessed directory: block i of an epoch's permutation goes to rank i % W."""
 
-    def __init__(self, shards: PackedShards, *, seed: int, dp_rank: int, dp_size: int, chunk_blocks: int, shuffle: bool = True) -> None:
+    def __init__(
+        self,
+        shards: PackedShards,
+        *,
+        seed: int,
+        dp_rank: int,
+        dp_size: int,
+        chunk_blocks: int,
+        shuffle: bool = True,
+    ) -> None:
         if shards.blocks < dp_size:
             raise DataError(f"preprocessed data: {shards.blocks} blocks for {dp_size} data-parallel ranks")
         self.shards = shards
@@ -239,7 +256,9 @@ class ShardChunker:
     def rank_blocks(self, epoch: int) -> np.ndarray:
         if epoch != self._order_epoch:
             n = self.shards.blocks
-            order = np.random.default_rng([self.seed, epoch, 5]).permutation(n) if self.shuffle else np.arange(n)
+            order = (
+                np.random.default_rng([self.seed, epoch, 5]).permutation(n) if self.shuffle else np.arange(n)
+            )
             self._order, self._order_epoch = order[self.dp_rank :: self.dp_size], epoch
         return self._order
 
@@ -254,5 +273,8 @@ class ShardChunker:
         if position >= len(mine):
             epoch, position = epoch + 1, 0
         next_state = dict(state, chunk=state["chunk"] + 1, sources=[{"epoch": epoch, "position": position}])
-        return Chunk(blocks=self.shards.gather(take), batches=None, docs=0), next_state, {"docs": 0, "truncated": 0}
-
+        return (
+            Chunk(blocks=self.shards.gather(take), batches=None, docs=0),
+            next_state,
+            {"docs": 0, "truncated": 0},
+        )

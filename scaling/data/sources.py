@@ -146,7 +146,17 @@ def _utf8_safe_cut(data: bytes) -> int:
     if lead_pos < 0:
         return end
     lead = data[lead_pos]
-    need = 1 if lead < 0x80 else 2 if lead >> 5 == 0b110 else 3 if lead >> 4 == 0b1110 else 4 if lead >> 3 == 0b11110 else 1
+    need = (
+        1
+        if lead < 0x80
+        else 2
+        if lead >> 5 == 0b110
+        else 3
+        if lead >> 4 == 0b1110
+        else 4
+        if lead >> 3 == 0b11110
+        else 1
+    )
     return end if back + 1 >= need else lead_pos
 
 

@@ -9,10 +9,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from scaling.data.augment import AugmentPlan, Masker, batch_generator, parse_augment
+from scaling.data.augment import Masker, batch_generator, parse_augment
 from scaling.data.config import MIX_MODES, DataConfig
 from scaling.data.mixing import dynamic_update, initial_weights
-from scaling.data.pipeline import Chunk, TextChunker, packed_batch, padded_batch, pack_tokens, tokenizer_ids
+from scaling.data.pipeline import Chunk, TextChunker, packed_batch, padded_batch, tokenizer_ids
 from scaling.data.shards import PackedShards, ShardChunker
 from scaling.data.sources import SourceSpec, is_packed_dir, parse_spec
 from scaling.data.streams import RecordStream, open_record_stream
@@ -40,7 +40,9 @@ def _validate(data: DataConfig, task: str, micro_batch: int, dp_rank: int, dp_si
         raise ConfigError(problems)
 
 
-def _open_streams(specs: list[SourceSpec], data: DataConfig, task: str, dp_rank: int, dp_size: int, seed: int, shuffle: bool) -> list[RecordStream]:
+def _open_streams(
+    specs: list[SourceSpec], data: DataConfig, task: str, dp_rank: int, dp_size: int, seed: int, shuffle: bool
+) -> list[RecordStream]:
     streams = []
     for spec in specs:
         stream = open_record_stream(
@@ -120,7 +122,9 @@ class TrainStream:
                 rows.append(self._chunk.blocks[self._emitted : self._emitted + take])
                 self._emitted += take
                 have += take
-            batch = packed_batch(np.concatenate(rows), eos=self.eos_id, cross_doc_attention=self.data.cross_doc_attention)
+            batch = packed_batch(
+                np.concatenate(rows), eos=self.eos_id, cross_doc_attention=self.data.cross_doc_attention
+            )
         else:
             self._ensure_chunk()
             assert self._chunk is not None and self._chunk.batches is not None
@@ -128,7 +132,9 @@ class TrainStream:
             self._emitted += 1
             batch = padded_batch(seqs, labels, task=self.task, pad=self.pad_id)
         if self.masker is not None:
-            batch["input_ids"], batch["labels"] = self.masker(batch["input_ids"], batch_generator(self.seed, self.dp_rank, self._batches))
+            batch["input_ids"], batch["labels"] = self.masker(
+                batch["input_ids"], batch_generator(self.seed, self.dp_rank, self._batches)
+            )
         self._batches += 1
         real = int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
         self._counters["tokens"] += real
@@ -161,10 +167,23 @@ class TrainStream:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
-            raise ConfigError([Problem("data state", "saved by an incompatible version of the data pipeline", state.get("version"))])
+            raise ConfigError(
+                [
+                    Problem(
+                        "data state",
+                        "saved by an incompatible version of the data pipeline",
+                        state.get("version"),
+                    )
+                ]
+            )
         if (state["dp_rank"], state["dp_size"]) != (self.dp_rank, self.dp_size):
             raise ConfigError(
-                [Problem("data state", f"saved by rank {state['dp_rank']}/{state['dp_size']}, loaded by {self.dp_rank}/{self.dp_size}")]
+                [
+                    Problem(
+                        "data state",
+                        f"saved by rank {state['dp_rank']}/{state['dp_size']}, loaded by {self.dp_rank}/{self.dp_size}",
+                    )
+                ]
             )
         self._chunk_state = copy.deepcopy(state["chunk_state"])
         self._weights = list(state["weights"])
@@ -203,7 +222,9 @@ class TrainStream:
         if isinstance(self.chunker, ShardChunker):
             return (self.chunker.shards.blocks // self.dp_size) // self.micro_batch
         chunker = self.chunker
-        streams = _open_streams([s.spec for s in chunker.streams], self.data, self.task, 0, 1, self.seed, shuffle=False)
+        streams = _open_streams(
+            [s.spec for s in chunker.streams], self.data, self.task, 0, 1, self.seed, shuffle=False
+        )
         docs = np.zeros((len(streams), self.dp_size))
         tokens = np.zeros((len(streams), self.dp_size))
         budget_docs, budget_chars = self.data.chunk_docs, self.data.chunk_chars
@@ -226,8 +247,14 @@ class TrainStream:
                         padded_batches[rank] += np.ceil(open_docs[rank] / self.micro_batch)
                         open_docs[rank] = open_chars[rank] = 0
                 if self._packed and (len(texts) >= 1000 or (record is None and texts)):
-                    ids = chunker.tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
-                    np.add.at(tokens[i], np.asarray(owners), np.fromiter((len(x) + 1 for x in ids), dtype=np.float64, count=len(ids)))
+                    ids = chunker.tokenizer(
+                        texts, add_special_tokens=False, return_attention_mask=False, verbose=False
+                    )["input_ids"]
+                    np.add.at(
+                        tokens[i],
+                        np.asarray(owners),
+                        np.fromiter((len(x) + 1 for x in ids), dtype=np.float64, count=len(ids)),
+                    )
                     texts, owners = [], []
                 elif not self._packed:
                     texts, owners = [], []
@@ -263,7 +290,10 @@ class TrainStream:
                 self._probes[i] = self._probe_factory(i)
             losses.append(float(evaluate(self._probes[i])))
         self._weights = dynamic_update(
-            self._initial_weights, losses, step_size=self.data.mix_step_size, max_ratio=self.data.mix_max_ratio
+            self._initial_weights,
+            losses,
+            step_size=self.data.mix_step_size,
+            max_ratio=self.data.mix_max_ratio,
         )
         self._last_update_step = step
         report = {f"mix/weight/{n}": w for n, w in zip(self.source_names, self._weights, strict=True)}
@@ -271,7 +301,9 @@ class TrainStream:
         return report
 
 
-def build_train_stream(data: DataConfig, tokenizer, *, task: str, micro_batch: int, dp_rank: int, dp_size: int, seed: int) -> TrainStream:
+def build_train_stream(
+    data: DataConfig, tokenizer, *, task: str, micro_batch: int, dp_rank: int, dp_size: int, seed: int
+) -> TrainStream:
     _validate(data, task, micro_batch, dp_rank, dp_size)
     if not data.train:
         raise ConfigError([Problem("--data", "no training source given")])
@@ -279,24 +311,67 @@ def build_train_stream(data: DataConfig, tokenizer, *, task: str, micro_batch: i
     ids = tokenizer_ids(tokenizer)
     packed = data.packing and task != "seq-cls"
     plan = parse_augment(data.augment, data.synonyms, task=task)
-    masker = Masker(tokenizer, probability=data.mlm_probability, strategy=plan.mask_op) if task == "mlm" else None
-    common = {"data": data, "task": task, "micro_batch": micro_batch, "dp_rank": dp_rank, "dp_size": dp_size, "seed": seed, "masker": masker, "pad_id": ids["pad"], "eos_id": ids["eos"]}
+    masker = (
+        Masker(tokenizer, probability=data.mlm_probability, strategy=plan.mask_op) if task == "mlm" else None
+    )
+    common = {
+        "data": data,
+        "task": task,
+        "micro_batch": micro_batch,
+        "dp_rank": dp_rank,
+        "dp_size": dp_size,
+        "seed": seed,
+        "masker": masker,
+        "pad_id": ids["pad"],
+        "eos_id": ids["eos"],
+    }
     packed_dirs = [s for s in specs if is_packed_dir(s.path)]
     if packed_dirs:
         if len(specs) > 1 or task == "seq-cls":
-            raise ConfigError([Problem("--data", "a preprocessed directory must be the only source, for clm or mlm", packed_dirs[0].raw)])
+            raise ConfigError(
+                [
+                    Problem(
+                        "--data",
+                        "a preprocessed directory must be the only source, for clm or mlm",
+                        packed_dirs[0].raw,
+                    )
+                ]
+            )
         shards = PackedShards(packed_dirs[0].path, tokenizer=tokenizer, seq_len=data.seq_len)
-        chunker = ShardChunker(shards, seed=seed, dp_rank=dp_rank, dp_size=dp_size, chunk_blocks=max(micro_batch, data.chunk_docs))
+        chunker = ShardChunker(
+            shards,
+            seed=seed,
+            dp_rank=dp_rank,
+            dp_size=dp_size,
+            chunk_blocks=max(micro_batch, data.chunk_docs),
+        )
         return TrainStream(chunker, weights=[1.0], source_names=[specs[0].name], probe_factory=None, **common)
     streams = _open_streams(specs, data, task, dp_rank, dp_size, seed, shuffle=True)
-    weights = initial_weights([s.weight for s in specs], [s.size_bytes for s in streams], data.mix_temperature, [s.raw for s in specs])
-    chunker = TextChunker(streams, tokenizer, data, task=task, micro_batch=micro_batch, seed=seed, dp_rank=dp_rank, augment=plan, packed=packed)
+    weights = initial_weights(
+        [s.weight for s in specs],
+        [s.size_bytes for s in streams],
+        data.mix_temperature,
+        [s.raw for s in specs],
+    )
+    chunker = TextChunker(
+        streams,
+        tokenizer,
+        data,
+        task=task,
+        micro_batch=micro_batch,
+        seed=seed,
+        dp_rank=dp_rank,
+        augment=plan,
+        packed=packed,
+    )
 
     def probe(i: int) -> list[dict[str, torch.Tensor]]:
         # The batches a source is scored on: its eval spec when eval pairs up with train, else its own start.
         source = data.eval[i] if len(data.eval) == len(data.train) else data.train[i]
         sub = dataclasses.replace(data, train=[source], augment="", mix="static")
-        single = build_train_stream(sub, tokenizer, task=task, micro_batch=micro_batch, dp_rank=dp_rank, dp_size=dp_size, seed=seed)
+        single = build_train_stream(
+            sub, tokenizer, task=task, micro_batch=micro_batch, dp_rank=dp_rank, dp_size=dp_size, seed=seed
+        )
         return [next(single) for _ in range(data.mix_eval_batches)]
 
     names = _unique_names(specs)
@@ -308,7 +383,9 @@ def _unique_names(specs: list[SourceSpec]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
 
 
-def build_eval_batches(data: DataConfig, tokenizer, *, task: str, micro_batch: int, dp_rank: int, dp_size: int, max_batches: int) -> list[dict[str, torch.Tensor]]:
+def build_eval_batches(
+    data: DataConfig, tokenizer, *, task: str, micro_batch: int, dp_rank: int, dp_size: int, max_batches: int
+) -> list[dict[str, torch.Tensor]]:
     """The same number of batches on every rank: the global list, dealt round-robin, cycled if short."""
     _validate(data, task, micro_batch, dp_rank, dp_size)
     if not data.eval or max_batches < 1:
@@ -317,7 +394,9 @@ def build_eval_batches(data: DataConfig, tokenizer, *, task: str, micro_batch: i
     specs = [parse_spec(raw) for raw in data.eval]
     wanted = max_batches * dp_size
     plan = parse_augment(data.augment, data.synonyms, task=task)
-    masker = Masker(tokenizer, probability=data.mlm_probability, strategy=plan.mask_op) if task == "mlm" else None
+    masker = (
+        Masker(tokenizer, probability=data.mlm_probability, strategy=plan.mask_op) if task == "mlm" else None
+    )
     global_batches: list[dict[str, torch.Tensor]] = []
     packed = data.packing and task != "seq-cls"
     for spec in specs:
@@ -325,10 +404,23 @@ def build_eval_batches(data: DataConfig, tokenizer, *, task: str, micro_batch: i
             shards = PackedShards(spec.path, tokenizer=tokenizer, seq_len=data.seq_len)
             for start in range(0, min(shards.blocks, wanted * micro_batch), micro_batch):
                 rows = shards.gather(np.arange(start, min(start + micro_batch, shards.blocks)))
-                global_batches.append(packed_batch(rows, eos=ids["eos"], cross_doc_attention=data.cross_doc_attention))
+                global_batches.append(
+                    packed_batch(rows, eos=ids["eos"], cross_doc_attention=data.cross_doc_attention)
+                )
             continue
         streams = _open_streams([spec], data, task, 0, 1, 0, shuffle=False)
-        chunker = TextChunker(streams, tokenizer, data, task=task, micro_batch=micro_batch, seed=0, dp_rank=0, augment=None, packed=packed, shuffle=False)
+        chunker = TextChunker(
+            streams,
+            tokenizer,
+            data,
+            task=task,
+            micro_batch=micro_batch,
+            seed=0,
+            dp_rank=0,
+            augment=None,
+            packed=packed,
+            shuffle=False,
+        )
         state = chunker.initial_state([1.0])
         pending: list[np.ndarray] = []
         while len(global_batches) < wanted:
@@ -336,10 +428,18 @@ def build_eval_batches(data: DataConfig, tokenizer, *, task: str, micro_batch: i
             if chunk.blocks is not None:
                 pending.extend(chunk.blocks)
                 while len(pending) >= micro_batch and len(global_batches) < wanted:
-                    global_batches.append(packed_batch(np.stack(pending[:micro_batch]), eos=ids["eos"], cross_doc_attention=data.cross_doc_attention))
+                    global_batches.append(
+                        packed_batch(
+                            np.stack(pending[:micro_batch]),
+                            eos=ids["eos"],
+                            cross_doc_attention=data.cross_doc_attention,
+                        )
+                    )
                     pending = pending[micro_batch:]
             else:
-                global_batches.extend(padded_batch(s, lab, task=task, pad=ids["pad"]) for s, lab in (chunk.batches or []))
+                global_batches.extend(
+                    padded_batch(s, lab, task=task, pad=ids["pad"]) for s, lab in (chunk.batches or [])
+                )
             if state["sources"][0]["epoch"] > 0:
                 break
         if chunk.blocks is not None and len(global_batches) < wanted and (pending or state["carry"]):
@@ -354,10 +454,11 @@ def build_eval_batches(data: DataConfig, tokenizer, *, task: str, micro_batch: i
     return [global_batches[(dp_rank + i * dp_size) % len(global_batches)] for i in range(per_rank)]
 
 
-def _tail_batch(pending: list[np.ndarray], carry: list[int], ids: dict[str, int], seq_len: int) -> dict[str, torch.Tensor]:
+def _tail_batch(
+    pending: list[np.ndarray], carry: list[int], ids: dict[str, int], seq_len: int
+) -> dict[str, torch.Tensor]:
     """The eval set's last partial block, padded (masked out of attention and loss) so no eval token is lost."""
     seqs = [np.asarray(b, dtype=np.int64) for b in pending]
     if carry:
         seqs.append(np.asarray(carry, dtype=np.int64))
     return padded_batch(seqs, [None] * len(seqs), task="clm", pad=ids["pad"])
-

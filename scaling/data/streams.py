@@ -113,7 +113,16 @@ class RecordStream:
 class HFRecordStream(RecordStream):
     """A source read through HF `datasets` streaming; its position is the IterableDataset's own state_dict."""
 
-    def __init__(self, spec: SourceSpec, *, label_column: str | None, max_doc_chars: int, dp_rank: int, dp_size: int, seed: int) -> None:
+    def __init__(
+        self,
+        spec: SourceSpec,
+        *,
+        label_column: str | None,
+        max_doc_chars: int,
+        dp_rank: int,
+        dp_size: int,
+        seed: int,
+    ) -> None:
         self.spec = spec
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
         self.options = ReaderOptions(field=spec.field, label_column=label_column, max_doc_chars=max_doc_chars)
@@ -136,7 +145,12 @@ class HFRecordStream(RecordStream):
     def state(self) -> dict:
         # The dataset's state is taken only here (chunk boundaries), not per record: it is a deep copy.
         ds_state = self.dataset.state_dict() if self._iter is not None else self._ds_state
-        return {"epoch": self.epoch, "record": self._record_index, "dataset": ds_state, "counts": self.counts.as_dict()}
+        return {
+            "epoch": self.epoch,
+            "record": self._record_index,
+            "dataset": ds_state,
+            "counts": self.counts.as_dict(),
+        }
 
     def load_state(self, state: dict) -> None:
         self.epoch, self._record_index = state["epoch"], state["record"]
@@ -190,7 +204,13 @@ def _load_hf_streaming(spec: SourceSpec):
                 loaded = loaded["train"] if "train" in loaded else next(iter(loaded.values()))
             return loaded.to_iterable_dataset()
         if os.path.isfile(path):
-            builder = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+            builder = {
+                ".jsonl": "json",
+                ".json": "json",
+                ".csv": "csv",
+                ".parquet": "parquet",
+                ".txt": "text",
+            }
             ext = os.path.splitext(path)[1].lower()
             if ext not in builder:
                 raise DataError(f"data source {spec.raw!r}: datasets cannot read {ext} files")
@@ -202,6 +222,15 @@ def _load_hf_streaming(spec: SourceSpec):
         raise DataError(f"data source {spec.raw!r}: datasets could not load {path}: {e}") from e
 
 
-def open_record_stream(spec: SourceSpec, *, label_column: str | None, max_doc_chars: int, dp_rank: int, dp_size: int, seed: int) -> RecordStream:
+def open_record_stream(
+    spec: SourceSpec, *, label_column: str | None, max_doc_chars: int, dp_rank: int, dp_size: int, seed: int
+) -> RecordStream:
     cls = HFRecordStream if spec.hf else RecordStream
-    return cls(spec, label_column=label_column, max_doc_chars=max_doc_chars, dp_rank=dp_rank, dp_size=dp_size, seed=seed)
+    return cls(
+        spec,
+        label_column=label_column,
+        max_doc_chars=max_doc_chars,
+        dp_rank=dp_rank,
+        dp_size=dp_size,
+        seed=seed,
+    )

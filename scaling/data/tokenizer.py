@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from scaling.data.config import DataConfig
-from scaling.data.sources import SourceSpec, is_packed_dir, parse_spec
+from scaling.data.sources import is_packed_dir, parse_spec
 from scaling.data.streams import open_record_stream
 from scaling.errors import ConfigError, DataError, Problem
 
@@ -21,7 +21,14 @@ PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 MASK, CLS, SEP = "<mask>", "<cls>", "<sep>"
 # Enough text for a small vocabulary; bounds training time and memory whatever the corpus size.
 DEFAULT_MAX_SENTENCES = 300_000
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
 
 
 def has_tokenizer(path: str | os.PathLike) -> bool:
@@ -32,22 +39,30 @@ def load_tokenizer(path: str | os.PathLike):
     from transformers import AutoTokenizer
 
     if not has_tokenizer(path):
-        raise DataError(f"tokenizer {path}: not a directory with tokenizer files ({', '.join(_TOKENIZER_FILES)})")
+        raise DataError(
+            f"tokenizer {path}: not a directory with tokenizer files ({', '.join(_TOKENIZER_FILES)})"
+        )
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as e:
         raise DataError(f"tokenizer {path}: cannot be loaded: {e}") from e
 
 
-def iter_training_text(specs: Iterable[str], *, max_sentences: int, max_doc_chars: int = 100_000) -> Iterator[str]:
+def iter_training_text(
+    specs: Iterable[str], *, max_sentences: int, max_doc_chars: int = 100_000
+) -> Iterator[str]:
     """Text of the sources in file order, one pass, at most max_sentences records: deterministic by design."""
     streams = []
     for raw in specs:
         spec = parse_spec(raw)
         if is_packed_dir(spec.path):
-            raise DataError(f"data source {raw!r}: a preprocessed directory has no text to train a tokenizer on")
+            raise DataError(
+                f"data source {raw!r}: a preprocessed directory has no text to train a tokenizer on"
+            )
         streams.append(
-            open_record_stream(spec, label_column=None, max_doc_chars=max_doc_chars, dp_rank=0, dp_size=1, seed=0)
+            open_record_stream(
+                spec, label_column=None, max_doc_chars=max_doc_chars, dp_rank=0, dp_size=1, seed=0
+            )
         )
     for stream in streams:
         stream.shuffle_files = False
@@ -62,7 +77,12 @@ def iter_training_text(specs: Iterable[str], *, max_sentences: int, max_doc_char
 
 
 def train_sentencepiece(
-    texts: Iterable[str], output: str | os.PathLike, *, vocab_size: int, model_type: str = "unigram", seed: int = 0
+    texts: Iterable[str],
+    output: str | os.PathLike,
+    *,
+    vocab_size: int,
+    model_type: str = "unigram",
+    seed: int = 0,
 ):
     """Train SentencePiece on `texts` and write an HF tokenizer directory at `output`; returns the tokenizer.
 
@@ -139,7 +159,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def build_tokenizer(model_source: str, tokenizer: str | None, data: DataConfig, *, task: str, vocab_size: int, save_dir: Path):
+def build_tokenizer(
+    model_source: str, tokenizer: str | None, data: DataConfig, *, task: str, vocab_size: int, save_dir: Path
+):
     """The run's tokenizer: an explicit directory, the model directory's own, or SentencePiece trained on data.train."""
     if tokenizer is not None:
         tok = load_tokenizer(tokenizer)
@@ -147,13 +169,19 @@ def build_tokenizer(model_source: str, tokenizer: str | None, data: DataConfig, 
         tok = load_tokenizer(model_source)
     else:
         if not data.train:
-            raise ConfigError([Problem("--data", "a tokenizer must be trained for this model but no data is given")])
+            raise ConfigError(
+                [Problem("--data", "a tokenizer must be trained for this model but no data is given")]
+            )
         save_dir = Path(save_dir)
         # Every rank may call this at once: train into a private dir, then publish it with one atomic rename.
         if not has_tokenizer(save_dir):
-            staging = Path(tempfile.mkdtemp(prefix=".tok-", dir=save_dir.parent if save_dir.parent.exists() else None))
+            staging = Path(
+                tempfile.mkdtemp(prefix=".tok-", dir=save_dir.parent if save_dir.parent.exists() else None)
+            )
             train_sentencepiece(
-                iter_training_text(data.train, max_sentences=DEFAULT_MAX_SENTENCES), staging, vocab_size=vocab_size
+                iter_training_text(data.train, max_sentences=DEFAULT_MAX_SENTENCES),
+                staging,
+                vocab_size=vocab_size,
             )
             try:
                 os.replace(staging, save_dir)
@@ -166,6 +194,10 @@ def build_tokenizer(model_source: str, tokenizer: str | None, data: DataConfig, 
 
 def check_tokenizer_for_task(tok, task: str) -> None:
     if task == "mlm" and tok.mask_token_id is None:
-        raise ConfigError([Problem("tokenizer", "task mlm needs a tokenizer with a mask token", tok.name_or_path)])
+        raise ConfigError(
+            [Problem("tokenizer", "task mlm needs a tokenizer with a mask token", tok.name_or_path)]
+        )
     if tok.eos_token_id is None and tok.sep_token_id is None and task != "seq-cls":
-        raise ConfigError([Problem("tokenizer", "packing needs an eos (or sep) token between documents", tok.name_or_path)])
+        raise ConfigError(
+            [Problem("tokenizer", "packing needs an eos (or sep) token between documents", tok.name_or_path)]
+        )
