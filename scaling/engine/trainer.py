@@ -12,6 +12,7 @@ import math
 import random
 import signal
 import time
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from scaling.distributed.env import LaunchEnv
 from scaling.distributed.topology import Topology
 from scaling.engine import dist as dist_setup
 from scaling.engine.metrics import MetricsSink, memory_stats
+from scaling.engine.schedule import build_lr_scheduler
 from scaling.errors import UserError
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run saved and stopped on SIGTERM; `--resume auto` continues it
@@ -137,10 +139,16 @@ class _Run:
         self.tokenizer = load_run_tokenizer(run, self.rank)
         self.model = make_model(run, self.tokenizer)
         self.hf_config = self.model.config
+        # Without a `scheduler` section in the JSON the schedule is ours (HF semantics); DeepSpeed still
+        # steps it at each boundary and saves it in checkpoints.
+        own_schedule = None
+        if "scheduler" not in run.deepspeed:
+            own_schedule = partial(build_lr_scheduler, optim=run.optim, total_steps=run.total_steps)
         self.engine, _, _, _ = deepspeed.initialize(
             model=self.model,
             model_parameters=param_groups(self.model, run.optim.weight_decay),
             config=run.deepspeed,
+            lr_scheduler=own_schedule,
             dist_init_required=False,
         )
         self.stream = build_train_stream(
@@ -240,6 +248,7 @@ class _Run:
         run = self.run
         engine = self.engine
         engine.train()
+        window.note_lr(float(engine.get_lr()[0]))
         started = time.perf_counter()
         data_wait = 0.0
         micro = 0
@@ -418,8 +427,11 @@ class _Window:
         self._time = 0.0
         self._data_wait = 0.0
         self._steps = 0
-        self._samples = 0
+        self._lr = float("nan")
         self.last_tokens_local = 0
+
+    def note_lr(self, lr: float) -> None:
+        self._lr = lr
 
     def add_micro(self, loss: torch.Tensor) -> None:
         self._losses.append(loss.float())
@@ -445,7 +457,7 @@ class _Window:
             "step": step,
             "loss": loss,
             "loss_hex": loss.hex(),
-            "lr": float(engine.get_lr()[0]),
+            "lr": self._lr,
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "tokens_per_s": tokens / seconds,
             "samples_per_s": engine.train_batch_size() * self._steps / seconds,
