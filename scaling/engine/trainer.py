@@ -12,8 +12,8 @@ import math
 import random
 import signal
 import time
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
