@@ -173,6 +173,9 @@ def _read_lines(f: io.BufferedReader, offset: int, max_bytes: int) -> Iterator[t
             return
         if line.endswith(b"\n"):
             offset += len(line)
+            if continued and not line.rstrip(b"\r\n"):
+                continued = False  # the newline right after a split piece ends it; no empty record
+                continue
             yield line.rstrip(b"\r\n"), offset, continued
             continued = False
             continue
