@@ -102,7 +102,9 @@ def train_sentencepiece(
             model_writer=model,
             vocab_size=vocab_size,
             model_type=model_type,
-            byte_fallback=True,
+            # The unigram converter of transformers ignores byte pieces: cover every character instead.
+            byte_fallback=model_type == "bpe",
+            character_coverage=0.9995 if model_type == "bpe" else 1.0,
             pad_id=0,
             unk_id=1,
             bos_id=2,

@@ -1,0 +1,61 @@
+"""SentencePiece training, the AutoTokenizer round trip, determinism, and build_tokenizer's choices."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scaling.data import DataConfig, build_tokenizer, tokenizer_fingerprint
+from scaling.data.tokenizer import iter_training_text, train_sentencepiece
+from scaling.errors import ConfigError
+
+SHAKESPEARE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_trained_tokenizer_round_trips_through_autotokenizer(tmp_path, model_type):
+    from transformers import AutoTokenizer
+
+    texts = list(iter_training_text([str(SHAKESPEARE)], max_sentences=6000))
+    train_sentencepiece(texts, tmp_path / "tok", vocab_size=600, model_type=model_type)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert (tok.pad_token_id, tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2, 3)
+    assert tok.convert_ids_to_tokens([tok.mask_token_id, tok.cls_token_id, tok.sep_token_id]) == ["<mask>", "<cls>", "<sep>"]
+    assert len(tok) == 600
+    lines = SHAKESPEARE.read_text(encoding="utf-8").splitlines()[:400]
+    for line in filter(str.strip, lines):
+        ids = tok(line, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == line
+
+
+def test_training_is_deterministic(tmp_path):
+    texts = list(iter_training_text([str(SHAKESPEARE)], max_sentences=4000))
+    a = train_sentencepiece(texts, tmp_path / "a", vocab_size=500, model_type="unigram")
+    b = train_sentencepiece(texts, tmp_path / "b", vocab_size=500, model_type="unigram")
+    assert tokenizer_fingerprint(a) == tokenizer_fingerprint(b)
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+
+
+def test_build_tokenizer_trains_for_a_preset_then_reuses(tmp_path):
+    data = DataConfig(train=[str(SHAKESPEARE)])
+    tok = build_tokenizer("tiny-gpt2", None, data, task="mlm", vocab_size=500, save_dir=tmp_path / "tok")
+    assert (tmp_path / "tok" / "tokenizer.json").is_file() and tok.mask_token_id is not None
+    stamp = (tmp_path / "tok" / "tokenizer.json").stat().st_mtime_ns
+    again = build_tokenizer("tiny-gpt2", None, data, task="clm", vocab_size=500, save_dir=tmp_path / "tok")
+    assert (tmp_path / "tok" / "tokenizer.json").stat().st_mtime_ns == stamp
+    assert tokenizer_fingerprint(again) == tokenizer_fingerprint(tok)
+    # An explicit tokenizer dir, and a model dir holding one, are loaded as they are.
+    explicit = build_tokenizer("tiny-gpt2", str(tmp_path / "tok"), data, task="clm", vocab_size=99, save_dir=tmp_path / "x")
+    from_model = build_tokenizer(str(tmp_path / "tok"), None, data, task="clm", vocab_size=99, save_dir=tmp_path / "y")
+    assert len(explicit) == len(from_model) == 500 and not (tmp_path / "x").exists()
+
+
+def test_mlm_needs_a_mask_token(tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.WordLevel({"a": 0, "</s>": 1, "<unk>": 2}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", unk_token="<unk>").save_pretrained(str(tmp_path / "t"))
+    with pytest.raises(ConfigError, match="mask token"):
+        build_tokenizer("x", str(tmp_path / "t"), DataConfig(), task="mlm", vocab_size=10, save_dir=tmp_path / "s")
