@@ -24,6 +24,7 @@ from scaling.config.sections import (
     ParallelConfig,
 )
 from scaling.engine.prepare import RunRequest
+from scaling.errors import ConfigError, Problem
 
 
 class Betas(click.ParamType):
@@ -44,7 +45,7 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--model",
             "model",
-            required=True,
+            default=None,
             help="HF model dir, config.json, or preset (tiny-gpt2, tiny-llama, tiny-bert).",
         ),
         click.option("--task", type=click.Choice(TASKS), default="clm", show_default=True),
@@ -92,7 +93,9 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--activation-checkpointing/--no-activation-checkpointing", default=False, show_default=True
         ),
         click.option("--on-nan", type=click.Choice(ON_NAN), default="stop", show_default=True),
-        click.option("--output", required=True, type=click.Path(file_okay=False), help="Run directory."),
+        click.option(
+            "--output", default=None, type=click.Path(file_okay=False), help="Run directory (required)."
+        ),
         click.option("--save-every", type=click.IntRange(min=0), default=0, show_default=True),
         click.option("--keep-last", type=click.IntRange(min=1), default=3, show_default=True),
         click.option("--resume", default=None, help="'auto' or a checkpoint path."),

@@ -106,12 +106,14 @@ def train(run: RunConfig, env: LaunchEnv) -> TrainResult:
     """Run (or resume) the training described by `run` in this process, as rank `env.rank`."""
     dist_setup.init_process_group(env, timeout_s=run.parallel.init_timeout_s)
     try:
-        return _Run(run, env).fit()
+        return TrainingRun(run, env).fit()
     finally:
         dist_setup.teardown()
 
 
-class _Run:
+class TrainingRun:
+    """One rank's share of a run: builds the engine, data and checkpointing, then `fit()`s."""
+
     def __init__(self, run: RunConfig, env: LaunchEnv):
         self.run = run
         self.env = env
