@@ -122,7 +122,9 @@ def parameter_count(loaded: LoadedModel) -> dict[str, int]:
     quantized = 0
     for module in loaded.model.modules():
         if hasattr(module, "in_features") and hasattr(module, "qweight"):
-            quantized += module.in_features * module.out_features
+            # INC keeps the bias as a buffer, so it is not among parameters() either.
+            bias = getattr(module, "bias", None)
+            quantized += module.in_features * module.out_features + (bias.numel() if bias is not None else 0)
     return {"parameters": total + quantized, "nonzero_parameters": nonzero + quantized}
 
 

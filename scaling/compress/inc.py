@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import io
+import logging
+import os
 import re
 import tempfile
 import warnings
@@ -33,6 +36,9 @@ def api() -> Any:
         raise MissingPackageError(
             f"quantization needs Intel Neural Compressor ({exc}); {INSTALL_HINT}"
         ) from None
+    if "LOGLEVEL" not in os.environ:
+        # INC logs every layer at INFO; keep our command output readable unless asked (LOGLEVEL=INFO).
+        logging.getLogger("neural_compressor").setLevel(logging.ERROR)
     return q
 
 
@@ -175,7 +181,8 @@ def load_woq(directory: Path, conv1d_to_linear: bool = False) -> Any:
     fresh = model_class(config)._from_config(config, dtype=torch.float32)
     if conv1d_to_linear:
         globals()["conv1d_to_linear"](fresh)
-    model = api().load(str(directory), original_model=fresh)
+    with contextlib.redirect_stdout(io.StringIO()):  # INC prints progress with print()
+        model = api().load(str(directory), original_model=fresh)
     state = torch.load(Path(directory) / WEIGHT_FILE, weights_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -129,10 +129,14 @@ def find_blocks(model: Any) -> tuple[str, list[Block]]:
             family = "llama"
             a, f = f"{name}.self_attn", f"{name}.mlp"
             ffn_in = [f"{f}.gate_proj", f"{f}.up_proj"] if hasattr(m.mlp, "gate_proj") else [f"{f}.up_proj"]
-            blocks.append(Block(f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj", f"{a}.o_proj", ffn_in, f"{f}.down_proj"))
+            blocks.append(
+                Block(f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj", f"{a}.o_proj", ffn_in, f"{f}.down_proj")
+            )
         elif hasattr(m, "attention") and hasattr(m, "intermediate") and hasattr(m.attention, "self"):
             family = "bert"
-            blocks.append(Block(None, None, None, None, [f"{name}.intermediate.dense"], f"{name}.output.dense"))
+            blocks.append(
+                Block(None, None, None, None, [f"{name}.intermediate.dense"], f"{name}.output.dense")
+            )
         elif hasattr(m, "attn") and hasattr(m, "mlp") and hasattr(m.mlp, "c_fc"):
             family = "gpt2"
             blocks.append(Block(None, None, None, None, [f"{name}.mlp.c_fc"], f"{name}.mlp.c_proj"))
@@ -178,7 +182,9 @@ def _slice(module: Any, index: Any, dim: int) -> Any:
         w = module.weight.detach().index_select(1 - dim, index).clone()
         new = Conv1D(w.shape[1], w.shape[0])
         new.weight.data = w
-        new.bias.data = module.bias.detach().index_select(0, index).clone() if dim == 0 else module.bias.detach().clone()
+        new.bias.data = (
+            module.bias.detach().index_select(0, index).clone() if dim == 0 else module.bias.detach().clone()
+        )
         return new
     assert isinstance(module, torch.nn.Linear)
     return prune_linear_layer(module, index, dim=dim)
@@ -236,7 +242,9 @@ def structured_prune(model: Any, cfg: PruneConfig, batches: list[Batch] | None) 
     return report
 
 
-def _prune_llama_heads(model: Any, blocks: list[Block], share: float, norms: _InputNorms | None) -> dict[str, Any]:
+def _prune_llama_heads(
+    model: Any, blocks: list[Block], share: float, norms: _InputNorms | None
+) -> dict[str, Any]:
     """Remove whole KV groups (a KV head and the query heads sharing it), so GQA stays consistent."""
     import torch
 
@@ -249,7 +257,9 @@ def _prune_llama_heads(model: Any, blocks: list[Block], share: float, norms: _In
     if drop >= kv:
         raise CompressUserError(f"--heads {share} would remove all {kv} key/value head groups")
     if drop == 0:
-        raise CompressUserError(f"--heads {share} removes no head group (the model has {kv} KV heads; use >= {1 / kv:.3f})")
+        raise CompressUserError(
+            f"--heads {share} removes no head group (the model has {kv} KV heads; use >= {1 / kv:.3f})"
+        )
     keep_groups = kv - drop
     for b in blocks:
         o = model.get_submodule(b.o)
@@ -258,7 +268,9 @@ def _prune_llama_heads(model: Any, blocks: list[Block], share: float, norms: _In
             col = col * norms.sums[b.o]
         group_score = col.view(kv, per_group * head_dim).norm(dim=1)
         groups = torch.sort(torch.topk(group_score, keep_groups).indices).values
-        q_idx = torch.cat([torch.arange(g * per_group * head_dim, (g + 1) * per_group * head_dim) for g in groups.tolist()])
+        q_idx = torch.cat(
+            [torch.arange(g * per_group * head_dim, (g + 1) * per_group * head_dim) for g in groups.tolist()]
+        )
         kv_idx = torch.cat([torch.arange(g * head_dim, (g + 1) * head_dim) for g in groups.tolist()])
         _set(model, b.q, _slice(model.get_submodule(b.q), q_idx, 0))
         _set(model, b.k, _slice(model.get_submodule(b.k), kv_idx, 0))
@@ -301,7 +313,9 @@ def prune(source: str | Path, output: Path, cfg: PruneConfig, overwrite: bool = 
             batches = None
             if cfg.importance_data:
                 docs = read_documents(cfg.importance_data)
-                batches = calibration_batches(docs, loaded.tokenizer, loaded.task, cfg.seq_len, cfg.importance_samples)
+                batches = calibration_batches(
+                    docs, loaded.tokenizer, loaded.task, cfg.seq_len, cfg.importance_samples
+                )
             results["removed"] = structured_prune(model, cfg, batches)
             model = rebuild(model)
         if cfg.recover_steps:

@@ -23,7 +23,9 @@ def recover(model: Any, loaded: Any, cfg: PruneConfig, masks: dict[str, Any] | N
         docs = read_documents(cfg.recover_data, label_column=cfg.label_column)
         batches = cls_batches(docs, loaded.tokenizer, cfg.seq_len, 8)
     else:
-        blocks = lm_blocks(read_documents(cfg.recover_data), loaded.tokenizer, cfg.seq_len, cfg.recover_steps * 8)
+        blocks = lm_blocks(
+            read_documents(cfg.recover_data), loaded.tokenizer, cfg.seq_len, cfg.recover_steps * 8
+        )
         batches = block_batches(blocks, 8)
     layers = dict(model.named_modules())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.recover_lr)
@@ -42,7 +44,12 @@ def recover(model: Any, loaded: Any, cfg: PruneConfig, masks: dict[str, Any] | N
                     layers[name].weight.mul_(mask)
         losses.append(loss.item())
     model.eval()
-    return {"steps": cfg.recover_steps, "first_loss": losses[0], "last_loss": losses[-1], "lr": cfg.recover_lr}
+    return {
+        "steps": cfg.recover_steps,
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "lr": cfg.recover_lr,
+    }
 
 
 def _loss(model: Any, loaded: Any, task: str, b: Any, gen: Any) -> Any:
