@@ -210,7 +210,7 @@ def estimate(
     n = layout.data_parallel
     gpu, off = model_states(psi, stage, n, precision, opt_dev, par_dev)
     acts = activation_bytes(shape, layout, precision)
-    buffers = _bucket_bytes(ds_config, stage, PRECISION[precision].grad)
+    buffers = _bucket_bytes(ds_config, stage, PRECISION[precision].grad, psi)
     base = sum(gpu.values()) + acts + buffers
     buffers += int(FRAGMENTATION * base)
     host = {k: v for k, v in off.items() if k != "params" or par_dev == "cpu"}
@@ -243,22 +243,23 @@ def estimate(
     )
 
 
-def _bucket_bytes(config: dict[str, Any], stage: int, grad_bytes: int) -> int:
+def _bucket_bytes(config: dict[str, Any], stage: int, grad_bytes: int, psi: int) -> int:
+    """Buffers ZeRO allocates: the gradient reduce bucket (two with overlap_comm) and, at stage 3, the prefetch
+    bucket of gathered parameters. Each is capped at the parameter count: a bucket never holds more. Stage 1/2
+    all-gather into the existing flat parameters, so allgather_bucket_size only limits a call's size."""
     zero = config.get("zero_optimization") or {}
 
     def num(key: str, default: int) -> int:
         value = zero.get(key, default)
-        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+        count = int(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+        return min(count, psi)
 
     if stage == 0:
         return 0
     reduce = num("reduce_bucket_size", 500_000_000) * grad_bytes
     if zero.get("overlap_comm"):
         reduce *= 2  # one bucket fills while the other is reduced
-    if stage == 3:
-        gather = num("stage3_prefetch_bucket_size", 50_000_000) * grad_bytes
-    else:
-        gather = num("allgather_bucket_size", 500_000_000) * grad_bytes
+    gather = num("stage3_prefetch_bucket_size", 50_000_000) * grad_bytes if stage == 3 else 0
     return reduce + gather
 
 
@@ -304,6 +305,10 @@ def model_shape(source: str, vocab_size: int = 4096) -> ModelShape:
     `vocab_size` is used for presets, whose vocabulary comes from the tokenizer at training time.
     """
     from transformers import AutoConfig  # deferred: ~4 s, only the estimate and explain with --model need it
+    from transformers.utils import logging as hf_logging
+
+    # Config sanity warnings (e.g. GPT-2's default bos id outside a small vocab) are not ours to report here.
+    hf_logging.set_verbosity_error()
 
     path = Path(source)
     if path.is_dir():

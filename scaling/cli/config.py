@@ -1,0 +1,317 @@
+"""`scaling config`: validate, resolve, explain, edit, diff and list DeepSpeed JSON configs.
+
+Validation is pure Python and fast; deepspeed is imported only for `validate`'s last check (DeepSpeed's own
+`DeepSpeedConfig`), after everything else passed, and never when the config is already known to be broken.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from scaling.config.deepspeed import (
+    PRESET_DIR,
+    ResolvedDeepSpeed,
+    RunValues,
+    list_presets,
+    load_json,
+    locate,
+    resolve_deepspeed,
+)
+from scaling.config.sections import LR_SCHEDULES, PRECISIONS
+from scaling.errors import ConfigError, Problem, UserError
+
+# option name -> RunValues field
+_RUN_FIELDS = {
+    "world_size": "world_size",
+    "micro_batch": "micro_batch",
+    "grad_accum": "grad_accum",
+    "precision": "precision",
+    "tensor_parallel": "tensor_parallel",
+    "pipeline_stages": "pipeline_stages",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "warmup_steps": "warmup_steps",
+    "max_steps": "total_steps",
+    "lr_schedule": "lr_schedule",
+    "clip_grad": "clip_grad",
+    "gpus_per_node": "gpus_per_node",
+}
+_DEFAULTS = RunValues()
+
+
+def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The run options a DeepSpeed config is resolved against (same names and meaning as `scaling train`)."""
+    options = [
+        click.option(
+            "--world-size", type=click.IntRange(min=1), default=1, show_default=True, help="Ranks in the job."
+        ),
+        click.option(
+            "--micro-batch", type=click.IntRange(min=1), default=_DEFAULTS.micro_batch, show_default=True
+        ),
+        click.option(
+            "--grad-accum", type=click.IntRange(min=1), default=_DEFAULTS.grad_accum, show_default=True
+        ),
+        click.option(
+            "--precision", type=click.Choice(PRECISIONS), default=_DEFAULTS.precision, show_default=True
+        ),
+        click.option("--tensor-parallel", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option("--pipeline-stages", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option(
+            "--gpus-per-node", type=click.IntRange(min=1), default=None, help="For ZeRO++ hpZ 'auto'."
+        ),
+        click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True),
+        click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay, show_default=True),
+        click.option(
+            "--warmup-steps", type=click.IntRange(min=0), default=_DEFAULTS.warmup_steps, show_default=True
+        ),
+        click.option(
+            "--max-steps", type=click.IntRange(min=1), default=_DEFAULTS.total_steps, show_default=True
+        ),
+        click.option(
+            "--lr-schedule", type=click.Choice(LR_SCHEDULES), default=_DEFAULTS.lr_schedule, show_default=True
+        ),
+        click.option("--clip-grad", type=float, default=_DEFAULTS.clip_grad, show_default=True),
+        click.option(
+            "--model",
+            "model",
+            default=None,
+            metavar="DIR|CONFIG|PRESET",
+            help="Model, for hidden-size 'auto' values, the TP/heads check and the memory estimate.",
+        ),
+        click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Override a dotted key after the file (repeatable).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def run_values(ctx: click.Context, params: dict[str, Any], shape: Any = None) -> RunValues:
+    explicit = frozenset(
+        field
+        for name, field in _RUN_FIELDS.items()
+        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    )
+    values = {field: params[name] for name, field in _RUN_FIELDS.items()}
+    return RunValues(
+        **values,
+        hidden_size=shape.hidden if shape else None,
+        num_heads=shape.heads if shape else None,
+        cpu_only=not _has_cuda_device(),
+        explicit=explicit,
+    )
+
+
+def _has_cuda_device() -> bool:
+    # A device node is a cheap proxy for torch.cuda.is_available(), which would cost a torch import.
+    return Path("/dev/nvidiactl").exists()
+
+
+def model_shape_or_none(model: str | None) -> Any:
+    if model is None:
+        return None
+    from scaling.config.estimate import model_shape
+
+    return model_shape(model)
+
+
+class InvalidInput(click.ClickException):
+    """A UserError as the CLI shows it: `Error: <every problem>` and exit code 2 (click's usage-error code),
+    without the usage banner (the command line was fine; the config was not) and without a traceback."""
+
+    exit_code = 2
+
+
+def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as err:
+            raise InvalidInput(str(err)) from None
+
+    return wrapper
+
+
+def _resolve(ctx: click.Context, params: dict[str, Any], spec: str) -> tuple[ResolvedDeepSpeed, Any]:
+    shape = model_shape_or_none(params["model"])
+    resolved = resolve_deepspeed(spec, params["overrides"], run_values(ctx, params, shape))
+    return resolved, shape
+
+
+@click.group()
+def config() -> None:
+    """Validate, resolve, explain and edit DeepSpeed JSON configs (files or presets from ds_configs/)."""
+
+
+@config.command()
+@click.argument("spec", metavar="FILE|PRESET")
+@run_options
+@click.option(
+    "--deepspeed/--no-deepspeed",
+    "with_deepspeed",
+    default=True,
+    show_default=True,
+    help="Finally run DeepSpeed's own DeepSpeedConfig validation (imports deepspeed, ~2 s).",
+)
+@click.pass_context
+@user_errors
+def validate(ctx: click.Context, spec: str, with_deepspeed: bool, **params: Any) -> None:
+    """Check a config strictly before launch: JSON syntax, unknown keys, types, cross-field rules, batch
+    arithmetic against the world size and parallel degrees. Every problem is reported; exit code 2."""
+    resolved, _ = _resolve(ctx, params, spec)
+    if with_deepspeed:
+        deepspeed_check(resolved)
+    for note in resolved.notes:
+        click.echo(f"note: {note.render()}", err=True)
+    click.echo(
+        f"OK: {resolved.origin} is valid for world size {resolved.run.world_size} "
+        f"(dp {resolved.run.data_parallel}, tp {resolved.run.tensor_parallel}, "
+        f"pp {resolved.run.pipeline_stages}); global batch {resolved.config['train_batch_size']}"
+    )
+
+
+def deepspeed_check(resolved: ResolvedDeepSpeed) -> None:
+    """DeepSpeed's own config validation for the data-parallel world size, without launching anything."""
+    from unittest import mock
+
+    import deepspeed.comm
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    # DeepSpeed checks the batch against the data-parallel size its mpu reports; with no mpu it asks the
+    # world size, so report dp there (shared/notes/deepspeed-on-cpu.md §6).
+    dp = resolved.run.data_parallel
+    try:
+        with (
+            mock.patch.object(deepspeed.comm, "get_rank", return_value=0),
+            mock.patch.object(deepspeed.comm, "get_world_size", return_value=dp),
+        ):
+            DeepSpeedConfig(json.loads(json.dumps(resolved.config)))
+    except Exception as err:  # DeepSpeed raises AssertionError, pydantic ValidationError, ValueError, its own
+        message = " ".join(str(err).split())
+        raise ConfigError(
+            [Problem("deepspeed", f"DeepSpeed rejects the resolved config: {message}")]
+        ) from None
+
+
+@config.command()
+@click.argument("spec", metavar="FILE|PRESET")
+@run_options
+@click.pass_context
+@user_errors
+def resolve(ctx: click.Context, spec: str, **params: Any) -> None:
+    """Print the final JSON every rank gets ("auto" filled, --set applied)."""
+    resolved, _ = _resolve(ctx, params, spec)
+    click.echo(json.dumps(resolved.config, indent=2))
+
+
+@config.command()
+@click.argument("spec", metavar="FILE|PRESET")
+@run_options
+@click.option("--seq-len", type=click.IntRange(min=1), default=None, help="For the memory estimate.")
+@click.option("--activation-checkpointing", is_flag=True, help="For the memory estimate.")
+@click.pass_context
+@user_errors
+def explain(
+    ctx: click.Context, spec: str, seq_len: int | None, activation_checkpointing: bool, **params: Any
+) -> None:
+    """Print every value with its source, then a plain-words summary and the memory estimate."""
+    from scaling.config.explain import render
+
+    resolved, shape = _resolve(ctx, params, spec)
+    memory = None
+    if shape is not None:
+        from scaling.config.estimate import Layout, estimate
+
+        run = resolved.run
+        per_node = run.gpus_per_node or run.world_size
+        layout = Layout(
+            nodes=max(1, run.world_size // per_node),
+            gpus_per_node=per_node,
+            tensor_parallel=run.tensor_parallel,
+            pipeline_stages=run.pipeline_stages,
+            seq_len=seq_len or shape.max_positions or 2048,
+            micro_batch=run.micro_batch,
+            activation_checkpointing=activation_checkpointing,
+        )
+        memory = estimate(shape, layout, resolved.config, run.precision)
+    click.echo(render(resolved, memory))
+
+
+@config.command(name="set")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
+@user_errors
+def set_command(path: Path, assignments: tuple[str, ...]) -> None:
+    """Edit a JSON file in place, keeping its key order, indentation and layout."""
+    from scaling.config.edit import set_keys
+
+    if not path.is_file():
+        raise ConfigError([Problem(str(path), "no such file")])
+    changes = set_keys(path, list(assignments))
+    for key, old, new in changes:
+        click.echo(f"{key}: {json.dumps(old)} -> {json.dumps(new)}")
+
+
+@config.command()
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B")
+@user_errors
+def diff(a: str, b: str) -> None:
+    """Semantic difference of two configs (files or presets): key order and formatting do not count.
+    Exit code 1 when they differ, 0 when equal."""
+    from scaling.config.edit import diff as semantic_diff
+
+    left, right = load_json(locate(a)[0]), load_json(locate(b)[0])
+    changes = semantic_diff(left, right)
+    for change in changes:
+        click.echo(change.render())
+    if not changes:
+        click.echo("no differences")
+    sys.exit(1 if changes else 0)
+
+
+@config.command(name="list")
+def list_command() -> None:
+    """List the presets in ds_configs/ with their one-line purpose."""
+    blurbs = _preset_blurbs()
+    for name in list_presets():
+        click.echo(f"{name:<16} {blurbs.get(name, '')}")
+
+
+@config.command()
+@click.argument("name")
+@user_errors
+def show(name: str) -> None:
+    """Print a preset's JSON as written."""
+    path, _ = locate(name)
+    click.echo(path.read_text(encoding="utf-8").rstrip())
+
+
+def _preset_blurbs() -> dict[str, str]:
+    """The first sentence under each `## name` heading of ds_configs/README.md."""
+    readme = PRESET_DIR / "README.md"
+    if not readme.is_file():
+        return {}
+    out: dict[str, str] = {}
+    current = None
+    for line in readme.read_text(encoding="utf-8").splitlines():
+        if line.startswith("## "):
+            current = line[3:].strip().strip("`").split()[0]
+        elif current and line.strip() and current not in out:
+            out[current] = line.strip().split(". ")[0].rstrip(".") + "."
+    return out

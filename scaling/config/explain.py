@@ -1,0 +1,148 @@
+"""Say where every value of a resolved DeepSpeed config came from, and what the config does in plain words."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from scaling.config.deepspeed import ResolvedDeepSpeed
+from scaling.config.estimate import MemoryEstimate, fmt_bytes
+from scaling.config.schema import offload_device, zero_stage
+
+DEEPSPEED_DEFAULT = "DeepSpeed default"
+
+# Defaults DeepSpeed 0.19.8 applies to keys a config leaves out, worth showing because they change memory or
+# speed (runtime/zero/config.py, runtime/precision_config.py). Keyed by the ZeRO stages they matter for.
+_DEFAULTS: list[tuple[str, Any, tuple[int, ...]]] = [
+    ("zero_optimization.stage", 0, (0,)),
+    ("zero_optimization.contiguous_gradients", True, (1, 2, 3)),
+    ("zero_optimization.reduce_scatter", True, (1, 2)),
+    ("zero_optimization.reduce_bucket_size", 500_000_000, (1, 2, 3)),
+    ("zero_optimization.allgather_bucket_size", 500_000_000, (1, 2)),
+    ("zero_optimization.overlap_comm", "true for stage 3, else false", (1, 2, 3)),
+    ("zero_optimization.stage3_prefetch_bucket_size", 50_000_000, (3,)),
+    ("zero_optimization.stage3_param_persistence_threshold", 100_000, (3,)),
+    ("zero_optimization.stage3_max_live_parameters", 1_000_000_000, (3,)),
+    ("zero_optimization.sub_group_size", 1_000_000_000, (3,)),
+]
+_FP16_DEFAULTS = [
+    ("fp16.loss_scale", 0),
+    ("fp16.initial_scale_power", 16),
+    ("fp16.loss_scale_window", 1000),
+    ("fp16.hysteresis", 2),
+    ("fp16.min_loss_scale", 1),
+]
+
+PARTITIONED = {
+    0: "nothing is partitioned: every data-parallel rank holds all parameters, gradients and optimizer states",
+    1: "optimizer states (fp32 master weights, Adam moments) are partitioned across data-parallel ranks",
+    2: "optimizer states and gradients are partitioned across data-parallel ranks",
+    3: "optimizer states, gradients and parameters are partitioned; parameters are gathered layer by layer",
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One leaf of the final config."""
+
+    path: str
+    """Dotted key path."""
+    value: Any
+    """Final value (for a DeepSpeed default, the value DeepSpeed will use)."""
+    source: str
+    """Where it came from: preset/file, --set, an option filling "auto", derived, or DeepSpeed default."""
+
+
+def rows(resolved: ResolvedDeepSpeed) -> list[Row]:
+    out = [
+        Row(path, value, resolved.sources.get(path, resolved.origin))
+        for path, value in _leaves(resolved.config)
+    ]
+    present = {r.path for r in out}
+    stage = zero_stage(resolved.config)
+    for path, value, stages in _DEFAULTS:
+        if stage in stages and path not in present:
+            out.append(Row(path, value, DEEPSPEED_DEFAULT))
+    if resolved.config.get("fp16", {}).get("enabled") is True:
+        out.extend(Row(p, v, DEEPSPEED_DEFAULT) for p, v in _FP16_DEFAULTS if p not in present)
+    return out
+
+
+def _leaves(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict) and node:
+        out = []
+        for key, value in node.items():
+            out.extend(_leaves(value, f"{prefix}.{key}" if prefix else key))
+        return out
+    return [(prefix, node)]
+
+
+def summary(resolved: ResolvedDeepSpeed, memory: MemoryEstimate | None = None) -> list[str]:
+    """Plain-words lines: ZeRO stage, offload, precision, batch, optimizer, memory."""
+    cfg, run = resolved.config, resolved.run
+    stage = zero_stage(cfg)
+    lines = [f"ZeRO stage {stage}: {PARTITIONED.get(stage, '?')}."]
+    opt_dev, par_dev = offload_device(cfg, "optimizer"), offload_device(cfg, "param")
+    if opt_dev == "none" and par_dev == "none":
+        lines.append("Offload: none; everything stays in accelerator memory.")
+    else:
+        parts = []
+        if opt_dev != "none":
+            parts.append(f"optimizer states and the fp32 step to {opt_dev.upper()}")
+        if par_dev != "none":
+            parts.append(f"parameters to {par_dev.upper()}")
+        lines.append("Offload: " + "; ".join(parts) + " (less accelerator memory, slower steps).")
+    fp16 = cfg.get("fp16", {})
+    if cfg.get("bf16", {}).get("enabled") is True:
+        lines.append(
+            "Precision: bf16 weights and activations with fp32 master weights; no loss scaling needed."
+        )
+    elif fp16.get("enabled") is True:
+        scale = fp16.get("loss_scale", 0)
+        if scale:
+            lines.append(f"Precision: fp16 with a static loss scale of {scale:g}.")
+        else:
+            lines.append(
+                f"Precision: fp16 with dynamic loss scaling (starts at 2^{fp16.get('initial_scale_power', 16)}, "
+                f"halves on overflow after {fp16.get('hysteresis', 2)} overflows, doubles after "
+                f"{fp16.get('loss_scale_window', 1000)} clean steps, floor {fp16.get('min_loss_scale', 1)})."
+            )
+    else:
+        lines.append("Precision: fp32 throughout.")
+    micro, accum = cfg.get("train_micro_batch_size_per_gpu"), cfg.get("gradient_accumulation_steps")
+    lines.append(
+        f"Effective global batch = micro {micro} x accum {accum} x dp {run.data_parallel} = "
+        f"{cfg.get('train_batch_size')} samples per optimizer step (world {run.world_size}, "
+        f"tp {run.tensor_parallel}, pp {run.pipeline_stages})."
+    )
+    opt = cfg.get("optimizer", {})
+    params = opt.get("params", {})
+    sched = cfg.get("scheduler", {})
+    lines.append(
+        f"Optimizer: {opt.get('type')} lr {params.get('lr')} (weight decay {params.get('weight_decay')}), "
+        f"schedule {sched.get('type')}, gradient clipping {cfg.get('gradient_clipping')}."
+    )
+    if memory is not None:
+        lines.append(
+            f"Memory per GPU: {fmt_bytes(memory.gpu_total)} (params {fmt_bytes(memory.gpu_params)}, grads "
+            f"{fmt_bytes(memory.gpu_grads)}, optimizer {fmt_bytes(memory.gpu_optimizer)}, activations "
+            f"{fmt_bytes(memory.gpu_activations)}, buffers {fmt_bytes(memory.gpu_buffers)}); "
+            f"CPU per node {fmt_bytes(memory.cpu_per_node)}"
+            + (f"; NVMe per rank {fmt_bytes(memory.nvme_per_rank)}" if memory.nvme_per_rank else "")
+            + "."
+        )
+    else:
+        lines.append("Memory: give --model to estimate it (see `scaling estimate`).")
+    for note in resolved.notes:
+        lines.append(f"Note: {note.render()}")
+    return lines
+
+
+def render(resolved: ResolvedDeepSpeed, memory: MemoryEstimate | None = None) -> str:
+    table = rows(resolved)
+    width = max(len(r.path) for r in table)
+    vwidth = min(28, max(len(json.dumps(r.value)) for r in table))
+    body = [f"{'key':<{width}}  {'value':<{vwidth}}  source"]
+    body += [f"{r.path:<{width}}  {json.dumps(r.value):<{vwidth}}  {r.source}" for r in table]
+    return "\n".join([*body, "", *summary(resolved, memory)])
