@@ -418,12 +418,10 @@ SCHEDULERS = {"linear": "WarmupDecayLR", "cosine": "WarmupCosineLR", "constant":
 def _bind_scheduler(r: _Resolver) -> None:
     run = r.run
     if r.get("scheduler") is None:
-        r.put(
-            "scheduler.type",
-            SCHEDULERS.get(run.lr_schedule, "WarmupDecayLR"),
-            f"{'option' if 'lr_schedule' in run.explicit else 'default of'} --lr-schedule",
-        )
-    elif r.get("scheduler.type") not in (None, AUTO) and "lr_schedule" in run.explicit:
+        # No section: the engine runs its own HF-style schedule from the run options (linear warmup from 0,
+        # then linear/cosine/constant), which DeepSpeed's WarmupDecayLR cannot express for warmup 0.
+        return
+    if r.get("scheduler.type") not in (None, AUTO) and "lr_schedule" in run.explicit:
         wanted = SCHEDULERS.get(run.lr_schedule)
         if wanted and r.get("scheduler.type") != wanted:
             r.problems.append(
@@ -488,16 +486,19 @@ def _fill_zero_autos(r: _Resolver) -> None:
             per_node,
             f"derived: GPUs per node ({'given' if r.run.gpus_per_node else 'assumed'})",
         )
+    # Without a model (e.g. `scaling config validate FILE`), "auto" falls back to DeepSpeed's own defaults.
+    fallback = {
+        "zero_optimization.reduce_bucket_size": 500_000_000,
+        "zero_optimization.stage3_prefetch_bucket_size": 50_000_000,
+        "zero_optimization.stage3_param_persistence_threshold": 100_000,
+    }
     for path, rule in rules.items():
         if r.get(path) == AUTO:
             if hidden is None:
-                r.problems.append(
-                    Problem(
-                        path,
-                        "'auto' needs the model's hidden size",
-                        AUTO,
-                        fix="give a number, or a model whose config has hidden_size",
-                    )
+                r.put(
+                    path,
+                    fallback[path],
+                    "DeepSpeed default (filled 'auto'; no model hidden size for the HF rule)",
                 )
             else:
                 r.put(path, rule(hidden), f"derived from hidden_size {hidden} (HF rule)")
