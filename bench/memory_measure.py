@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import sys
+import warnings
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,9 +42,11 @@ def live_tensor_bytes(exclude: list[Any]) -> int:
     gc.collect()
     seen: dict[int, int] = {}
     skip = {t.untyped_storage().data_ptr() for t in exclude}
-    for obj in gc.get_objects():
-        if not isinstance(obj, torch.Tensor):
-            continue
+    with warnings.catch_warnings():
+        # isinstance() on some torch module proxies in gc's list raises deprecation warnings; not ours.
+        warnings.simplefilter("ignore")
+        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for obj in tensors:
         for t in (obj, getattr(obj, "grad", None)):
             if t is None or t.device.type == "meta":
                 continue
@@ -98,7 +101,7 @@ def measure(stage: int, precision: str, world: int, offload: bool = False) -> di
     for _ in range(2):
         loss = engine(input_ids=ids, labels=ids).loss
         engine.backward(loss)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if len(losses) == 2:
             break
         engine.step()

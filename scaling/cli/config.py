@@ -307,11 +307,19 @@ def _preset_blurbs() -> dict[str, str]:
     readme = PRESET_DIR / "README.md"
     if not readme.is_file():
         return {}
-    out: dict[str, str] = {}
+    paragraphs: dict[str, list[str]] = {}
     current = None
     for line in readme.read_text(encoding="utf-8").splitlines():
         if line.startswith("## "):
             current = line[3:].strip().strip("`").split()[0]
-        elif current and line.strip() and current not in out:
-            out[current] = line.strip().split(". ")[0].rstrip(".") + "."
+            paragraphs[current] = []
+        elif current and line.strip():
+            paragraphs[current].append(line.strip())
+        elif current and paragraphs[current]:
+            current = None  # only the first paragraph
+    out = {}
+    for name, lines in paragraphs.items():
+        text = " ".join(lines)
+        cut = min((i for i in (text.find(". "), text.find(": ")) if i > 0), default=len(text))
+        out[name] = text[:cut].rstrip(".") + "."
     return out

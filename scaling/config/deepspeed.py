@@ -367,31 +367,34 @@ def _as_int(value: Any) -> int | None:
 def _bind_precision(r: _Resolver) -> None:
     precision = r.run.precision
     explicit = "precision" in r.run.explicit
-    for mode in ("bf16", "fp16"):
-        enabled = r.get(f"{mode}.enabled")
-        wanted = precision == mode
-        if enabled is None or enabled == AUTO:
-            label = f"{'option' if explicit else 'default of'} --precision"
-            r.put(f"{mode}.enabled", wanted, label + (" (filled 'auto')" if enabled == AUTO else ""))
-        elif enabled is not wanted:
-            if explicit:
-                r.problems.append(
-                    Problem(
-                        f"{mode}.enabled",
-                        f"contradicts --precision {precision}",
-                        enabled,
-                        fix='set it to "auto" or drop --precision',
-                    )
-                )
-            elif enabled is True:
-                r.adopted["precision"] = mode
-    if r.get("bf16.enabled") is True and r.get("fp16.enabled") is True:
+    given = {mode: r.get(f"{mode}.enabled") for mode in ("bf16", "fp16")}
+    if given["bf16"] is True and given["fp16"] is True:
         r.problems.append(Problem("fp16.enabled", "bf16 and fp16 are both enabled", True, fix="enable one"))
-    if "precision" in r.adopted:  # JSON decided: make the other mode agree
-        chosen = r.adopted["precision"]
-        other = "fp16" if chosen == "bf16" else "bf16"
-        if r.get(f"{other}.enabled") is not True:
-            r.put(f"{other}.enabled", False, f"derived from {chosen}.enabled")
+        return
+    label = f"{'option' if explicit else 'default of'} --precision"
+    if not explicit:
+        # The JSON decides when --precision was not given: a mode switched on, or the default's mode off (fp32).
+        chosen = next((mode for mode, value in given.items() if value is True), None)
+        if chosen is None and given.get(precision) is False:
+            chosen = "fp32"
+        if chosen is not None and chosen != precision:
+            r.adopted["precision"] = precision = chosen
+            label = f"derived from the file's {chosen}" + (
+                ".enabled" if chosen != "fp32" else " (no 16-bit mode on)"
+            )
+    for mode in ("bf16", "fp16"):
+        enabled, wanted = given[mode], precision == mode
+        if enabled is None or enabled == AUTO:
+            r.put(f"{mode}.enabled", wanted, label + (" (filled 'auto')" if enabled == AUTO else ""))
+        elif isinstance(enabled, bool) and enabled is not wanted:
+            r.problems.append(
+                Problem(
+                    f"{mode}.enabled",
+                    f"contradicts --precision {precision}",
+                    enabled,
+                    fix='set it to "auto" or drop --precision',
+                )
+            )
 
 
 def _bind_optimizer(r: _Resolver) -> None:

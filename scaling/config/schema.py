@@ -676,13 +676,17 @@ def check_cross(config: dict[str, Any], degrees: Degrees, skip: Iterable[str] = 
     if json_tp and json_tp > 1 and tp == 1:
         tp = json_tp
 
-    if world % (tp * pp):
+    if world % tp:
+        out.append(
+            Problem("--tensor-parallel", f"does not divide the world size {world}", tp, fix="pick a divisor")
+        )
+    elif world % (tp * pp):
         out.append(
             Problem(
-                "--world-size",
-                f"not divisible by tensor_parallel({tp}) x pipeline_stages({pp})",
-                world,
-                fix=f"use a multiple of {tp * pp}",
+                "--pipeline-stages",
+                f"tensor_parallel({tp}) x pipeline_stages({pp}) does not divide the world size {world}",
+                pp,
+                fix="pick a divisor",
             )
         )
     if tp > 1 and world % tp == 0 and degrees.num_heads and degrees.num_heads % tp:
