@@ -300,11 +300,15 @@ def resolve_deepspeed(
     problems.extend(
         Problem(path, "still 'auto' after resolution", AUTO, fix="give a value")
         for path in _autos_left(r.config)
-        if path not in flagged
+        if path not in flagged and not (flagged & _DERIVED_FROM.get(path, set()))
     )
     if problems:
         raise ConfigError(problems, header=f"DeepSpeed config ({origin})")
     return ResolvedDeepSpeed(config=r.config, sources=r.sources, run=final_run, origin=origin, notes=notes)
+
+
+# "auto" values computed from other keys: when those are wrong, the "auto" left over is not a second defect.
+_DERIVED_FROM = {"train_batch_size": {"train_micro_batch_size_per_gpu", "gradient_accumulation_steps"}}
 
 
 def validate_run_values(run: RunValues) -> list[Problem]:
