@@ -18,14 +18,39 @@ def test_tokenizer_train_then_preprocess(tmp_path):
     runner = CliRunner()
     tok_dir = tmp_path / "tok"
     result = runner.invoke(
-        cli, ["tokenizer", "train", "--data", str(SHARED / "tinyshakespeare.txt"), "--vocab-size", "400", "--model-type", "bpe", "--output", str(tok_dir)]
+        cli,
+        [
+            "tokenizer",
+            "train",
+            "--data",
+            str(SHARED / "tinyshakespeare.txt"),
+            "--vocab-size",
+            "400",
+            "--model-type",
+            "bpe",
+            "--output",
+            str(tok_dir),
+        ],
     )
     assert result.exit_code == 0, result.output
     tok = AutoTokenizer.from_pretrained(str(tok_dir))
     assert len(tok) == 400 and tok.mask_token == "<mask>" and tok.pad_token_id == 0
     result = runner.invoke(
         cli,
-        ["preprocess", "--data", f"{SHARED / 'sst2' / 'dev.tsv'}:sentence", "--tokenizer", str(tok_dir), "--seq-len", "32", "--output", str(tmp_path / "p"), "--workers", "1", "--no-progress"],
+        [
+            "preprocess",
+            "--data",
+            f"{SHARED / 'sst2' / 'dev.tsv'}:sentence",
+            "--tokenizer",
+            str(tok_dir),
+            "--seq-len",
+            "32",
+            "--output",
+            str(tmp_path / "p"),
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
     )
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
@@ -35,12 +60,47 @@ def test_tokenizer_train_then_preprocess(tmp_path):
 def test_bad_input_exits_2_naming_the_source(tmp_path):
     runner = CliRunner()
     missing = tmp_path / "missing.txt"
-    result = runner.invoke(cli, ["tokenizer", "train", "--data", str(missing), "--vocab-size", "100", "--output", str(tmp_path / "t")])
+    result = runner.invoke(
+        cli,
+        [
+            "tokenizer",
+            "train",
+            "--data",
+            str(missing),
+            "--vocab-size",
+            "100",
+            "--output",
+            str(tmp_path / "t"),
+        ],
+    )
     assert result.exit_code == 2 and "missing.txt" in result.output
     (tmp_path / "empty.txt").write_text("\n\n")
     result = runner.invoke(
-        cli, ["preprocess", "--data", str(tmp_path / "empty.txt"), "--tokenizer", str(tmp_path / "nope"), "--seq-len", "32", "--output", str(tmp_path / "p")]
+        cli,
+        [
+            "preprocess",
+            "--data",
+            str(tmp_path / "empty.txt"),
+            "--tokenizer",
+            str(tmp_path / "nope"),
+            "--seq-len",
+            "32",
+            "--output",
+            str(tmp_path / "p"),
+        ],
     )
     assert result.exit_code == 2 and "nope" in result.output
-    result = runner.invoke(cli, ["tokenizer", "train", "--data", str(SHARED / "tinyshakespeare.txt"), "--model-type", "wordpiece", "--output", str(tmp_path / "t")])
+    result = runner.invoke(
+        cli,
+        [
+            "tokenizer",
+            "train",
+            "--data",
+            str(SHARED / "tinyshakespeare.txt"),
+            "--model-type",
+            "wordpiece",
+            "--output",
+            str(tmp_path / "t"),
+        ],
+    )
     assert result.exit_code == 2

@@ -89,7 +89,7 @@ class _Tok:
         return 1000
 
     def convert_ids_to_tokens(self, ids):
-        return [("<s%d>" % i) if i < 4 else ("▁t" if i % 2 == 0 else "t") for i in ids]
+        return [f"<s{i}>" if i < 4 else ("▁t" if i % 2 == 0 else "t") for i in ids]
 
 
 def _ids(rows=64, width=256):

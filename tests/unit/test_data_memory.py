@@ -38,7 +38,9 @@ def test_streaming_a_200mb_file_keeps_memory_bounded(tmp_path):
         print(count, chars, stream.counts.split_long, (peak - base) // 1024)
         """
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300)
-    count, chars, split, grown_mb = map(int, out.stdout.split())
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    )
+    _count, chars, split, grown_mb = map(int, out.stdout.split())
     assert chars > 200 * 1024 * 1024 and split >= 30
     assert grown_mb < 64, f"resident set grew by {grown_mb} MB while streaming 230 MB"

@@ -36,8 +36,12 @@ def test_dynamic_update_favours_high_loss_within_bounds():
 
 
 def two_sources(tmp_path: Path) -> tuple[str, str]:
-    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": f"alpha {i} " * 3}) + "\n" for i in range(3000)))
-    (tmp_path / "b.jsonl").write_text("".join(json.dumps({"text": f"beta {i} " * 3}) + "\n" for i in range(3000)))
+    (tmp_path / "a.jsonl").write_text(
+        "".join(json.dumps({"text": f"alpha {i} " * 3}) + "\n" for i in range(3000))
+    )
+    (tmp_path / "b.jsonl").write_text(
+        "".join(json.dumps({"text": f"beta {i} " * 3}) + "\n" for i in range(3000))
+    )
     return str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")
 
 
@@ -59,7 +63,9 @@ def test_observed_share_matches_weights_and_is_deterministic(tmp_path, tok):
 
 def test_dynamic_mixing_shifts_weight_to_the_worse_source(tmp_path, tok):
     a, b = two_sources(tmp_path)
-    data = DataConfig(train=[a, b], seq_len=64, chunk_docs=128, mix="dynamic", mix_update_every=10, mix_eval_batches=1)
+    data = DataConfig(
+        train=[a, b], seq_len=64, chunk_docs=128, mix="dynamic", mix_update_every=10, mix_eval_batches=1
+    )
     stream = build_train_stream(data, tok, task="clm", micro_batch=4, dp_rank=0, dp_size=1, seed=0)
     calls = []
 
@@ -79,6 +85,9 @@ def test_dynamic_mixing_shifts_weight_to_the_worse_source(tmp_path, tok):
 
 def test_eval_batches_are_equal_in_number_across_ranks(tok):
     data = DataConfig(eval=[str(SHAKESPEARE)], seq_len=64)
-    per_rank = [build_eval_batches(data, tok, task="clm", micro_batch=4, dp_rank=r, dp_size=3, max_batches=5) for r in range(3)]
+    per_rank = [
+        build_eval_batches(data, tok, task="clm", micro_batch=4, dp_rank=r, dp_size=3, max_batches=5)
+        for r in range(3)
+    ]
     assert [len(b) for b in per_rank] == [5, 5, 5]
     assert not torch.equal(per_rank[0][0]["input_ids"], per_rank[1][0]["input_ids"])

@@ -24,13 +24,27 @@ def tok(tmp_path_factory):
 
 
 def test_packing_on_shakespeare_has_under_one_percent_padding(tok):
-    stream = build_train_stream(DataConfig(train=[str(SHAKESPEARE)], seq_len=128), tok, task="clm", micro_batch=8, dp_rank=0, dp_size=1, seed=0)
+    stream = build_train_stream(
+        DataConfig(train=[str(SHAKESPEARE)], seq_len=128),
+        tok,
+        task="clm",
+        micro_batch=8,
+        dp_rank=0,
+        dp_size=1,
+        seed=0,
+    )
     batches = [next(stream) for _ in range(40)]
     assert all(b["input_ids"].shape == (8, 128) for b in batches)
     assert stream.metrics()["data/pad_fraction"] < 0.01
     # The same documents padded one per row waste most of the batch.
     naive = build_train_stream(
-        DataConfig(train=[str(SHAKESPEARE)], seq_len=128, packing=False), tok, task="clm", micro_batch=8, dp_rank=0, dp_size=1, seed=0
+        DataConfig(train=[str(SHAKESPEARE)], seq_len=128, packing=False),
+        tok,
+        task="clm",
+        micro_batch=8,
+        dp_rank=0,
+        dp_size=1,
+        seed=0,
     )
     for _ in range(40):
         next(naive)
@@ -54,11 +68,26 @@ def _tiny_model(kind: str, vocab: int):
 
     torch.manual_seed(0)
     if kind == "gpt2":
-        config = GPT2Config(vocab_size=vocab, bos_token_id=1, eos_token_id=1, n_positions=64, n_embd=32, n_layer=2, n_head=2, attn_implementation="sdpa")
+        config = GPT2Config(
+            vocab_size=vocab,
+            bos_token_id=1,
+            eos_token_id=1,
+            n_positions=64,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            attn_implementation="sdpa",
+        )
         return GPT2LMHeadModel(config).eval()
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=64, attn_implementation="sdpa",
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        attn_implementation="sdpa",
     )
     return LlamaForCausalLM(config).eval()
 
@@ -75,7 +104,9 @@ def test_packed_loss_equals_padded_loss_per_document(kind, attn):
     model.config._attn_implementation = attn
     with torch.no_grad():
         # use_cache=False as in training: HF derives the per-document mask from position_ids only without a cache.
-        packed_logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits[0]
+        packed_logits = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits[0]
         start = 0
         for doc in docs:
             ids = torch.tensor([[*doc, eos]])
@@ -88,7 +119,11 @@ def test_packed_loss_equals_padded_loss_per_document(kind, attn):
         # HF's own loss over the packed row equals the token-weighted mean of the per-document losses.
         out = model(**batch, use_cache=False)
         per_doc = sum(
-            torch.nn.functional.cross_entropy(model(input_ids=torch.tensor([[*d, eos]])).logits[0, :-1], torch.tensor([*d, eos])[1:], reduction="sum")
+            torch.nn.functional.cross_entropy(
+                model(input_ids=torch.tensor([[*d, eos]])).logits[0, :-1],
+                torch.tensor([*d, eos])[1:],
+                reduction="sum",
+            )
             for d in docs
         ) / sum(len(d) for d in docs)
         assert abs(out.loss.item() - per_doc.item()) < 1e-5
@@ -104,7 +139,10 @@ def test_seq_cls_dynamic_padding_with_length_grouping(tok):
     widths = []
     for _ in range(30):
         batch = next(stream)
-        assert batch["labels"].shape == (batch["input_ids"].shape[0],) and set(batch["labels"].tolist()) <= {0, 1}
+        assert batch["labels"].shape == (batch["input_ids"].shape[0],) and set(batch["labels"].tolist()) <= {
+            0,
+            1,
+        }
         lengths = batch["attention_mask"].sum(1)
         assert batch["input_ids"].shape[1] == int(lengths.max()) <= 64
         assert (batch["input_ids"][:, 0] == tok.cls_token_id).all()

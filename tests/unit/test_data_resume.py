@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,16 @@ def equal(a: dict, b: dict) -> bool:
 
 def check_resume(data, tok, task, *, k: int, n: int, dp_size: int = 1, micro_batch: int = 4):
     for rank in range(dp_size):
-        make = lambda: build_train_stream(data, tok, task=task, micro_batch=micro_batch, dp_rank=rank, dp_size=dp_size, seed=3)  # noqa: E731
+        make = partial(
+            build_train_stream,
+            data,
+            tok,
+            task=task,
+            micro_batch=micro_batch,
+            dp_rank=rank,
+            dp_size=dp_size,
+            seed=3,
+        )
         full = make()
         reference = [next(full) for _ in range(k + n)]
         first = make()
@@ -56,12 +66,18 @@ def test_clm_resume_across_an_epoch_boundary_on_two_ranks(tmp_path, tok):
 
 
 def test_mlm_with_wwm_and_text_augmentation_resumes(tmp_path, tok):
-    data = DataConfig(train=[small_corpus(tmp_path)], seq_len=64, augment="delete:0.1,swap:0.05,wwm:0.15", chunk_docs=100)
+    data = DataConfig(
+        train=[small_corpus(tmp_path)], seq_len=64, augment="delete:0.1,swap:0.05,wwm:0.15", chunk_docs=100
+    )
     check_resume(data, tok, "mlm", k=23, n=10)
 
 
 def test_mixed_sources_resume_with_weights(tmp_path, tok):
-    data = DataConfig(train=[f"{small_corpus(tmp_path)}@0.3", f"{SST2 / 'dev.tsv'}:sentence@0.7"], seq_len=64, chunk_docs=200)
+    data = DataConfig(
+        train=[f"{small_corpus(tmp_path)}@0.3", f"{SST2 / 'dev.tsv'}:sentence@0.7"],
+        seq_len=64,
+        chunk_docs=200,
+    )
     check_resume(data, tok, "clm", k=17, n=10, dp_size=2)
 
 
@@ -71,7 +87,9 @@ def test_seq_cls_two_ranks_consume_every_row_once_per_epoch_with_an_interruption
     data = DataConfig(train=[f"{SST2 / 'dev.tsv'}:sentence"], seq_len=128, chunk_docs=64)
     seen: list[str] = []
     for rank in range(2):
-        make = lambda r=rank: build_train_stream(data, tok, task="seq-cls", micro_batch=4, dp_rank=r, dp_size=2, seed=5)  # noqa: E731
+        make = partial(
+            build_train_stream, data, tok, task="seq-cls", micro_batch=4, dp_rank=rank, dp_size=2, seed=5
+        )
         stream = make()
         for i in range(1000):
             if i == 50:  # interruption: a fresh process resumes from the saved state

@@ -16,9 +16,21 @@ SHAKESPEARE = SHARED / "tinyshakespeare.txt"
 SST2_DEV = SHARED / "sst2" / "dev.tsv"
 
 
-def read_all(raw: str, *, label_column: str | None = None, dp_rank: int = 0, dp_size: int = 1, max_doc_chars: int = 1_000_000):
+def read_all(
+    raw: str,
+    *,
+    label_column: str | None = None,
+    dp_rank: int = 0,
+    dp_size: int = 1,
+    max_doc_chars: int = 1_000_000,
+):
     stream = open_record_stream(
-        parse_spec(raw), label_column=label_column, max_doc_chars=max_doc_chars, dp_rank=dp_rank, dp_size=dp_size, seed=0
+        parse_spec(raw),
+        label_column=label_column,
+        max_doc_chars=max_doc_chars,
+        dp_rank=dp_rank,
+        dp_size=dp_size,
+        seed=0,
     )
     stream.shuffle_files = False
     records = []
@@ -76,7 +88,9 @@ def test_tsv_csv_jsonl_parquet_and_hf_give_the_same_sst2_rows(tmp_path):
     with open(tmp_path / "dev.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"sentence": t, "label": lab}) + "\n" for t, lab in rows)
     pq.write_table(
-        pa.table({"sentence": [t for t, _ in rows], "label": [lab for _, lab in rows]}), tmp_path / "dev.parquet", row_group_size=100
+        pa.table({"sentence": [t for t, _ in rows], "label": [lab for _, lab in rows]}),
+        tmp_path / "dev.parquet",
+        row_group_size=100,
     )
     for name in ("dev.csv", "dev.jsonl", "dev.parquet"):
         got, _ = read_all(f"{tmp_path / name}:sentence", label_column="label")
@@ -111,11 +125,15 @@ def test_resume_seeks_to_byte_offset_and_parquet_row(tmp_path):
     pq.write_table(pa.table({"text": texts}), tmp_path / "t.parquet", row_group_size=64)
     for raw in (str(SHAKESPEARE), str(tmp_path / "t.parquet")):
         full, _ = read_all(raw)
-        stream = open_record_stream(parse_spec(raw), label_column=None, max_doc_chars=10**6, dp_rank=0, dp_size=1, seed=0)
+        stream = open_record_stream(
+            parse_spec(raw), label_column=None, max_doc_chars=10**6, dp_rank=0, dp_size=1, seed=0
+        )
         for _ in range(700):
             stream.next_record()
         state = stream.state()
-        resumed = open_record_stream(parse_spec(raw), label_column=None, max_doc_chars=10**6, dp_rank=0, dp_size=1, seed=0)
+        resumed = open_record_stream(
+            parse_spec(raw), label_column=None, max_doc_chars=10**6, dp_rank=0, dp_size=1, seed=0
+        )
         resumed.load_state(state)
         assert [resumed.next_record().text for _ in range(5)] == [r.text for r in full[700:705]]
         assert state["offset"] > 0
@@ -146,10 +164,10 @@ def test_bad_data_is_repaired_skipped_split_and_counted(tmp_path):
 
 
 def test_missing_and_empty_sources_raise_naming_them(tmp_path):
-    with pytest.raises(DataError, match="nowhere.txt"):
+    with pytest.raises(DataError, match=r"nowhere\.txt"):
         read_all(str(tmp_path / "nowhere.txt"))
     (tmp_path / "empty.txt").write_text("\n\n")
-    with pytest.raises(DataError, match="empty.txt"):
+    with pytest.raises(DataError, match=r"empty\.txt"):
         read_all(str(tmp_path / "empty.txt"))
     with pytest.raises(DataError, match="no column 'nope'"):
         read_all(f"{SST2_DEV}:nope")

@@ -21,7 +21,11 @@ def test_trained_tokenizer_round_trips_through_autotokenizer(tmp_path, model_typ
     train_sentencepiece(texts, tmp_path / "tok", vocab_size=600, model_type=model_type)
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
     assert (tok.pad_token_id, tok.unk_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2, 3)
-    assert tok.convert_ids_to_tokens([tok.mask_token_id, tok.cls_token_id, tok.sep_token_id]) == ["<mask>", "<cls>", "<sep>"]
+    assert tok.convert_ids_to_tokens([tok.mask_token_id, tok.cls_token_id, tok.sep_token_id]) == [
+        "<mask>",
+        "<cls>",
+        "<sep>",
+    ]
     assert len(tok) == 600
     lines = SHAKESPEARE.read_text(encoding="utf-8").splitlines()[:400]
     for line in filter(str.strip, lines):
@@ -34,7 +38,9 @@ def test_training_is_deterministic(tmp_path):
     a = train_sentencepiece(texts, tmp_path / "a", vocab_size=500, model_type="unigram")
     b = train_sentencepiece(texts, tmp_path / "b", vocab_size=500, model_type="unigram")
     assert tokenizer_fingerprint(a) == tokenizer_fingerprint(b)
-    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+    assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (
+        tmp_path / "b" / "tokenizer.json"
+    ).read_bytes()
 
 
 def test_build_tokenizer_trains_for_a_preset_then_reuses(tmp_path):
@@ -46,8 +52,12 @@ def test_build_tokenizer_trains_for_a_preset_then_reuses(tmp_path):
     assert (tmp_path / "tok" / "tokenizer.json").stat().st_mtime_ns == stamp
     assert tokenizer_fingerprint(again) == tokenizer_fingerprint(tok)
     # An explicit tokenizer dir, and a model dir holding one, are loaded as they are.
-    explicit = build_tokenizer("tiny-gpt2", str(tmp_path / "tok"), data, task="clm", vocab_size=99, save_dir=tmp_path / "x")
-    from_model = build_tokenizer(str(tmp_path / "tok"), None, data, task="clm", vocab_size=99, save_dir=tmp_path / "y")
+    explicit = build_tokenizer(
+        "tiny-gpt2", str(tmp_path / "tok"), data, task="clm", vocab_size=99, save_dir=tmp_path / "x"
+    )
+    from_model = build_tokenizer(
+        str(tmp_path / "tok"), None, data, task="clm", vocab_size=99, save_dir=tmp_path / "y"
+    )
     assert len(explicit) == len(from_model) == 500 and not (tmp_path / "x").exists()
 
 
@@ -56,6 +66,10 @@ def test_mlm_needs_a_mask_token(tmp_path):
     from transformers import PreTrainedTokenizerFast
 
     raw = Tokenizer(models.WordLevel({"a": 0, "</s>": 1, "<unk>": 2}, unk_token="<unk>"))
-    PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", unk_token="<unk>").save_pretrained(str(tmp_path / "t"))
+    PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="</s>", unk_token="<unk>").save_pretrained(
+        str(tmp_path / "t")
+    )
     with pytest.raises(ConfigError, match="mask token"):
-        build_tokenizer("x", str(tmp_path / "t"), DataConfig(), task="mlm", vocab_size=10, save_dir=tmp_path / "s")
+        build_tokenizer(
+            "x", str(tmp_path / "t"), DataConfig(), task="mlm", vocab_size=10, save_dir=tmp_path / "s"
+        )
