@@ -24,6 +24,18 @@ def tokenizer_ids(tokenizer) -> dict[str, int]:
     return {"eos": -1 if eos is None else int(eos), "pad": int(pad)}
 
 
+def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids without special tokens, in one batched call into the Rust tokenizer when there is one.
+
+    `encode_batch_fast` skips offsets and the per-encoding Python conversion of `tokenizer(...)`; the ids are
+    the same (tested against `tokenizer(...)`).
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
+
+
 def chunk_rng(seed: int, dp_rank: int, chunk_index: int, purpose: int) -> np.random.Generator:
     return np.random.default_rng([seed, dp_rank, chunk_index, purpose])
 
@@ -120,9 +132,7 @@ class TextChunker:
                 augment_text(text, self.augment, record_rng(self.seed, src, r.epoch, r.index))
                 for text, (src, r) in zip(texts, records, strict=True)
             ]
-        encoded = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)[
-            "input_ids"
-        ]
+        encoded = encode_texts(self.tokenizer, texts)
         next_state = {
             "chunk": state["chunk"] + 1,
             "sources": [s.state() for s in self.streams],

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scaling.data.pipeline import Chunk, pack_tokens, tokenizer_ids
+from scaling.data.pipeline import Chunk, encode_texts, pack_tokens, tokenizer_ids
 from scaling.data.sources import PACKED_MANIFEST, parse_spec
 from scaling.data.streams import open_record_stream
 from scaling.data.tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -51,9 +51,7 @@ def _init_worker(tokenizer_dir: str) -> None:
 
 def _encode(texts: list[str]) -> list[list[int]]:
     assert _worker_tokenizer is not None
-    return _worker_tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)[
-        "input_ids"
-    ]
+    return encode_texts(_worker_tokenizer, texts)
 
 
 def _text_batches(specs: list[str], batch_docs: int, max_doc_chars: int, progress) -> Iterator[list[str]]:

@@ -12,7 +12,7 @@ import torch
 from scaling.data.augment import Masker, batch_generator, parse_augment
 from scaling.data.config import MIX_MODES, DataConfig
 from scaling.data.mixing import dynamic_update, initial_weights
-from scaling.data.pipeline import Chunk, TextChunker, packed_batch, padded_batch, tokenizer_ids
+from scaling.data.pipeline import Chunk, TextChunker, encode_texts, packed_batch, padded_batch, tokenizer_ids
 from scaling.data.shards import PackedShards, ShardChunker
 from scaling.data.sources import SourceSpec, is_packed_dir, parse_spec
 from scaling.data.streams import RecordStream, open_record_stream
@@ -247,9 +247,7 @@ class TrainStream:
                         padded_batches[rank] += np.ceil(open_docs[rank] / self.micro_batch)
                         open_docs[rank] = open_chars[rank] = 0
                 if self._packed and (len(texts) >= 1000 or (record is None and texts)):
-                    ids = chunker.tokenizer(
-                        texts, add_special_tokens=False, return_attention_mask=False, verbose=False
-                    )["input_ids"]
+                    ids = encode_texts(chunker.tokenizer, texts)
                     np.add.at(
                         tokens[i],
                         np.asarray(owners),

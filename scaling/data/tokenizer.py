@@ -177,9 +177,9 @@ def build_tokenizer(
         save_dir = Path(save_dir)
         # Every rank may call this at once: train into a private dir, then publish it with one atomic rename.
         if not has_tokenizer(save_dir):
-            staging = Path(
-                tempfile.mkdtemp(prefix=".tok-", dir=save_dir.parent if save_dir.parent.exists() else None)
-            )
+            save_dir.parent.mkdir(parents=True, exist_ok=True)
+            # Staged beside the target, on the same filesystem, so the rename is atomic.
+            staging = Path(tempfile.mkdtemp(prefix=".tok-", dir=save_dir.parent))
             train_sentencepiece(
                 iter_training_text(data.train, max_sentences=DEFAULT_MAX_SENTENCES),
                 staging,

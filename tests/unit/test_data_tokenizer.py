@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from scaling.data import DataConfig, build_tokenizer, tokenizer_fingerprint
+from scaling.data.pipeline import encode_texts
 from scaling.data.tokenizer import iter_training_text, train_sentencepiece
 from scaling.errors import ConfigError
 
@@ -31,6 +32,8 @@ def test_trained_tokenizer_round_trips_through_autotokenizer(tmp_path, model_typ
     for line in filter(str.strip, lines):
         ids = tok(line, add_special_tokens=False)["input_ids"]
         assert tok.decode(ids) == line
+    # The pipeline's fast batched path gives exactly the ids of `tokenizer(...)`.
+    assert encode_texts(tok, lines) == tok(lines, add_special_tokens=False)["input_ids"]
 
 
 def test_training_is_deterministic(tmp_path):
