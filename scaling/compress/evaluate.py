@@ -110,7 +110,16 @@ def quality(loaded: LoadedModel, task: str, batches: list[Batch], cfg: EvalConfi
 
 def weight_bytes(path: Path) -> int:
     """Bytes of weight files on disk (tokenizer and metadata excluded, so models compare fairly)."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+    from scaling.compress.verify import CHECK_FILE
+
+    return sum(
+        f.stat().st_size
+        for f in Path(path).rglob("*")
+        if f.is_file()
+        and f.suffix in WEIGHT_SUFFIXES
+        and f.name != CHECK_FILE
+        and "report" not in f.relative_to(path).parts
+    )
 
 
 def parameter_count(loaded: LoadedModel) -> dict[str, int]:

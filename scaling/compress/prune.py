@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from scaling.compress import verify
 from scaling.compress.config import PruneConfig
 from scaling.compress.data import read_documents
 from scaling.compress.errors import CompressUserError, UnsupportedError
@@ -297,6 +298,8 @@ def rebuild(model: Any) -> Any:
 
 def prune(source: str | Path, output: Path, cfg: PruneConfig, overwrite: bool = False) -> dict[str, Any]:
     """Prune `source` into `output` (a plain HF directory + compression.json); returns the manifest."""
+    import torch
+
     validate(cfg)
     with tempfile.TemporaryDirectory(prefix="scaling-prune-") as tmp:
         loaded = load_hf(resolve_model_dir(source, Path(tmp)))
@@ -337,6 +340,10 @@ def prune(source: str | Path, output: Path, cfg: PruneConfig, overwrite: bool = 
         }
         with atomic_output(output, overwrite) as out:
             model.save_pretrained(str(out))
+            ids = torch.randint(
+                0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0)
+            )
+            verify.record(model, ids, torch.ones_like(ids), out)
             copy_tokenizer(loaded.path, out, loaded.tokenizer)
             write_manifest(out, manifest)
     return manifest

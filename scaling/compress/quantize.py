@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from scaling.compress import inc
+from scaling.compress import inc, verify
 from scaling.compress.config import (
     CALIBRATED,
     IPEX_METHODS,
@@ -145,6 +145,7 @@ def quantize(
                 inc.save_woq(qmodel, out)
             else:
                 inc.save_pt2e(qmodel, (sanity.input_ids, sanity.attention_mask), out)
+            verify.record(qmodel, sanity.input_ids, sanity.attention_mask, out)
             model.config.save_pretrained(str(out))
             copy_tokenizer(loaded.path, out, loaded.tokenizer)
             write_manifest(out, manifest)
@@ -305,7 +306,8 @@ def _tune(
         best = min(trials[1:], key=lambda t: 1 - t["score"] / baseline)
         raise CompressionFailed(
             f"no setting in the tuning grid stays within --max-quality-drop {d}: the best "
-            f"({best['settings']}) loses {1 - best['score'] / baseline:.4f} of the quality score; nothing written"
+            f"({best['settings']}) loses {1 - best['score'] / baseline:.3%} of the quality score "
+            f"(allowed {tolerable:.3%}); nothing written"
         )
     return qmodel, {
         "grid": [{"bits": b, "group_size": g, "sym": True} for b, g in TUNE_GRID],
@@ -321,7 +323,9 @@ def _woq_settings(model: Any) -> dict[str, Any]:
     types = inc.woq_module_types()
     for module in model.modules():
         if isinstance(module, types):
-            return {"bits": module.bits, "group_size": module.group_size}
+            # INC stores per-channel quantization as one group spanning the whole input.
+            per_channel = module.group_size in (-1, getattr(module, "in_features", None))
+            return {"bits": module.bits, "group_size": -1 if per_channel else module.group_size}
     return {"bits": 32, "group_size": None}
 
 

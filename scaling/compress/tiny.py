@@ -68,8 +68,12 @@ def build(
     heads: int = 4,
     seed: int = 0,
     vocab_size: int = 1000,
+    train_steps: int = 60,
 ) -> Path:
-    """Save a random tiny `kind` model with its tokenizer into `out` (save_pretrained layout)."""
+    """Save a tiny `kind` model with its tokenizer into `out` (save_pretrained layout).
+
+    LMs get `train_steps` quick steps on the corpus: a random model predicts near-uniformly, so quantization
+    barely moves its perplexity and quality-driven logic (tuning, reports) would have nothing to see."""
     import torch
     import transformers as tf
 
@@ -116,8 +120,42 @@ def build(
             pad_token_id=tok.pad_token_id,
         )
         model = tf.BertForMaskedLM(cfg) if kind == "bert-mlm" else tf.BertForSequenceClassification(cfg)
+    if train_steps and kind != "bert-cls":
+        _train(model, tok, kind, train_steps)
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
+    return out
+
+
+def _train(model: Any, tok: Any, kind: str, steps: int, seq_len: int = 64, batch: int = 8) -> None:
+    import torch
+
+    ids: list[int] = []
+    for text in corpus(600):
+        ids += tok(text, add_special_tokens=False)["input_ids"]
+    blocks = torch.tensor(ids[: len(ids) // seq_len * seq_len]).view(-1, seq_len)
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for step in range(steps):
+        b = blocks[torch.randint(0, len(blocks), (batch,), generator=gen)]
+        if kind == "bert-mlm":
+            chosen = torch.rand(b.shape, generator=gen) < 0.15
+            loss = model(
+                input_ids=b.masked_fill(chosen, tok.mask_token_id), labels=b.masked_fill(~chosen, -100)
+            ).loss
+        else:
+            loss = model(input_ids=b, labels=b).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def cached(kind: str, root: Path) -> Path:
+    """Build `kind` under root once (tests share one root per session)."""
+    out = root / kind
+    if not (out / "config.json").is_file():
+        build(kind, out)
     return out
