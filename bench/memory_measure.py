@@ -47,7 +47,8 @@ def live_tensor_bytes(exclude: list[Any]) -> int:
         warnings.simplefilter("ignore")
         tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
     for obj in tensors:
-        for t in (obj, getattr(obj, "grad", None)):
+        # Only leaves carry a .grad (asking a non-leaf warns); gradients of parameters live there.
+        for t in (obj, obj.grad if obj.is_leaf else None):
             if t is None or t.device.type == "meta":
                 continue
             storage = t.untyped_storage()
