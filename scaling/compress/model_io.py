@@ -57,8 +57,13 @@ class LoadedModel:
 
 
 def is_training_checkpoint(path: Path) -> bool:
-    """The engine's layout: `manifest.json` + a `scaling/` folder, or a run dir with a `latest` pointer."""
-    return ((path / "manifest.json").is_file() and (path / "scaling").is_dir()) or (path / "latest").is_file()
+    """The engine's layout: a step dir (`manifest.json` + `scaling/`), a checkpoints root with a `latest`
+    pointer, or a run dir holding `checkpoints/latest`."""
+    return (
+        ((path / "manifest.json").is_file() and (path / "scaling").is_dir())
+        or (path / "latest").is_file()
+        or (path / "checkpoints" / "latest").is_file()
+    )
 
 
 def resolve_model_dir(path: str | Path, scratch: Path) -> Path:
