@@ -208,7 +208,14 @@ def load_json(path: Path) -> dict[str, Any]:
             [Problem(str(path), "a DeepSpeed config must be a JSON object", type(data).__name__)]
         )
     if duplicates:
-        raise ConfigError(duplicates)
+        from scaling.config.edit import duplicate_keys  # deferred: edit imports this module
+
+        raise ConfigError(
+            [
+                Problem(key, f"duplicate key in {path} (the last one would silently win)", value)
+                for key, value in duplicate_keys(text)
+            ]
+        )
     return data
 
 

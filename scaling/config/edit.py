@@ -37,11 +37,13 @@ class _Spans:
     def __init__(self, text: str):
         self.text = text
         self.decoder = json.JSONDecoder()
+        self.duplicates: list[tuple[str, Any]] = []
+        """(dotted path, value) of every key that appears twice in one object, in file order."""
 
     def ws(self, i: int) -> int:
         return _WS.match(self.text, i).end()  # type: ignore[union-attr]
 
-    def value(self, i: int) -> _Node:
+    def value(self, i: int, path: str = "") -> _Node:
         i = self.ws(i)
         ch = self.text[i]
         if ch == "{":
@@ -54,7 +56,10 @@ class _Spans:
                 key, after = self.decoder.raw_decode(self.text, j)
                 k = self.ws(after)
                 assert self.text[k] == ":"
-                child = self.value(k + 1)
+                child_path = f"{path}.{key}" if path else key
+                child = self.value(k + 1, child_path)
+                if key in node.members:
+                    self.duplicates.append((child_path, json.loads(self.text[child.start : child.end])))
                 node.members[key] = (j, child)
                 j = self.ws(child.end)
                 if self.text[j] == "}":
@@ -65,14 +70,23 @@ class _Spans:
             j = self.ws(i + 1)
             if self.text[j] == "]":
                 return _Node(i, j + 1)
+            index = 0
             while True:
-                child = self.value(j)
+                child = self.value(j, f"{path}[{index}]")
+                index += 1
                 j = self.ws(child.end)
                 if self.text[j] == "]":
                     return _Node(i, j + 1)
                 j = self.ws(j + 1)
         _, end = self.decoder.raw_decode(self.text, i)
         return _Node(i, end)
+
+
+def duplicate_keys(text: str) -> list[tuple[str, Any]]:
+    """(full dotted path, value) of each repeated key in valid JSON `text`."""
+    spans = _Spans(text)
+    spans.value(0)
+    return spans.duplicates
 
 
 def set_in_text(text: str, key: str, value: Any) -> str:

@@ -302,7 +302,7 @@ def test_duplicate_key_is_rejected(tmp_path: Path) -> None:
     path.write_text('{"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 1, "stage": 3}}')
     result = _validate(path)
     assert result.exit_code == 2
-    assert "stage = 3: duplicate key" in result.output
+    assert "  - zero_optimization.stage = 3: duplicate key" in result.output
 
 
 def test_many_defects_are_all_reported_in_one_run(tmp_path: Path) -> None:
