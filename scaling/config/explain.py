@@ -119,9 +119,14 @@ def summary(resolved: ResolvedDeepSpeed, memory: MemoryEstimate | None = None) -
     opt = cfg.get("optimizer", {})
     params = opt.get("params", {})
     sched = cfg.get("scheduler", {})
+    schedule = (
+        f"DeepSpeed's {sched.get('type')}"
+        if sched
+        else f"the trainer's own {run.lr_schedule} schedule with {run.warmup_steps} warmup steps"
+    )
     lines.append(
         f"Optimizer: {opt.get('type')} lr {params.get('lr')} (weight decay {params.get('weight_decay')}), "
-        f"schedule {sched.get('type')}, gradient clipping {cfg.get('gradient_clipping')}."
+        f"{schedule}, gradient clipping {cfg.get('gradient_clipping')}."
     )
     if memory is not None:
         lines.append(
