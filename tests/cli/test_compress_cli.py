@@ -36,8 +36,21 @@ def assert_usage_error(result: object, output: Path, *phrases: str) -> None:
 
 def test_quantize_prints_a_table_and_writes_a_report(models: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "q"
-    result = run("quantize", models["llama"], "-o", out, "--bits", "8", "--group-size", "-1", "--report",
-                 "--eval-data", "builtin:pydoc", "--seq-len", "32")
+    result = run(
+        "quantize",
+        models["llama"],
+        "-o",
+        out,
+        "--bits",
+        "8",
+        "--group-size",
+        "-1",
+        "--report",
+        "--eval-data",
+        "builtin:pydoc",
+        "--seq-len",
+        "32",
+    )
     assert result.exit_code == 0, result.output
     assert "linear weights ×" in result.output and "| llama | float |" in result.output
     manifest = json.loads((out / "compression.json").read_text())
@@ -64,11 +77,16 @@ def test_not_a_model_directory(tmp_path: Path) -> None:
         (["--bits", "3"], ["3-bit weights are not supported"]),
         (["--bits", "8", "--asym"], ["8-bit asymmetric", "--sym"]),
         (["--method", "dynamic", "--bits", "4"], ["int8 only"]),
-        (["--method", "smoothquant", "--bits", "8", "--calib-data", "builtin:pydoc"], ["intel_extension_for_pytorch"]),
+        (
+            ["--method", "smoothquant", "--bits", "8", "--calib-data", "builtin:pydoc"],
+            ["intel_extension_for_pytorch"],
+        ),
         (["--calib-data", "nope.txt", "--method", "gptq"], ["nope.txt", "no such file"]),
     ],
 )
-def test_quantize_rejects_bad_input(models: dict[str, Path], tmp_path: Path, args: list[str], phrases: list[str]) -> None:
+def test_quantize_rejects_bad_input(
+    models: dict[str, Path], tmp_path: Path, args: list[str], phrases: list[str]
+) -> None:
     out = tmp_path / "out"
     assert_usage_error(run("quantize", models["gpt2"], "-o", out, *args), out, *phrases)
 
@@ -78,7 +96,9 @@ def test_missing_inc_is_named_with_the_install_command(
 ) -> None:
     monkeypatch.setitem(sys.modules, "neural_compressor", None)
     out = tmp_path / "out"
-    assert_usage_error(run("quantize", models["gpt2"], "-o", out), out, "Intel Neural Compressor", "scaling[compress]")
+    assert_usage_error(
+        run("quantize", models["gpt2"], "-o", out), out, "Intel Neural Compressor", "scaling[compress]"
+    )
 
 
 def test_prune_heads_on_bert_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
@@ -89,16 +109,42 @@ def test_prune_heads_on_bert_is_refused(models: dict[str, Path], tmp_path: Path)
 
 def test_prune_and_evaluate(models: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "p"
-    result = run("prune", models["llama"], "-o", out, "--method", "structured", "--heads", "0.5", "--ffn", "0.25")
+    result = run(
+        "prune", models["llama"], "-o", out, "--method", "structured", "--heads", "0.5", "--ffn", "0.25"
+    )
     assert result.exit_code == 0, result.output
     assert "parameters" in result.output and "heads" in result.output
-    result = run("evaluate", out, "--data", "builtin:pydoc", "--seq-len", "32", "--max-samples", "4", "--runs", "2",
-                 "--json", tmp_path / "e.json")
+    result = run(
+        "evaluate",
+        out,
+        "--data",
+        "builtin:pydoc",
+        "--seq-len",
+        "32",
+        "--max-samples",
+        "4",
+        "--runs",
+        "2",
+        "--json",
+        tmp_path / "e.json",
+    )
     assert result.exit_code == 0, result.output
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["perplexity"] > 1 and res["latency_ms"] > 0 and res["method"] == "structured"
-    result = run("report", models["llama"], out, "-o", tmp_path / "r", "--data", "builtin:pydoc", "--seq-len", "32",
-                 "--max-samples", "4", "--no-speed")
+    result = run(
+        "report",
+        models["llama"],
+        out,
+        "-o",
+        tmp_path / "r",
+        "--data",
+        "builtin:pydoc",
+        "--seq-len",
+        "32",
+        "--max-samples",
+        "4",
+        "--no-speed",
+    )
     assert result.exit_code == 0, result.output
     assert (tmp_path / "r" / "report.md").is_file() and (tmp_path / "r" / "report.json").is_file()
 
@@ -106,15 +152,24 @@ def test_prune_and_evaluate(models: dict[str, Path], tmp_path: Path) -> None:
 def test_pipeline_distill_unavailable_and_bad_recipes(models: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: {models['llama']}\nstages:\n  - prune: {{method: structured, ffn: 0.25}}\n  - distill: {{}}\n")
+    recipe.write_text(
+        f"model: {models['llama']}\nstages:\n  - prune: {{method: structured, ffn: 0.25}}\n  - distill: {{}}\n"
+    )
     from scaling.compress.pipeline import distiller
 
     if distiller() is None:
         assert_usage_error(run("pipeline", recipe, "-o", out), out, "distill stage unavailable")
     recipe.write_text("stages:\n  - shrink: {}\n  - quantize: {bitz: 4}\nextra: 1\n")
     assert_usage_error(
-        run("pipeline", recipe, "-o", out), out, "model: missing", "unknown stage 'shrink'", "stages[1].quantize.bitz", "extra"
+        run("pipeline", recipe, "-o", out),
+        out,
+        "model: missing",
+        "unknown stage 'shrink'",
+        "stages[1].quantize.bitz",
+        "extra",
     )
-    recipe.write_text(f"model: {models['llama']}\nstages:\n  - prune: {{method: magnitude}}\n  - quantize: {{method: gptq}}\n")
+    recipe.write_text(
+        f"model: {models['llama']}\nstages:\n  - prune: {{method: magnitude}}\n  - quantize: {{method: gptq}}\n"
+    )
     # The last stage is checked before the first runs.
     assert_usage_error(run("pipeline", recipe, "-o", out), out, "gptq needs calibration data")

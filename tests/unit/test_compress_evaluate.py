@@ -44,7 +44,9 @@ def test_clm_perplexity_matches_the_model_loss(models: dict[str, Path], tmp_path
 
 
 def test_mlm_and_size_and_speed(models: dict[str, Path]) -> None:
-    res = evaluate_path(models["bert-mlm"], EvalConfig(data="builtin:pydoc", seq_len=32, max_samples=4, runs=2, warmup=1))
+    res = evaluate_path(
+        models["bert-mlm"], EvalConfig(data="builtin:pydoc", seq_len=32, max_samples=4, runs=2, warmup=1)
+    )
     assert 1 < res["perplexity"] < 1000
     assert res["size_bytes"] == (models["bert-mlm"] / "model.safetensors").stat().st_size
     assert res["parameters"] == sum(p.numel() for p in load_hf(models["bert-mlm"]).model.parameters())
@@ -54,13 +56,19 @@ def test_mlm_and_size_and_speed(models: dict[str, Path]) -> None:
 @pytest.mark.skipif(not (SHARED / "sst2" / "dev.tsv").is_file(), reason="shared data absent")
 def test_seq_cls_accuracy_against_manual_argmax(models: dict[str, Path]) -> None:
     spec = f"{SHARED / 'sst2' / 'dev.tsv'}:sentence"
-    res = evaluate_path(models["bert-cls"], EvalConfig(task="seq-cls", data=spec, max_samples=32, speed=False))
+    res = evaluate_path(
+        models["bert-cls"], EvalConfig(task="seq-cls", data=spec, max_samples=32, speed=False)
+    )
     loaded = load_hf(models["bert-cls"])
     rows = [line.split("\t") for line in (SHARED / "sst2" / "dev.tsv").read_text().splitlines()[1:33]]
-    enc = loaded.tokenizer([r[0] for r in rows], padding=True, truncation=True, max_length=128, return_tensors="pt")
+    enc = loaded.tokenizer(
+        [r[0] for r in rows], padding=True, truncation=True, max_length=128, return_tensors="pt"
+    )
     with torch.no_grad():
         pred = loaded.model(**enc).logits.argmax(-1)
-    assert res["accuracy"] == pytest.approx(float((pred == torch.tensor([int(r[1]) for r in rows])).float().mean()))
+    assert res["accuracy"] == pytest.approx(
+        float((pred == torch.tensor([int(r[1]) for r in rows])).float().mean())
+    )
 
 
 def test_task_mismatch_is_a_user_error(models: dict[str, Path]) -> None:
@@ -71,7 +79,10 @@ def test_task_mismatch_is_a_user_error(models: dict[str, Path]) -> None:
 def test_report_writes_table_json_and_plot(models: dict[str, Path], tmp_path: Path) -> None:
     pruned = tmp_path / "pruned"
     prune(models["gpt2"], pruned, PruneConfig(method="structured", ffn=0.5))
-    rows = evaluate_all([models["gpt2"], pruned], EvalConfig(data="builtin:pydoc", seq_len=32, max_samples=4, runs=2, warmup=1))
+    rows = evaluate_all(
+        [models["gpt2"], pruned],
+        EvalConfig(data="builtin:pydoc", seq_len=32, max_samples=4, runs=2, warmup=1),
+    )
     files = write_report(rows, tmp_path / "report")
     md = files["markdown"].read_text()
     assert "| gpt2 | float |" in md and "| pruned | structured |" in md and "perplexity" in md

@@ -27,12 +27,18 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _sparsity(path: Path, auto: type) -> float:
     model = auto.from_pretrained(str(path))
     layers = block_linears(model)
-    return sum(int((m.weight == 0).sum()) for m in layers.values()) / sum(m.weight.numel() for m in layers.values())
+    return sum(int((m.weight == 0).sum()) for m in layers.values()) / sum(
+        m.weight.numel() for m in layers.values()
+    )
 
 
 @pytest.mark.parametrize(("kind", "scope", "target"), [("gpt2", "global", 0.6), ("bert-mlm", "layer", 0.3)])
-def test_magnitude_hits_target_sparsity(models: dict[str, Path], tmp_path: Path, kind: str, scope: str, target: float) -> None:
-    manifest = prune(models[kind], tmp_path / "out", PruneConfig(method="magnitude", sparsity=target, scope=scope))
+def test_magnitude_hits_target_sparsity(
+    models: dict[str, Path], tmp_path: Path, kind: str, scope: str, target: float
+) -> None:
+    manifest = prune(
+        models[kind], tmp_path / "out", PruneConfig(method="magnitude", sparsity=target, scope=scope)
+    )
     assert abs(manifest["results"]["linear_sparsity"] - target) < 0.005
     # Measured again on what plain transformers loads from disk.
     auto = transformers.AutoModelForCausalLM if kind == "gpt2" else transformers.AutoModelForMaskedLM
@@ -47,14 +53,23 @@ def test_layer_scope_prunes_every_layer_equally(models: dict[str, Path], tmp_pat
 
 
 def test_recovery_keeps_pruned_weights_zero(models: dict[str, Path], tmp_path: Path) -> None:
-    cfg = PruneConfig(method="magnitude", sparsity=0.5, recover_steps=3, recover_data="builtin:pydoc", seq_len=32)
+    cfg = PruneConfig(
+        method="magnitude", sparsity=0.5, recover_steps=3, recover_data="builtin:pydoc", seq_len=32
+    )
     manifest = prune(models["gpt2"], tmp_path / "out", cfg)
     assert manifest["results"]["recovery"]["steps"] == 3
     assert abs(manifest["results"]["linear_sparsity"] - 0.5) < 0.005
 
 
 def test_structured_llama_removes_kv_groups_and_ffn(models: dict[str, Path], tmp_path: Path) -> None:
-    cfg = PruneConfig(method="structured", heads=0.5, ffn=0.25, importance_data="builtin:pydoc", importance_samples=4, seq_len=32)
+    cfg = PruneConfig(
+        method="structured",
+        heads=0.5,
+        ffn=0.25,
+        importance_data="builtin:pydoc",
+        importance_samples=4,
+        seq_len=32,
+    )
     manifest = prune(models["llama"], tmp_path / "out", cfg)
     res = manifest["results"]
     assert res["parameters_after"] < res["parameters_before"]

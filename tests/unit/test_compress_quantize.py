@@ -11,17 +11,17 @@ import pytest
 
 pytest.importorskip("neural_compressor")
 
-from scaling.compress import inc, tiny  # noqa: E402
-from scaling.compress.config import QuantizeConfig  # noqa: E402
+from scaling.compress import inc, tiny
+from scaling.compress.config import QuantizeConfig
 from scaling.compress.errors import (
     CompressionFailed,
     CompressUserError,
     MissingPackageError,
     UnsupportedError,
-)  # noqa: E402
-from scaling.compress.model_io import load_compressed, load_hf  # noqa: E402
-from scaling.compress.quantize import _verify_replaced, quantize, validate  # noqa: E402
-from scaling.compress.verify import CHECK_FILE, verify_reload  # noqa: E402
+)
+from scaling.compress.model_io import load_compressed, load_hf
+from scaling.compress.quantize import _verify_replaced, quantize, validate
+from scaling.compress.verify import CHECK_FILE
 
 CALIB = dict(calib_data="builtin:pydoc", calib_samples=4, seq_len=32)
 
@@ -106,11 +106,15 @@ def test_verify_catches_unreplaced_layers(models: dict[str, Path]) -> None:
 
 def test_tune_respects_the_quality_drop(models: dict[str, Path], tmp_path: Path) -> None:
     # A loose bound accepts the first (most compressed) grid point.
-    loose = quantize(models["llama"], tmp_path / "loose", QuantizeConfig(tune=True, max_quality_drop=0.5, **CALIB))
+    loose = quantize(
+        models["llama"], tmp_path / "loose", QuantizeConfig(tune=True, max_quality_drop=0.5, **CALIB)
+    )
     assert loose["tuning"]["chosen"] == {"bits": 4, "group_size": 128}
     assert len(loose["tuning"]["trials"]) == 1
     # A tight one rejects it (its measured loss is above the bound) and settles on a later point within it.
-    tight = quantize(models["llama"], tmp_path / "tight", QuantizeConfig(tune=True, max_quality_drop=1e-4, **CALIB))
+    tight = quantize(
+        models["llama"], tmp_path / "tight", QuantizeConfig(tune=True, max_quality_drop=1e-4, **CALIB)
+    )
     t = tight["tuning"]
     first, last = t["trials"][0], t["trials"][-1]
     assert 1 - first["score"] / t["baseline"] > t["tolerable_loss"]
