@@ -24,7 +24,6 @@ from scaling.config.sections import (
     ParallelConfig,
 )
 from scaling.engine.prepare import RunRequest
-from scaling.errors import ConfigError, Problem
 
 
 class Betas(click.ParamType):
@@ -106,6 +105,12 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="Write OUTPUT/final at the end.",
         ),
+        click.option(
+            "--halt-at-step",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Save and stop after this step; --resume auto continues the same schedule.",
+        ),
         click.option("--eval-every", type=click.IntRange(min=0), default=0, show_default=True),
         click.option("--eval-batches", type=click.IntRange(min=1), default=50, show_default=True),
         click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True),
@@ -168,6 +173,7 @@ def run_request_from_options(
             keep_last=params["keep_last"],
             resume=params["resume"],
             export_final=params["export_final"],
+            halt_at_step=params["halt_at_step"],
         ),
         log=LogConfig(
             log_every=params["log_every"],

@@ -78,6 +78,8 @@ class CheckpointConfig:
     """'auto' (latest complete checkpoint in output, if any), a checkpoint path, or None (start fresh)."""
     export_final: bool = True
     """Write an HF model directory to OUTPUT/final at the end."""
+    halt_at_step: int | None = None
+    """Save and stop after this step without finishing the schedule (time-boxed jobs); resume continues."""
 
 
 @dataclass(kw_only=True)

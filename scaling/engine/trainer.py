@@ -222,7 +222,14 @@ class TrainingRun:
                     if run.checkpoint.save_every and step % run.checkpoint.save_every == 0:
                         self._save(step, tokens_seen)
                         last_saved = step
-            if self.eval_batches and not (run.log.eval_every and step % run.log.eval_every == 0):
+                    if step == run.checkpoint.halt_at_step:
+                        break
+            halted = step < run.total_steps
+            if (
+                self.eval_batches
+                and not halted
+                and not (run.log.eval_every and step % run.log.eval_every == 0)
+            ):
                 eval_metrics = self.evaluate()
                 sink.log({"step": step, **eval_metrics})
             ref = (
@@ -231,7 +238,7 @@ class TrainingRun:
                 else CheckpointRef(self.ckpt.root, f"step-{step:08d}")
             )
             export_dir = None
-            if run.checkpoint.export_final:
+            if run.checkpoint.export_final and not halted:
                 export_dir = self._export_final(ref)
                 sink.message(f"exported HF model to {export_dir}")
         finally:
