@@ -52,7 +52,10 @@ def train(ctx: click.Context, **params: Any) -> None:
             return
         launching = (params["num_gpus"] or params["hostfile"]) and not env.launched
         world = _planned_world(params) if launching else env.world_size
-        request = run_request_from_options(params, world_size=world, explicit=explicit_options(ctx))
+        per_node = params["num_gpus"] if launching else env.local_world_size
+        request = run_request_from_options(
+            params, world_size=world, explicit=explicit_options(ctx), gpus_per_node=per_node
+        )
         if launching:
             sys.exit(_launch(request, params))
         if env.world_size > 1:

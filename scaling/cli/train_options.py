@@ -24,6 +24,7 @@ from scaling.config.sections import (
     ParallelConfig,
 )
 from scaling.engine.prepare import RunRequest
+from scaling.errors import ConfigError, Problem
 
 
 class Betas(click.ParamType):
@@ -139,8 +140,12 @@ def explicit_options(ctx: click.Context) -> frozenset[str]:
 
 
 def run_request_from_options(
-    params: dict[str, Any], *, world_size: int, explicit: frozenset[str]
+    params: dict[str, Any], *, world_size: int, explicit: frozenset[str], gpus_per_node: int | None = None
 ) -> RunRequest:
+    # Not Click-required: ranks started with --resolved-config take everything from that file instead.
+    missing = [Problem(f"--{name}", "is required") for name in ("model", "output") if not params[name]]
+    if missing:
+        raise ConfigError(missing, header="missing options")
     return RunRequest(
         model=ModelConfig(
             source=params["model"],
@@ -187,6 +192,7 @@ def run_request_from_options(
             pipeline_stages=params["pipeline_stages"],
             partition_method=params["partition_method"],
             dist_timeout_s=params["dist_timeout"],
+            gpus_per_node=gpus_per_node,
         ),
         deepspeed_source=DeepSpeedSource(config=params["ds_config"], overrides=list(params["overrides"])),
         world_size=world_size,

@@ -136,6 +136,7 @@ def resolve_run(
     world_size: int,
     explicit: frozenset[str],
     hidden_size: int | None,
+    num_heads: int | None = None,
     total_steps: int,
     cpu_only: bool,
 ) -> RunConfig:
@@ -162,6 +163,8 @@ def resolve_run(
         tensor_parallel=parallel.tensor_parallel,
         pipeline_stages=parallel.pipeline_stages,
         hidden_size=hidden_size,
+        num_heads=num_heads,
+        gpus_per_node=parallel.gpus_per_node,
         cpu_only=cpu_only,
         explicit=frozenset(name for name in explicit if name in _RUN_VALUE_FIELDS)
         | (

@@ -106,6 +106,8 @@ class ParallelConfig:
     """AutoTP degree."""
     pipeline_stages: int = 1
     """Pipeline-parallel degree."""
+    gpus_per_node: int | None = None
+    """Ranks per node, when known at resolution (for hierarchical ZeRO++ partitions)."""
     partition_method: str = "parameters"
     """How pipeline layers are split: parameters, uniform or type:<BlockClass>."""
     dist_timeout_s: float = 300.0

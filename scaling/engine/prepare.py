@@ -50,9 +50,11 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
     from scaling.models.load import hidden_size_of
 
     problems: list[Problem] = []
-    hidden = None
+    hidden = heads = None
     try:
-        hidden = hidden_size_of(hf_config_for(describe_source(request.model.source)))
+        hf_config = hf_config_for(describe_source(request.model.source))
+        hidden = hidden_size_of(hf_config)
+        heads = getattr(hf_config, "num_attention_heads", None) or getattr(hf_config, "n_head", None)
     except ConfigError as err:
         problems.extend(err.problems)
     if request.model.tokenizer is not None and not Path(request.model.tokenizer).is_dir():
@@ -70,6 +72,7 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
             world_size=request.world_size,
             explicit=request.explicit,
             hidden_size=hidden,
+            num_heads=heads,
             total_steps=steps,
             cpu_only=not _cuda_available(),
         )
@@ -83,7 +86,7 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
 
 def materialize(request: RunRequest) -> RunConfig:
     """Validate, prepare the tokenizer and the run length, and write OUTPUT/run_config.json."""
-    from scaling.data import build_tokenizer, build_train_stream
+    from scaling.data import build_eval_batches, build_tokenizer, build_train_stream
     from scaling.distributed import Topology
 
     run = validate(request)
@@ -107,22 +110,35 @@ def materialize(request: RunRequest) -> RunConfig:
     request = dataclasses.replace(
         request, model=dataclasses.replace(request.model, tokenizer=str(tokenizer_dir.resolve()))
     )
-    total_steps = run.optim.max_steps
-    if total_steps is None:
-        topology = Topology(
-            world_size=run.world_size,
-            tensor_parallel=run.parallel.tensor_parallel,
-            pipeline_stages=run.parallel.pipeline_stages,
-        )
-        stream = build_train_stream(
+    topology = Topology(
+        world_size=run.world_size,
+        tensor_parallel=run.parallel.tensor_parallel,
+        pipeline_stages=run.parallel.pipeline_stages,
+    )
+    stream = build_train_stream(
+        run.data,
+        tokenizer,
+        task=run.model.task,
+        micro_batch=run.optim.micro_batch,
+        dp_rank=0,
+        dp_size=topology.data_parallel,
+        seed=run.optim.seed,
+    )
+    # Reading the first batch here, before any rank starts, turns a missing, empty or unreadable source
+    # into a message on the launching host instead of a failure on every rank after start-up.
+    next(stream)
+    if run.data.eval:
+        build_eval_batches(
             run.data,
             tokenizer,
             task=run.model.task,
             micro_batch=run.optim.micro_batch,
             dp_rank=0,
             dp_size=topology.data_parallel,
-            seed=run.optim.seed,
+            max_batches=1,
         )
+    total_steps = run.optim.max_steps
+    if total_steps is None:
         per_epoch = stream.steps_per_epoch(run.optim.grad_accum)
         assert run.optim.epochs is not None
         total_steps = max(1, math.ceil(per_epoch * run.optim.epochs))
