@@ -139,7 +139,7 @@ def _train(model: Any, tok: Any, kind: str, steps: int, seq_len: int = 64, batch
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
-    for step in range(steps):
+    for _ in range(steps):
         b = blocks[torch.randint(0, len(blocks), (batch,), generator=gen)]
         if kind == "bert-mlm":
             chosen = torch.rand(b.shape, generator=gen) < 0.15
