@@ -104,3 +104,38 @@ def test_bad_input_exits_2_naming_the_source(tmp_path):
         ],
     )
     assert result.exit_code == 2
+
+
+def test_preprocess_of_an_empty_source_exits_2_naming_it(tmp_path):
+    runner = CliRunner()
+    tok_dir = tmp_path / "tok"
+    args = [
+        "tokenizer",
+        "train",
+        "--data",
+        f"{SHARED / 'sst2' / 'dev.tsv'}:sentence",
+        "--vocab-size",
+        "300",
+        "--output",
+        str(tok_dir),
+    ]
+    assert runner.invoke(cli, args).exit_code == 0
+    (tmp_path / "empty.jsonl").write_text("\n")
+    result = runner.invoke(
+        cli,
+        [
+            "preprocess",
+            "--data",
+            str(tmp_path / "empty.jsonl"),
+            "--tokenizer",
+            str(tok_dir),
+            "--seq-len",
+            "32",
+            "--output",
+            str(tmp_path / "p"),
+            "--workers",
+            "1",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 2 and "empty.jsonl" in result.output

@@ -140,3 +140,16 @@ def test_click_options_build_the_config():
     assert config["mix_temperature"] == 2.0 and config["augment"] == "delete:0.1"
     assert config["cross_doc_attention"] is False and config["seq_len"] == 256
     assert CliRunner().invoke(show, ["--mix", "sometimes"]).exit_code == 2
+
+
+def test_seq_cls_eval_batches_cover_the_set_equally_per_rank(tok):
+    from scaling.data import build_eval_batches
+
+    data = DataConfig(eval=[f"{SST2_DEV}:sentence"], seq_len=128)
+    per_rank = [
+        build_eval_batches(data, tok, task="seq-cls", micro_batch=8, dp_rank=r, dp_size=2, max_batches=1000)
+        for r in range(2)
+    ]
+    assert len(per_rank[0]) == len(per_rank[1]) == 872 // 8 // 2
+    labels = torch.cat([b["labels"] for batches in per_rank for b in batches])
+    assert len(labels) == 872 - 872 % 16 and set(labels.tolist()) == {0, 1}
