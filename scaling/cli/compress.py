@@ -69,6 +69,11 @@ def _report_after(source: Path, output: Path, data: str | None, label_column: st
 
     rows = evaluate_all([source, output], EvalConfig(data=data, label_column=label_column, max_samples=32))
     files = write_report(rows, output / "report")
+    # The measured comparison also belongs in the output's own record.
+    manifest_path = output / "compression.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["evaluation"] = {"source": rows[0], "output": rows[1]}
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     click.echo(files["markdown"].read_text())
 
 

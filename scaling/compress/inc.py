@@ -9,13 +9,11 @@ that lets BERT through PT2E annotation.
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib.util
 import io
 import logging
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -256,11 +254,3 @@ def save_pt2e(graph: Any, example: tuple[Any, Any], directory: Path) -> None:
 
 def load_pt2e(directory: Path) -> Any:
     return api().load(str(directory))
-
-
-def scratch_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="scaling-inc-"))
-
-
-def deepcopy(model: Any) -> Any:
-    return copy.deepcopy(model)

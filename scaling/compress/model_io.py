@@ -219,7 +219,3 @@ def copy_tokenizer(source_dir: Path, target_dir: Path, tokenizer: Any) -> None:
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (source_dir / name).is_file():
             shutil.copy2(source_dir / name, target_dir / name)
-
-
-def dir_size(path: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> int:
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and f.name not in exclude)

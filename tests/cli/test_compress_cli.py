@@ -173,3 +173,16 @@ def test_pipeline_distill_unavailable_and_bad_recipes(models: dict[str, Path], t
     )
     # The last stage is checked before the first runs.
     assert_usage_error(run("pipeline", recipe, "-o", out), out, "gptq needs calibration data")
+
+
+def test_help_imports_no_heavy_library() -> None:
+    import subprocess
+
+    code = (
+        "import sys; from click.testing import CliRunner; from scaling.cli.main import cli; "
+        "r = CliRunner().invoke(cli, ['compress', 'quantize', '--help']); assert r.exit_code == 0, r.output; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'neural_compressor'}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
