@@ -7,7 +7,8 @@ The engine uses only what this module exports:
   micro-batches (dicts of tensors: `input_ids`, `attention_mask`, `labels`, optionally `position_ids`), with
   `state_dict()`/`load_state_dict()`, `epoch`, `metrics()`, `steps_per_epoch(grad_accum)` and `maybe_adapt`.
   Packed clm/mlm batches without cross-document attention carry `position_ids` and no `attention_mask`:
-  HF models then derive the block-diagonal causal mask from the restarting positions.
+  HF models then derive the block-diagonal causal mask from the restarting positions (causal LMs, and only
+  when called with `use_cache=False`, as in training; with a cache HF skips that detection).
 - `build_eval_batches(data, tokenizer, task=, micro_batch=, dp_rank=, dp_size=, max_batches=)`: a finite list,
   the same length on every rank.
 """
