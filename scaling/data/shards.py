@@ -96,11 +96,11 @@ def preprocess(
     out = Path(output)
     if out.exists() and any(out.iterdir()):
         raise DataError(f"output {out}: exists and is not empty")
-    out.mkdir(parents=True, exist_ok=True)
     for raw in specs:  # fail fast, before any worker starts, on a missing or empty source
         open_record_stream(
             parse_spec(raw), label_column=None, max_doc_chars=max_doc_chars, dp_rank=0, dp_size=1, seed=0
         )
+    out.mkdir(parents=True, exist_ok=True)
 
     shards: list[dict] = []
     carry: list[int] = []
