@@ -201,6 +201,12 @@ def evaluate_loaded(loaded: LoadedModel, cfg: EvalConfig) -> dict[str, Any]:
 
 
 def evaluate_path(path: str | Path, cfg: EvalConfig) -> dict[str, Any]:
+    import tempfile
+
     from scaling.compress.model_io import load_compressed
 
-    return evaluate_loaded(load_compressed(path), cfg)
+    # A training checkpoint is exported into the scratch dir, which must outlive the size measurement.
+    with tempfile.TemporaryDirectory(prefix="scaling-eval-") as tmp:
+        results = evaluate_loaded(load_compressed(path, scratch=Path(tmp)), cfg)
+    results["model"] = str(path)
+    return results

@@ -104,3 +104,10 @@ def test_training_checkpoint_is_accepted(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "compression.json").read_text())["architecture"] == "GPT2LMHeadModel"
+    # evaluate and report take the checkpoint too (exported on the fly).
+    result = CliRunner().invoke(
+        cli, ["compress", "report", str(run_dir), str(out), "-o", str(tmp_path / "r"), "--no-speed"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert rows[0]["model"] == str(run_dir) and rows[0]["size_bytes"] > rows[1]["size_bytes"] > 0

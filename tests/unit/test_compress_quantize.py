@@ -159,3 +159,10 @@ def test_missing_accelerate_is_reported_for_gptq(monkeypatch: pytest.MonkeyPatch
     )
     with pytest.raises(MissingPackageError, match="pip install accelerate"):
         inc.require_accelerate()
+
+
+def test_gptq_config_gets_a_local_model_path(tmp_path: Path) -> None:
+    # INC's GPTQ resolves model_path even when not layer-wise; "" makes it call snapshot_download("").
+    cfg = inc.woq_config("gptq", 4, 32, True, tmp_path, ["lm_head"])
+    assert Path(cfg.model_path).is_dir()
+    assert cfg.use_layer_wise is False
