@@ -38,7 +38,7 @@ TUNE_GRID = ((4, 128), (4, 32), (8, -1))
 """(bits, group_size) tried by --tune, most compressed first; INC autotune stops at the first that passes."""
 HARDWARE = {
     "rtn": "any CPU (weights dequantized on the fly: smaller files, no speed-up)",
-    "gptq": "any CPU; needs calibration data",
+    "gptq": "any CPU; needs calibration data and the accelerate package",
     "awq": "any CPU; needs calibration data (scale search finds no absorb layers on transformers 5, so clipping only)",
     "dynamic": "x86 CPU; experimental (PT2E, eager mode is slower; no size gain in INC 3.10)",
     "static": "x86 CPU; needs calibration data; experimental (PT2E, no size gain in INC 3.10)",
