@@ -99,27 +99,13 @@ def _run_rank_from_options(request: Any, env: Any) -> None:
 
     validate(request)  # every rank fails fast, and identically, on a bad option
     dist_setup.init_process_group(env, timeout_s=request.parallel.init_timeout_s)
-    error = None
-    if env.rank == 0:
-        try:
-            materialize(request)
-        except UserError as err:
-            error = str(err)
-    error = _broadcast_text(error)
-    if error is not None:
+    try:
+        dist_setup.on_rank0(lambda: materialize(request), rank=env.rank)
+    except UserError:
         dist_setup.teardown()
-        raise UserError(error)
-    dist_setup.barrier()
+        raise
     run = RunConfig.load(Path(request.checkpoint.output) / "run_config.json")
     _train_and_report(run, env)
-
-
-def _broadcast_text(text: str | None) -> str | None:
-    import torch.distributed as dist
-
-    holder = [text]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
 
 
 def _train_and_report(run: Any, env: Any) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from scaling.config.run import RunConfig
@@ -9,11 +11,6 @@ from scaling.models import build_model, describe_source
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-# Kept alive for the run: transformers consults it (through a weak reference) to partition parameters at
-# construction time under ZeRO-3, so a model larger than one rank's memory is never materialised whole.
-_ZERO3_CONTEXT: list[Any] = []
-
 
 def load_run_tokenizer(run: RunConfig, rank: int) -> PreTrainedTokenizerBase:
     """The tokenizer the launching host prepared (run.model.tokenizer is always a directory by now)."""
@@ -24,19 +21,36 @@ def load_run_tokenizer(run: RunConfig, rank: int) -> PreTrainedTokenizerBase:
 
 
 def make_model(run: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    if run.zero_stage == 3:
-        from transformers.integrations import HfDeepSpeedConfig
-
-        _ZERO3_CONTEXT[:] = [HfDeepSpeedConfig(run.deepspeed)]
-    model = build_model(
-        describe_source(run.model.source),
-        task=run.model.task,
-        tokenizer=tokenizer,
-        num_labels=run.model.num_labels,
-    )
+    with _zero3_construction(run):
+        model = build_model(
+            describe_source(run.model.source),
+            task=run.model.task,
+            tokenizer=tokenizer,
+            num_labels=run.model.num_labels,
+        )
     if run.model.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+@contextmanager
+def _zero3_construction(run: RunConfig) -> Iterator[None]:
+    """Under ZeRO-3, let transformers partition parameters as they are created (deepspeed.zero.Init), so a
+    model larger than one rank's memory is never materialised whole. transformers finds the config through
+    a weak reference; it must not outlive construction, or later single-rank model builds (the final export
+    on rank 0) would try to partition collectively and hang."""
+    if run.zero_stage != 3:
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    keep_alive = HfDeepSpeedConfig(run.deepspeed)
+    try:
+        yield
+    finally:
+        del keep_alive
+        unset_hf_deepspeed_config()
 
 
 def param_groups(model: PreTrainedModel, weight_decay: float) -> list[dict[str, Any]]:

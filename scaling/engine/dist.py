@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from datetime import timedelta
+from typing import TypeVar
 
 from scaling.distributed.env import LaunchEnv
+from scaling.errors import UserError
+
+T = TypeVar("T")
 
 
 def init_process_group(env: LaunchEnv, *, timeout_s: float) -> None:
@@ -67,3 +72,31 @@ def barrier() -> None:
 
     if dist.is_initialized():
         dist.barrier()
+
+
+def on_rank0(fn: Callable[[], T], *, rank: int) -> T | None:
+    """Run `fn` on rank 0 only and let every rank learn whether it failed.
+
+    A bare `if rank == 0: fn(); barrier()` leaves the other ranks waiting for the collective timeout when
+    rank 0 raises; here they raise the same user error at once.
+    """
+    import torch.distributed as dist
+
+    result: T | None = None
+    error: str | None = None
+    if rank == 0:
+        try:
+            result = fn()
+        except UserError as err:
+            error = str(err)
+        except Exception as err:
+            error = f"rank 0 failed: {type(err).__name__}: {err}"
+            if not dist.is_initialized():
+                raise
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        holder = [error]
+        dist.broadcast_object_list(holder, src=0)
+        error = holder[0]
+    if error is not None:
+        raise UserError(error)
+    return result

@@ -400,9 +400,7 @@ class TrainingRun:
         from scaling.checkpoint.export import export_checkpoint
 
         target = self.output / "final"
-        if self.rank == 0:
-            export_checkpoint(ref.path, target)
-        dist_setup.barrier()
+        dist_setup.on_rank0(lambda: export_checkpoint(ref.path, target), rank=self.rank)
         return target
 
 
