@@ -128,31 +128,16 @@ class TrainingRun:
         self.ckpt = CheckpointManager(self.output / "checkpoints", self.rank, run.checkpoint.keep_last)
         self.skipped_nonfinite = 0
 
-    # -- building -------------------------------------------------------------------------------------
+    # -- building (extension points: build_engine, compute_loss, train_step) ------------------------------
 
     def _build(self) -> None:
-        import deepspeed
-
         from scaling.data import build_eval_batches, build_train_stream
-        from scaling.engine.build import load_run_tokenizer, make_model, param_groups
+        from scaling.engine.build import load_run_tokenizer
 
         run = self.run
         seed_everything(run.optim.seed)
         self.tokenizer = load_run_tokenizer(run, self.rank)
-        self.model = make_model(run, self.tokenizer)
-        self.hf_config = self.model.config
-        # Without a `scheduler` section in the JSON the schedule is ours (HF semantics); DeepSpeed still
-        # steps it at each boundary and saves it in checkpoints.
-        own_schedule = None
-        if "scheduler" not in run.deepspeed:
-            own_schedule = partial(build_lr_scheduler, optim=run.optim, total_steps=run.total_steps)
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=self.model,
-            model_parameters=param_groups(self.model, run.optim.weight_decay),
-            config=run.deepspeed,
-            lr_scheduler=own_schedule,
-            dist_init_required=False,
-        )
+        self.engine, self.hf_config = self.build_engine()
         self.stream = build_train_stream(
             run.data,
             self.tokenizer,
@@ -177,6 +162,34 @@ class TrainingRun:
             count = _all_reduce_int(len(batches), dist.ReduceOp.MIN)
             self.eval_batches = batches[:count]
 
+    def build_engine(self) -> tuple[Any, Any]:
+        """The DeepSpeed engine around the model, and the HF config an export needs.
+
+        Subclasses swap in other engines (the pipeline engine) or models (a distillation student)."""
+        import deepspeed
+
+        from scaling.engine.build import make_model, param_groups
+
+        run = self.run
+        model = make_model(run, self.tokenizer)
+        # Without a `scheduler` section in the JSON the schedule is ours (HF semantics); DeepSpeed still
+        # steps it at each boundary and saves it in checkpoints.
+        own_schedule = None
+        if "scheduler" not in run.deepspeed:
+            own_schedule = partial(build_lr_scheduler, optim=run.optim, total_steps=run.total_steps)
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=param_groups(model, run.optim.weight_decay),
+            config=run.deepspeed,
+            lr_scheduler=own_schedule,
+            dist_init_required=False,
+        )
+        return engine, model.config
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training objective of one micro-batch (distillation overrides it)."""
+        return self.engine(**batch).loss
+
     # -- the loop -------------------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
@@ -199,7 +212,7 @@ class TrainingRun:
         try:
             with _SigtermFlag() as sigterm:
                 while step < run.total_steps:
-                    stop_now = self._one_step(step, window, sigterm)
+                    stop_now = self.train_step(step, window, sigterm)
                     step += 1
                     tokens_seen += window.last_tokens_local
                     sink.advance()
@@ -252,8 +265,10 @@ class TrainingRun:
             eval=eval_metrics,
         )
 
-    def _one_step(self, step: int, window: _Window, sigterm: _SigtermFlag) -> bool:
-        """One optimizer step of grad_accum good micro-batches. Returns whether any rank got SIGTERM."""
+    def train_step(self, step: int, window: _Window, sigterm: _SigtermFlag) -> bool:
+        """One optimizer step of grad_accum good micro-batches. Returns whether any rank got SIGTERM.
+
+        The pipeline engine overrides this: it runs all micro-batches of a step itself (train_batch)."""
         run = self.run
         engine = self.engine
         engine.train()
@@ -270,7 +285,7 @@ class TrainingRun:
             torch.manual_seed(position_seed(run.optim.seed, step, attempts, self.rank))
             attempts += 1
             batch = {k: v.to(engine.device) for k, v in batch.items()}
-            loss = engine(**batch).loss
+            loss = self.compute_loss(batch)
             bad_ranks, stop_requested = self._check(loss, sigterm.raised)
             if bad_ranks:
                 self._handle_nonfinite(step, bad_ranks, attempts)
