@@ -57,7 +57,7 @@ class CheckpointManager:
         if self.rank == 0:
             self.root.mkdir(parents=True, exist_ok=True)
             if ref.path.exists():  # an interrupted save of this very step: start it over
-                shutil.rmtree(ref.path)
+                shutil.rmtree(ref.path)  # no manifest, so never mistaken for a checkpoint meanwhile
         barrier()
         engine.save_checkpoint(
             str(self.root), tag=ref.tag, client_state={"scaling_step": step}, save_latest=False

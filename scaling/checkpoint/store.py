@@ -27,6 +27,7 @@ from scaling.errors import CheckpointError
 MANIFEST = "manifest.json"
 LATEST = "latest"
 TAG_PREFIX = "step-"
+TRASH_PREFIX = ".deleting-"
 OURS = "scaling"
 
 
@@ -175,9 +176,19 @@ def retain(root: Path, keep_last: int) -> list[Path]:
             continue
         interrupted = not is_complete(d)
         if (interrupted and step_of(d.name) < newest_step) or (not interrupted):
-            shutil.rmtree(d, ignore_errors=True)
+            _remove(d)
             removed.append(d)
+    for leftover in root.glob(f"{TRASH_PREFIX}*"):  # deletions a kill interrupted
+        shutil.rmtree(leftover, ignore_errors=True)
     return removed
+
+
+def _remove(directory: Path) -> None:
+    # Rename first: a kill during a long rmtree must not leave a half-deleted directory that still
+    # looks like a checkpoint (manifest gone, shards present).
+    trash = directory.with_name(f"{TRASH_PREFIX}{directory.name}")
+    directory.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _tagged_dirs(root: Path) -> Iterable[Path]:
