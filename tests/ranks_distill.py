@@ -1,0 +1,137 @@
+"""Distillation helpers for the tests: tiny teachers, and functions the gloo harness runs on every rank."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+TINY = {
+    "gpt2": {"model_type": "gpt2", "n_embd": 32, "n_head": 2, "n_positions": 128, "resid_pdrop": 0.0,
+             "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+    "llama": {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+              "num_key_value_heads": 1, "max_position_embeddings": 128},
+    "bert": {"model_type": "bert", "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
+             "max_position_embeddings": 128, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+}  # fmt: skip
+LAYER_KEYS = {"gpt2": "n_layer", "llama": "num_hidden_layers", "bert": "num_hidden_layers"}
+
+
+def make_model(
+    kind: str,
+    task: str,
+    tokenizer_dir: Path,
+    out: Path,
+    *,
+    layers: int = 4,
+    seed: int = 0,
+    init: float = 0.3,
+    width: int | None = None,
+) -> Path:
+    """A random tiny model saved as an HF directory with the tokenizer. A large init range gives peaked
+    output distributions, so a teacher's soft labels carry information."""
+    import torch
+    from transformers import CONFIG_MAPPING, AutoTokenizer
+
+    from scaling.models import model_class_for
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    spec = dict(TINY[kind])
+    spec[LAYER_KEYS[kind]] = layers
+    if width is not None:
+        spec["n_embd" if kind == "gpt2" else "hidden_size"] = width
+    config = CONFIG_MAPPING[spec.pop("model_type")](**spec, vocab_size=len(tok), initializer_range=init)
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(config, name, getattr(tok, name))
+    if task == "seq-cls":
+        config.num_labels = 2
+    torch.manual_seed(seed)
+    model = model_class_for(task).from_config(config)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def held_out_kl(
+    teacher_dir: Path, student_dir: Path, task: str, texts: list[str], temperature: float = 1.0
+) -> float:
+    """KL(teacher || student) on `texts`, measured with plain transformers (no engine)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from scaling.compress.distill import _aligned_logits, kd_loss
+    from scaling.models import model_class_for
+
+    tok = AutoTokenizer.from_pretrained(teacher_dir)
+    batch = tok(texts, return_tensors="pt", padding=True, truncation=True, max_length=32)
+    cls = model_class_for(task)
+    teacher = cls.from_pretrained(teacher_dir).eval()
+    student = cls.from_pretrained(student_dir).eval()
+    with torch.no_grad():
+        t = teacher(**batch).logits
+        s = student(**batch).logits
+    s, t = _aligned_logits(task, s, t)
+    mask = None
+    if task != "seq-cls":
+        mask = batch["attention_mask"][:, 1:] if task == "clm" else batch["attention_mask"]
+        mask = mask.bool()
+    return float(kd_loss(s, t, mask, temperature))
+
+
+def distill_cli(args: list[str]) -> dict[str, Any]:
+    """Run `scaling compress distill ARGS` as one rank; rank 0 returns the metrics it logged."""
+    import os
+
+    from scaling.cli.distill import distill
+
+    code = 0
+    try:
+        distill.main(args, prog_name="scaling compress distill", standalone_mode=False)
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    output = Path(args[args.index("--output") + 1])
+    records = []
+    if os.environ.get("RANK") == "0" and (output / "metrics.jsonl").is_file():
+        records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    return {"exit": code, "records": records}
+
+
+def teacher_partitioning(args: list[str]) -> dict[str, Any]:
+    """Prepare (rank 0) and build a DistillRun, then report how the teacher is held on this rank."""
+    import torch
+
+    from scaling.cli.distill import _distill_config, distill
+    from scaling.cli.train_options import run_request_from_options
+    from scaling.compress.distill import DistillRun, load_distill_config, prepare
+    from scaling.config.run import RunConfig
+    from scaling.distributed import LaunchEnv
+    from scaling.engine import dist as dist_setup
+
+    ctx = distill.make_context("distill", list(args))
+    params = ctx.params
+    env = LaunchEnv.from_environ()
+    request = run_request_from_options(
+        {**params, "model": params["teacher"]}, world_size=env.world_size, explicit=frozenset(params)
+    )
+    dist_setup.init_process_group(env, timeout_s=120)
+    try:
+        if env.rank == 0:
+            prepare(request, _distill_config(params))
+        dist_setup.barrier()
+        output = Path(request.checkpoint.output)
+        run = DistillRun(RunConfig.load(output / "run_config.json"), env, load_distill_config(output))
+        result = run.fit()
+        module = run._teacher_module()
+        local = sum(p.numel() for p in module.parameters())
+        full = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
+        return {
+            "engine": type(run.teacher).__name__,
+            "local_numel": local,
+            "full_numel": full,
+            "requires_grad": any(p.requires_grad for p in module.parameters()),
+            "final_loss": result.final_loss,
+            "eval": result.eval,
+            "is_tensor": isinstance(run.last_parts.total, torch.Tensor) if run.last_parts else False,
+        }
+    finally:
+        dist_setup.teardown()
