@@ -251,3 +251,9 @@ def pipeline(recipe: Path, output: Path, model_override: str | None, overwrite: 
         [(f"stage {i}", f"{s['kind']} -> {output / s['output']}") for i, s in enumerate(summary["stages"], 1)]
     )
     click.echo((output / "report" / "report.md").read_text())
+
+
+# A DeepSpeed training run with all `scaling train` options; the module builds them on first use.
+from scaling.cli.distill import distill as _distill  # noqa: E402
+
+compress.add_command(_distill)
