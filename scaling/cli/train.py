@@ -11,8 +11,6 @@ Three ways in, one resolution:
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,8 +19,6 @@ import click
 
 from scaling.cli.train_options import explicit_options, run_options, run_request_from_options
 from scaling.errors import UserError
-
-LAUNCHER_SCRIPT = Path(__file__).resolve().parents[2] / "launchers" / "train.py"
 
 
 @click.command("train", context_settings={"show_default": True})
@@ -38,7 +34,9 @@ LAUNCHER_SCRIPT = Path(__file__).resolve().parents[2] / "launchers" / "train.py"
     "--hostfile", type=click.Path(dir_okay=False), default=None, help="DeepSpeed hostfile for multi-node."
 )
 @click.option("--master-port", type=click.IntRange(1, 65535), default=None)
-@click.option("--resolved-config", type=click.Path(dir_okay=False, exists=True), default=None, hidden=True)
+# Only rank 0 reads the file (see _run_rank_from_file): other nodes need not see it yet.
+@click.option("--resolved-config", type=click.Path(dir_okay=False), default=None, hidden=True)
+@click.option("--init-timeout", type=click.FloatRange(min=1), default=None, hidden=True)
 @click.option("--local_rank", "--local-rank", "local_rank", type=int, default=-1, hidden=True)
 @click.pass_context
 def train(ctx: click.Context, **params: Any) -> None:
@@ -48,7 +46,7 @@ def train(ctx: click.Context, **params: Any) -> None:
     env = LaunchEnv.from_environ(local_rank=params["local_rank"])
     try:
         if params["resolved_config"]:
-            _run_rank_from_file(Path(params["resolved_config"]), env)
+            _run_rank_from_file(Path(params["resolved_config"]), env, params["init_timeout"])
             return
         launching = (params["num_gpus"] or params["hostfile"]) and not env.launched
         world = _planned_world(params) if launching else env.world_size
@@ -85,10 +83,36 @@ def _run_single(request: Any) -> None:
     _train_and_report(run, env)
 
 
-def _run_rank_from_file(path: Path, env: Any) -> None:
-    from scaling.config.run import RunConfig
+def _run_rank_from_file(path: Path, env: Any, init_timeout_s: float | None) -> None:
+    """Started by `scaling launch`/`scaling train --num-gpus`: join the group, then take rank 0's config.
 
-    _train_and_report(RunConfig.load(path), env)
+    With --no-ssh the ranks of other nodes can start before the launching host has written the file, or see
+    an older one from the run being resumed; rank 0 starts only after it was written, so its copy is the run.
+    """
+    import json
+
+    from scaling.config.run import RunConfig
+    from scaling.config.sections import ParallelConfig
+    from scaling.engine import dist as dist_setup
+
+    if env.world_size == 1:
+        _train_and_report(RunConfig.load(path), env)
+        return
+    timeout = init_timeout_s or ParallelConfig().init_timeout_s
+    dist_setup.init_process_group(env, timeout_s=timeout)
+    try:
+        text = dist_setup.from_rank0(lambda: _read_resolved(path), rank=env.rank)
+    except UserError:
+        dist_setup.teardown()
+        raise
+    _train_and_report(RunConfig.from_dict(json.loads(text)), env)
+
+
+def _read_resolved(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise UserError(f"--resolved-config: cannot read {path}: {err}") from None
 
 
 def _run_rank_from_options(request: Any, env: Any) -> None:
@@ -135,22 +159,21 @@ def _limit_threads(env: Any) -> None:
 
 
 def _launch(request: Any, params: dict[str, Any]) -> int:
-    """Prepare on this host, then hand the resolved run to the deepspeed launcher."""
+    """Prepare on this host, then hand the resolved run to the deepspeed launcher (as `scaling launch`)."""
     from scaling.engine.prepare import materialize
+    from scaling.launch.command import LaunchSpec, build_plan
+    from scaling.launch.supervise import run_plan
 
+    spec = LaunchSpec(
+        hostfile=Path(params["hostfile"]) if params["hostfile"] else None,
+        num_nodes=params["num_nodes"],
+        num_gpus=params["num_gpus"],
+        master_port=params["master_port"] or _free_port(),
+    )
     run = materialize(request)
-    config_path = run.output / "run_config.json"
-    command = [sys.executable, "-m", "deepspeed.launcher.runner"]
-    if params["hostfile"]:
-        command += ["--hostfile", params["hostfile"]]
-    if params["num_nodes"]:
-        command += ["--num_nodes", str(params["num_nodes"])]
-    if params["num_gpus"]:
-        command += ["--num_gpus", str(params["num_gpus"])]
-    command += ["--master_port", str(params["master_port"] or _free_port())]
-    command += [str(LAUNCHER_SCRIPT), "--resolved-config", str(config_path.resolve())]
-    click.echo("+ " + shlex.join(command), err=True)
-    return subprocess.call(command)
+    config_path = (run.output / "run_config.json").resolve()
+    plan = build_plan(spec, ["--resolved-config", str(config_path)], run_dir=run.output)
+    return run_plan(plan, output=run.output)
 
 
 def _free_port() -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from typing import TypeVar
 
@@ -30,6 +31,7 @@ def init_process_group(env: LaunchEnv, *, timeout_s: float) -> None:
     if hasattr(dist, "constants"):
         dist.constants.default_pg_timeout = timeout
     if dist.is_initialized():
+        set_collective_timeout(timeout_s)  # joined earlier (to receive the run config): adopt the run's bound
         return
     for key, value in env.export().items():
         os.environ.setdefault(key, value)
@@ -45,6 +47,47 @@ def init_process_group(env: LaunchEnv, *, timeout_s: float) -> None:
         rank=env.rank,
         world_size=env.world_size,
     )
+
+
+def set_collective_timeout(timeout_s: float) -> None:
+    """Bound every collective of every existing group (and of groups created later) by `timeout_s`.
+
+    `_set_pg_timeout` changes a live group's timeout; measured on gloo: a peer that stops answering makes the
+    next collective raise `Timed out waiting ...` after exactly the new bound."""
+    import torch.distributed as dist
+    import torch.distributed.distributed_c10d as c10d
+
+    timeout = timedelta(seconds=timeout_s)
+    c10d.default_pg_timeout = timeout
+    if not dist.is_initialized():
+        return
+    for group in list(c10d._world.pg_map):
+        if not c10d._rank_not_in_group(group):
+            c10d._set_pg_timeout(timeout, group)
+
+
+@contextmanager
+def collective_timeout(timeout_s: float) -> Iterator[None]:
+    """Use a longer bound for a phase where ranks legitimately wait on each other (a checkpoint being
+    written, rank 0 exporting), then return to the previous one."""
+    import torch.distributed.distributed_c10d as c10d
+
+    previous = c10d.default_pg_timeout.total_seconds()
+    set_collective_timeout(timeout_s)
+    try:
+        yield
+    finally:
+        set_collective_timeout(previous)
+
+
+def abandon() -> None:
+    """Leave the group after a failure without the closing barrier: a dead or hung peer would make that
+    barrier wait a whole timeout more before the process could exit."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        with suppress(Exception):  # the group is already broken; exiting is all that is left to do
+            dist.destroy_process_group()
 
 
 def _skip_shm_comm_build() -> None:
@@ -72,6 +115,18 @@ def barrier() -> None:
 
     if dist.is_initialized():
         dist.barrier()
+
+
+def from_rank0(fn: Callable[[], T], *, rank: int) -> T:
+    """Run `fn` on rank 0 and give every rank its result (or rank 0's user error)."""
+    import torch.distributed as dist
+
+    result = on_rank0(fn, rank=rank)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        holder = [result]
+        dist.broadcast_object_list(holder, src=0)
+        result = holder[0]
+    return result  # type: ignore[return-value]
 
 
 def on_rank0(fn: Callable[[], T], *, rank: int) -> T | None:

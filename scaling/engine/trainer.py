@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,8 +31,10 @@ from scaling.engine import dist as dist_setup
 from scaling.engine.metrics import MetricsSink, memory_stats
 from scaling.engine.schedule import build_lr_scheduler
 from scaling.errors import UserError
+from scaling.launch.status import EXIT_PREEMPTED, FAILED, PREEMPTED, write_report
 
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run saved and stopped on SIGTERM; `--resume auto` continues it
+__all__ = ["EXIT_PREEMPTED", "Preempted", "TrainResult", "TrainingRun", "train"]
+
 
 
 class NonFiniteLoss(UserError):
@@ -105,10 +108,39 @@ class _SigtermFlag:
 def train(run: RunConfig, env: LaunchEnv) -> TrainResult:
     """Run (or resume) the training described by `run` in this process, as rank `env.rank`."""
     dist_setup.init_process_group(env, timeout_s=run.parallel.init_timeout_s)
+    training = run_class_for(run)(run, env)
     try:
-        return TrainingRun(run, env).fit()
-    finally:
+        result = training.fit()
+    except Preempted as stop:
+        write_report(run.output, rank=env.rank, step=stop.step, kind=PREEMPTED, error=str(stop.checkpoint))
         dist_setup.teardown()
+        raise
+    except BaseException as err:
+        # Name this rank and its step in the run directory and the log before anything else can fail.
+        error = f"{type(err).__name__}: {err}"
+        write_report(run.output, rank=env.rank, step=training.current_step, kind=FAILED, error=error)
+        where = f"rank {env.rank} failed at step {training.current_step}"
+        print(f"[scaling] {where}: {error}", file=sys.stderr, flush=True)
+        if isinstance(err, UserError):
+            dist_setup.teardown()  # raised on every rank together (non-finite loss, bad checkpoint)
+        else:
+            dist_setup.abandon()  # a peer may be dead or hung: do not wait for it in a closing barrier
+        raise
+    dist_setup.teardown()
+    return result
+
+
+def run_class_for(run: RunConfig) -> type[TrainingRun]:
+    """The TrainingRun subclass the parallel layout needs (the pipeline and AutoTP engines differ)."""
+    if run.parallel.pipeline_stages > 1:
+        from scaling.engine.pipeline import PipelineRun
+
+        return PipelineRun
+    if run.parallel.tensor_parallel > 1:
+        from scaling.engine.tensor_parallel import TensorParallelRun
+
+        return TensorParallelRun
+    return TrainingRun
 
 
 class TrainingRun:
@@ -127,6 +159,7 @@ class TrainingRun:
         self.output = run.output
         self.ckpt = CheckpointManager(self.output / "checkpoints", self.rank, run.checkpoint.keep_last)
         self.skipped_nonfinite = 0
+        self.current_step = 0  # the optimizer step being run (1-based), named in failure reports
 
     # -- building (extension points: build_engine, compute_loss, train_step) ------------------------------
 
@@ -212,7 +245,12 @@ class TrainingRun:
         try:
             with _SigtermFlag() as sigterm:
                 while step < run.total_steps:
+                    self.current_step = step + 1
                     stop_now = self.train_step(step, window, sigterm)
+                    if step == start_step:
+                        # Start-up (imports, compilation, the first batch) is done: from here on a rank that
+                        # stops answering for dist_timeout_s is dead or hung, and the job should end.
+                        dist_setup.set_collective_timeout(run.parallel.dist_timeout_s)
                     step += 1
                     tokens_seen += window.last_tokens_local
                     sink.advance()
@@ -379,15 +417,17 @@ class TrainingRun:
 
     def _save(self, step: int, tokens_seen: int) -> CheckpointRef:
         self._assert_finite_weights(step)
-        return self.ckpt.save(
-            self.engine,
-            step=step,
-            rank_state=self._rank_state(step, tokens_seen),
-            run_config_json=self.run.to_json(),
-            hf_config=self.hf_config,
-            tokenizer=self.tokenizer,
-            barrier=dist_setup.barrier,
-        )
+        # Ranks wait in barriers while the slowest writes its shards: allow the start-up bound for that.
+        with dist_setup.collective_timeout(self.run.parallel.init_timeout_s):
+            return self.ckpt.save(
+                self.engine,
+                step=step,
+                rank_state=self._rank_state(step, tokens_seen),
+                run_config_json=self.run.to_json(),
+                hf_config=self.hf_config,
+                tokenizer=self.tokenizer,
+                barrier=dist_setup.barrier,
+            )
 
     def _assert_finite_weights(self, step: int) -> None:
         # Never commit non-finite weights: a resume from them could never recover.
@@ -415,7 +455,8 @@ class TrainingRun:
         from scaling.checkpoint.export import export_checkpoint
 
         target = self.output / "final"
-        dist_setup.on_rank0(lambda: export_checkpoint(ref.path, target), rank=self.rank)
+        with dist_setup.collective_timeout(self.run.parallel.init_timeout_s):  # the others wait for rank 0
+            dist_setup.on_rank0(lambda: export_checkpoint(ref.path, target), rank=self.rank)
         return target
 
 

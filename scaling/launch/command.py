@@ -1,0 +1,387 @@
+"""The commands that start a run's ranks, built once and shared by `scaling train --num-gpus/--hostfile`,
+`scaling launch` and `scaling launch --dry-run`.
+
+Hosts and slots are selected with DeepSpeed's own functions (`parse_inclusion_exclusion`,
+`apply_num_nodes_and_gpus`, `encode_world_info`), so the world we validate the config for is, byte for byte,
+the world DeepSpeed's runner starts. Environment reaches the other nodes only through DeepSpeed's mechanisms:
+the variables its runner exports by prefix, and a `.deepspeed_env` file (named by `DS_ENV_FILE`) that we write
+into the run directory with what else every node must see (NCCL_*, GLOO_*, HF_*, OMP_NUM_THREADS, ...).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shlex
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scaling.errors import ConfigError, Problem
+from scaling.launch.hostfile import parse_hostfile
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_SCRIPT = REPO / "launchers" / "train.py"
+RANK_ENTRY = Path(__file__).resolve().with_name("rank_entry.py")
+"""Per-rank script for launchers that start ranks without deepspeed's launch.py (srun, mpirun)."""
+
+LAUNCHERS = ("pdsh", "ssh", "openmpi", "mvapich", "slurm")
+"""`ssh` is ours: one plain ssh per node running deepspeed.launcher.launch (no pdsh needed)."""
+SCHEDULER_LAUNCHERS = ("openmpi", "mvapich", "slurm")
+"""Launchers that start every rank themselves; ranks learn their place from the scheduler's variables."""
+
+ENV_FILE = ".deepspeed_env"
+DEFAULT_MASTER_PORT = 29500
+
+FORWARD_PREFIXES = (
+    "NCCL_",
+    "GLOO_",
+    "HF_",
+    "TRANSFORMERS_",
+    "TOKENIZERS_",
+    "TORCH_",
+    "SCALING_",
+    "DEEPSPEED_",
+)
+"""Variables every node must share (transport, caches, offline mode) that DeepSpeed's runner does not export."""
+FORWARD_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# Credentials must not be copied into a file in the run directory (often on a shared, world-readable disk).
+_SECRET = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS|_KEY)$")
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Where and how the ranks of a run are started (the launcher options of `scaling launch`)."""
+
+    hostfile: Path | None = None
+    """DeepSpeed hostfile; None means this machine only."""
+    include: str = ""
+    """DeepSpeed `--include` filter (`host1@host2:0,1`)."""
+    exclude: str = ""
+    """DeepSpeed `--exclude` filter."""
+    num_nodes: int | None = None
+    """Use only the first N hosts of the hostfile."""
+    num_gpus: int | None = None
+    """Ranks per node (slots 0..N-1 of every host)."""
+    launcher: str = "pdsh"
+    """pdsh, ssh, openmpi, mvapich or slurm."""
+    no_ssh: bool = False
+    """Start only this node's ranks; every node runs the same command with its own --node-rank."""
+    node_rank: int | None = None
+    """This node's index in the (filtered) hostfile, with no_ssh."""
+    master_addr: str | None = None
+    """Address of rank 0; default: the first selected host."""
+    master_port: int = DEFAULT_MASTER_PORT
+    """Rendezvous port on the master."""
+    ssh_port: int | None = None
+    """ssh port of the workers, for the pdsh and ssh launchers."""
+
+
+@dataclass(frozen=True)
+class NodeCommand:
+    """What runs on one node."""
+
+    host: str
+    """Hostname as the hostfile gives it."""
+    node_rank: int
+    """Index of the node."""
+    ranks: list[int]
+    """Global ranks started on it."""
+    command: str
+    """The exact shell command DeepSpeed (or our ssh launcher) runs there."""
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Everything `scaling launch` will start, computed without starting anything."""
+
+    spec: LaunchSpec
+    """The options it came from."""
+    resources: dict[str, list[int]]
+    """Selected host -> slots, in rank order."""
+    master_addr: str
+    """Where rank 0 listens."""
+    local: list[list[str]]
+    """Commands run on this host (the deepspeed runner, or one ssh per node)."""
+    nodes: list[NodeCommand]
+    """Per-node commands, for display and for the ssh launcher."""
+    exports: dict[str, str]
+    """Variables every node gets on top of its own environment."""
+    env_file: Path | None
+    """The `.deepspeed_env` file carrying `exports` (None for a single local node)."""
+    notes: list[str] = field(default_factory=list)
+    """Caveats the dry run prints."""
+
+    @property
+    def world_size(self) -> int:
+        return sum(len(slots) for slots in self.resources.values())
+
+    @property
+    def gpus_per_node(self) -> int:
+        return max(len(slots) for slots in self.resources.values())
+
+
+def select_resources(spec: LaunchSpec) -> dict[str, list[int]]:
+    """Hosts and slots of the run, computed the way deepspeed.launcher.runner computes them."""
+    if spec.hostfile is None:
+        if spec.include or spec.exclude or (spec.num_nodes or 1) > 1:
+            raise ConfigError(
+                [Problem("--hostfile", "is required with --include, --exclude or --num-nodes > 1")],
+                header="invalid launch options",
+            )
+        return {"localhost": list(range(spec.num_gpus or 1))}
+    if (spec.include or spec.exclude) and (spec.num_nodes or spec.num_gpus):
+        raise ConfigError(
+            [
+                Problem(
+                    "--include/--exclude", "cannot be combined with --num-nodes/--num-gpus (DeepSpeed rule)"
+                )
+            ],
+            header="invalid launch options",
+        )
+    if spec.include and spec.exclude:
+        raise ConfigError(
+            [Problem("--include/--exclude", "are mutually exclusive")], header="invalid launch options"
+        )
+    from deepspeed.launcher import runner as ds_runner
+
+    hosts = parse_hostfile(spec.hostfile)
+    pool = collections.OrderedDict((h.name, h.slots) for h in hosts)
+    try:
+        active = ds_runner.parse_inclusion_exclusion(pool, spec.include, spec.exclude)
+    except (ValueError, KeyError) as err:
+        option = "--include" if spec.include else "--exclude"
+        raise ConfigError(
+            [Problem(option, str(err), spec.include or spec.exclude)], header="invalid launch options"
+        ) from None
+    active = ds_runner.apply_num_nodes_and_gpus(active, spec.num_nodes or -1, spec.num_gpus or -1)
+    if spec.num_nodes and spec.num_nodes > len(pool):
+        raise ConfigError(
+            [Problem("--num-nodes", f"the hostfile lists only {len(pool)} host(s)", spec.num_nodes)],
+            header="invalid launch options",
+        )
+    if not active:
+        raise ConfigError(
+            [Problem("--include/--exclude", "no host is left")], header="invalid launch options"
+        )
+    return {host: list(slots) for host, slots in active.items()}
+
+
+def forwarded_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of this host that every node must see, beyond what DeepSpeed exports by itself."""
+    out = {}
+    for key in sorted(environ):
+        if not (key.startswith(FORWARD_PREFIXES) or key in FORWARD_NAMES):
+            continue
+        value = environ[key]
+        if _SECRET.search(key) or "\n" in value:
+            continue
+        out[key] = value
+    return out
+
+
+def user_env_files(environ: Mapping[str, str], cwd: Path) -> list[Path]:
+    """The `.deepspeed_env` files DeepSpeed's runner would read without us (home, then the working dir)."""
+    name = environ.get("DS_ENV_FILE", ENV_FILE)
+    home = Path(environ.get("HOME", os.path.expanduser("~")))
+    return [p for p in (home / name, cwd / name) if p.is_file()]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    values = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def deepspeed_exports(
+    environ: Mapping[str, str], cwd: Path, file_values: Mapping[str, str]
+) -> dict[str, str]:
+    """What DeepSpeed's multi-node runners export to every rank: its prefixes, then the env file."""
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.launcher import runner as ds_runner
+
+    env = dict(environ)
+    env["PYTHONPATH"] = f"{cwd}:{env['PYTHONPATH']}" if "PYTHONPATH" in env else str(cwd)
+    prefixes = list(ds_runner.EXPORT_ENVS) + list(get_accelerator().export_envs())
+    out = {k: v for k, v in env.items() if any(k.startswith(p) for p in prefixes)}
+    out.update(file_values)
+    return dict(sorted(out.items()))
+
+
+def launch_argv(
+    resources: Mapping[str, list[int]],
+    *,
+    node_rank: int | str,
+    master_addr: str,
+    master_port: int,
+    script_args: list[str],
+    python: str,
+    log_level: bool,
+) -> list[str]:
+    """deepspeed.launcher.launch as DeepSpeed's runner starts it on one node."""
+    from deepspeed.launcher.runner import encode_world_info
+
+    argv = [
+        python, "-u", "-m", "deepspeed.launcher.launch",
+        f"--world_info={encode_world_info(collections.OrderedDict(resources))}",
+    ]  # fmt: skip
+    argv += [f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}"]
+    if log_level:  # the runner's local path adds it; its pdsh path does not
+        argv.append("--log_level=info")
+    return [*argv, str(TRAIN_SCRIPT), *script_args]
+
+
+def build_plan(
+    spec: LaunchSpec,
+    script_args: list[str],
+    *,
+    run_dir: Path,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    python: str | None = None,
+) -> LaunchPlan:
+    """The commands for `launchers/train.py SCRIPT_ARGS` on every selected rank; starts and writes nothing."""
+    environ = dict(os.environ if environ is None else environ)
+    cwd = cwd or Path.cwd()
+    python = python or sys.executable
+    if spec.launcher not in LAUNCHERS:
+        raise ConfigError([Problem("--launcher", f"expected one of {', '.join(LAUNCHERS)}", spec.launcher)])
+    resources = select_resources(spec)
+    hosts = list(resources)
+    multi = spec.hostfile is not None
+    master = spec.master_addr or ("127.0.0.1" if not multi else hosts[0])
+    notes: list[str] = []
+    if spec.no_ssh and (spec.node_rank is None or not 0 <= spec.node_rank < len(hosts)):
+        raise ConfigError(
+            [Problem("--node-rank", f"--no-ssh needs --node-rank in 0..{len(hosts) - 1}", spec.node_rank)],
+            header="invalid launch options",
+        )
+    # With --no-ssh every node starts its own launcher from its own environment: nothing to carry.
+    env_file = run_dir / ENV_FILE if multi and not spec.no_ssh else None
+    file_values = forwarded_environment(environ)
+    for path in user_env_files(environ, cwd):
+        file_values.update(read_env_file(path))  # the user's own file wins, as it would without us
+    scheduler = spec.launcher in SCHEDULER_LAUNCHERS and not spec.no_ssh
+    if scheduler:
+        # srun/mpirun start the ranks directly; they need the rendezvous address like every other rank.
+        file_values.update(MASTER_ADDR=master, MASTER_PORT=str(spec.master_port))
+    exports = deepspeed_exports(environ, cwd, file_values) if multi and not spec.no_ssh else {}
+
+    script = str(RANK_ENTRY if scheduler else TRAIN_SCRIPT)
+    runner = [python, "-m", "deepspeed.launcher.runner"]
+    if spec.hostfile is not None:
+        runner += ["--hostfile", str(spec.hostfile)]
+    if spec.include:
+        runner += ["--include", spec.include]
+    if spec.exclude:
+        runner += ["--exclude", spec.exclude]
+    if spec.num_nodes:
+        runner += ["--num_nodes", str(spec.num_nodes)]
+    if spec.num_gpus:
+        runner += ["--num_gpus", str(spec.num_gpus)]
+    runner += ["--master_addr", master, "--master_port", str(spec.master_port)]
+    if multi and not spec.no_ssh:
+        runner += ["--launcher", spec.launcher]
+        if spec.ssh_port is not None:
+            runner += ["--ssh_port", str(spec.ssh_port)]
+    if spec.no_ssh:
+        runner += ["--no_ssh", "--node_rank", str(spec.node_rank)]
+    runner += [script, *script_args]
+
+    ranks = _rank_ranges(resources)
+    nodes: list[NodeCommand] = []
+    export_prefix = "".join(f"export {k}={_ds_quote(v)}; " for k, v in exports.items())
+    for index, host in enumerate(hosts):
+        if spec.no_ssh and index != spec.node_rank:
+            continue
+        if scheduler:
+            break
+        local_launch = not multi or spec.no_ssh
+        argv = launch_argv(
+            resources, node_rank=index, master_addr=master, master_port=spec.master_port,
+            script_args=script_args, python=python, log_level=local_launch,
+        )  # fmt: skip
+        command = shlex.join(argv) if local_launch else f"{export_prefix}cd {cwd}; {shlex.join(argv)}"
+        nodes.append(NodeCommand(host=host, node_rank=index, ranks=ranks[host], command=command))
+    local = [runner]
+    if multi and spec.launcher == "ssh" and not spec.no_ssh:
+        ssh = ["ssh", "-o", "BatchMode=yes"] + (["-p", str(spec.ssh_port)] if spec.ssh_port else [])
+        local = [[*ssh, node.host, node.command] for node in nodes]
+    if scheduler:
+        notes.append(
+            f"{spec.launcher} starts every rank itself with `python -u {RANK_ENTRY.name} ...`; "
+            "ranks read their place from the scheduler's variables (SLURM_PROCID, OMPI_COMM_WORLD_RANK, ...)"
+        )
+    return LaunchPlan(
+        spec=spec, resources=resources, master_addr=master, local=local, nodes=nodes,
+        exports=exports, env_file=env_file, notes=notes,
+    )  # fmt: skip
+
+
+def write_env_file(
+    plan: LaunchPlan, environ: Mapping[str, str] | None = None, cwd: Path | None = None
+) -> None:
+    """Write the run's `.deepspeed_env`: this host's forwarded variables, then the user's own env files."""
+    if plan.env_file is None:
+        return
+    environ = os.environ if environ is None else environ
+    values = forwarded_environment(environ)
+    for path in user_env_files(environ, cwd or Path.cwd()):
+        values.update(read_env_file(path))
+    if plan.spec.launcher in SCHEDULER_LAUNCHERS and not plan.spec.no_ssh:
+        values.update(MASTER_ADDR=plan.master_addr, MASTER_PORT=str(plan.spec.master_port))
+    plan.env_file.parent.mkdir(parents=True, exist_ok=True)
+    # DeepSpeed splits each line at the first '=' and would fail on a blank line: write nothing else.
+    plan.env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()), encoding="utf-8")
+
+
+def runner_environment(plan: LaunchPlan, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of the deepspeed runner: ours, plus DS_ENV_FILE pointing at the run's env file."""
+    env = dict(os.environ if environ is None else environ)
+    if plan.env_file is not None:
+        # The runner reads $HOME/<name> and ./<name>; an absolute name makes both point at our file.
+        env["DS_ENV_FILE"] = str(plan.env_file.resolve())
+    return env
+
+
+def render_plan(plan: LaunchPlan, *, run_config: Path) -> str:
+    """The dry run's text: what runs here, what runs on each node, and the environment it gets."""
+    lines = [
+        f"# {len(plan.resources)} node(s), {plan.world_size} rank(s); master {plan.master_addr}:"
+        f"{plan.spec.master_port}; launcher {'no-ssh' if plan.spec.no_ssh else plan.spec.launcher}",
+        f"# every rank reads {run_config}",
+        "# on this host:",
+        *(shlex.join(argv) for argv in plan.local),
+    ]
+    for node in plan.nodes:
+        first, last = node.ranks[0], node.ranks[-1]
+        lines.append(f"# node {node.node_rank} ({node.host}), ranks {first}-{last}:")
+        lines.append(node.command)
+    if plan.exports:
+        lines.append(
+            f"# environment every node gets (via {plan.env_file} and DeepSpeed's exported prefixes):"
+        )
+        lines.extend(f"{k}={v}" for k, v in plan.exports.items())
+    elif plan.spec.no_ssh or plan.env_file is None:
+        lines.append("# environment: this node's own (each node runs its own launcher)")
+    lines.extend(f"# note: {note}" for note in plan.notes)
+    return "\n".join(lines) + "\n"
+
+
+def _rank_ranges(resources: Mapping[str, list[int]]) -> dict[str, list[int]]:
+    out, start = {}, 0
+    for host, slots in resources.items():
+        out[host] = list(range(start, start + len(slots)))
+        start += len(slots)
+    return out
+
+
+def _ds_quote(value: str) -> str:
+    # MultiNodeRunner.add_export: values with shell-special characters are wrapped in double quotes.
+    value = value.strip()
+    return f'"{value}"' if re.search(r"[^\w@%+=:,./-]", value) else value
