@@ -103,6 +103,8 @@ def quantize(
             reference = main_output(model, sanity.input_ids, sanity.attention_mask)
         linear_names = _linear_names(model, _skipped(model))
         float_linear = _float_linear_bytes(model, linear_names)
+        # Counted now: INC quantizes in place, and packed weights are buffers, not parameters.
+        source_parameters = sum(p.numel() for p in model.parameters())
         chosen = asdict(cfg)
         if cfg.method in PT2E_METHODS:
             qmodel = _pt2e(model, cfg, batches)
@@ -127,7 +129,7 @@ def quantize(
             "settings": chosen,
             "hardware": HARDWARE[cfg.method],
             "conv1d_to_linear": replaced_conv1d > 0,
-            "source_parameters": sum(p.numel() for p in model.parameters()),
+            "source_parameters": source_parameters,
             "results": {"output_rel_error": rel_err},
         }
         if fmt == FORMAT_WOQ:
