@@ -15,12 +15,20 @@ from scaling.checkpoint.manager import MODEL_DIR, saved_run_config
 from scaling.checkpoint.store import CheckpointRef, ref_from_path, verify
 from scaling.errors import CheckpointError
 
+TP_CONSOLIDATED = "tp_consolidated.pt"  # written by scaling.engine.tensor_parallel at save time
+
 
 def consolidated_state_dict(ref: CheckpointRef) -> dict[str, Any]:
     """Full fp32 weights, gathered from whatever partitioning the checkpoint was saved with."""
     import torch
 
     run = saved_run_config(ref)
+    parallel = run.get("parallel", {})
+    if (ref.ours / TP_CONSOLIDATED).is_file():
+        # AutoTP shards live one per tensor rank; the run gathered them into this file at save time.
+        return torch.load(ref.ours / TP_CONSOLIDATED, map_location="cpu", weights_only=True)
+    if int(parallel.get("pipeline_stages", 1)) > 1:
+        return _pipeline_state_dict(ref)
     stage = int(run["deepspeed"].get("zero_optimization", {}).get("stage", 0))
     if stage > 0:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -32,6 +40,35 @@ def consolidated_state_dict(ref: CheckpointRef) -> dict[str, Any]:
     module = states["module"]
     master = _bf16_master_weights(ref, module)
     return {k: (master.get(k, v)).float() for k, v in module.items()}
+
+
+def _pipeline_state_dict(ref: CheckpointRef) -> dict[str, Any]:
+    """Merge a pipeline checkpoint's per-layer files (layer_XX-model_states.pt) back into HF names.
+
+    The layer files hold the module weights: the trained weights for fp32 runs, their bf16 copies for bf16."""
+    import re
+
+    import torch
+    from transformers import AutoConfig
+
+    from scaling.models.pipe import hf_prefixes, layer_state_to_hf
+
+    config = AutoConfig.from_pretrained(ref.ours / MODEL_DIR, local_files_only=True)
+    layers = {}
+    for file in ref.path.glob("layer_*-model_states.pt"):
+        match = re.match(r"layer_(\d+)", file.name)
+        if match:
+            layers[int(match.group(1))] = torch.load(file, map_location="cpu", weights_only=True)
+    layout = hf_prefixes(config)
+    # The tied LM head on the last stage is a forward function over the embedding: DeepSpeed writes no file
+    # for it, and its weight is the embedding's.
+    needed = {i for i, p in enumerate(layout.prefixes) if p is not None and p not in layout.prefixes[:i]}
+    if not needed <= set(layers):
+        raise CheckpointError(
+            f"{ref.path}: pipeline layer files {sorted(layers)} lack layers {sorted(needed - set(layers))} "
+            "of the model"
+        )
+    return {k: v.float() for k, v in layer_state_to_hf(layout, layers).items()}
 
 
 def _bf16_master_weights(ref: CheckpointRef, module: dict[str, Any]) -> dict[str, Any]:

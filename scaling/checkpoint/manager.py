@@ -48,7 +48,10 @@ class CheckpointManager:
         hf_config: Any,
         tokenizer: PreTrainedTokenizerBase,
         barrier: Any,
+        before_commit: Any = None,
     ) -> CheckpointRef:
+        """`before_commit(ref)`, when given, runs on every rank after all state is written and before the
+        manifest, so what it adds (e.g. gathered tensor-parallel weights) is covered by the commit."""
         import torch
 
         ref = CheckpointRef(self.root, tag_for(step))
@@ -73,6 +76,8 @@ class CheckpointManager:
             model_dir.mkdir(exist_ok=True)
             hf_config.save_pretrained(model_dir)
             tokenizer.save_pretrained(model_dir)
+        if before_commit is not None:
+            before_commit(ref)
         barrier()  # every rank's files are on disk before the commit marker describes them
         if self.rank == 0:
             write_manifest(ref.path, step=step)

@@ -57,6 +57,20 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
         heads = getattr(hf_config, "num_attention_heads", None) or getattr(hf_config, "n_head", None)
     except ConfigError as err:
         problems.extend(err.problems)
+    else:
+        if request.parallel.pipeline_stages > 1 or request.parallel.tensor_parallel > 1:
+            from scaling.models.pipe import parallel_problems
+
+            problems.extend(
+                parallel_problems(
+                    hf_config,
+                    task=request.model.task,
+                    pipeline_stages=request.parallel.pipeline_stages,
+                    tensor_parallel=request.parallel.tensor_parallel,
+                    partition=request.parallel.partition_method,
+                    on_nan=request.optim.on_nan,
+                )
+            )
     if request.model.tokenizer is not None and not Path(request.model.tokenizer).is_dir():
         problems.append(Problem("--tokenizer", "no such tokenizer directory", request.model.tokenizer))
     steps = total_steps or request.optim.max_steps or 1

@@ -1,0 +1,137 @@
+"""Pipeline-parallel training: the HF decoder split into stages, run by DeepSpeed's PipelineEngine.
+
+The engine runs all `grad_accum` micro-batches of a step itself (`train_batch`), interleaving forward and
+backward passes of different micro-batches across stages (1F1B). Only the first stage consumes inputs and only
+the last stage consumes labels; middle stages read no data at all.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from scaling.engine.schedule import build_lr_scheduler
+from scaling.engine.trainer import NonFiniteLoss, TrainingRun, _count_tokens, _SigtermFlag, _Window
+
+
+class PipelineRun(TrainingRun):
+    """A TrainingRun whose engine is a PipelineEngine over `run.parallel.pipeline_stages` stages."""
+
+    def build_engine(self) -> tuple[Any, Any]:
+        import deepspeed
+
+        from scaling.engine.build import make_model
+        from scaling.models.pipe import build_pipeline_module
+
+        run = self.run
+        # Build the whole HF model on every rank from the same seed, then keep this stage's layers: every
+        # stage starts from exactly the weights the unpipelined model would have.
+        model = make_model(run, self.tokenizer)
+        if run.model.activation_checkpointing:
+            model.gradient_checkpointing_disable()  # the pipeline checkpoints whole layers itself
+        pipe_cfg = (
+            run.deepspeed.get("pipeline", {}) if isinstance(run.deepspeed.get("pipeline"), dict) else {}
+        )
+        interval = int(pipe_cfg.get("activation_checkpoint_interval", 0) or 0)
+        if run.model.activation_checkpointing and interval == 0:
+            interval = 1
+        module = build_pipeline_module(
+            model,
+            num_stages=run.parallel.pipeline_stages,
+            partition=run.parallel.partition_method,
+            activation_checkpoint_interval=interval,
+        )
+        own_schedule = None
+        if "scheduler" not in run.deepspeed:
+            own_schedule = partial(build_lr_scheduler, optim=run.optim, total_steps=run.total_steps)
+        engine, _, _, _ = deepspeed.initialize(
+            model=module,
+            model_parameters=_param_groups(module, run.optim.weight_decay),
+            config=run.deepspeed,
+            lr_scheduler=own_schedule,
+            dist_init_required=False,
+        )
+        if run.zero_stage == 0:
+            fix_pipeline_clip_norm(module, self.rank)
+        self.is_first_stage = engine.is_first_stage()
+        self.is_last_stage = engine.is_last_stage()
+        return engine, model.config
+
+    def _micro_batches(self) -> list[dict[str, torch.Tensor]]:
+        if not (self.is_first_stage or self.is_last_stage):
+            return []
+        return [next(self.stream) for _ in range(self.run.optim.grad_accum)]
+
+    def train_step(self, step: int, window: _Window, sigterm: _SigtermFlag) -> bool:
+        from scaling.models.pipe import pipe_inputs
+
+        engine = self.engine
+        window.note_lr(float(engine.get_lr()[0]))
+        started = time.perf_counter()
+        batches = self._micro_batches()
+        data_wait = time.perf_counter() - started
+        # One seed per step: the engine interleaves micro-batches, so a per-micro-step reseed is not ours
+        # to place; dropout still replays exactly after a resume because the seed depends on the step only.
+        from scaling.engine.trainer import position_seed
+
+        torch.manual_seed(position_seed(self.run.optim.seed, step, 0, self.rank))
+        loss = engine.train_batch(data_iter=iter([pipe_inputs(b) for b in batches]))
+        bad_ranks, stop_requested = self._check(loss, sigterm.raised)
+        if bad_ranks:
+            # The step is already applied: the pipeline cannot leave out a single micro-batch.
+            raise NonFiniteLoss(
+                f"non-finite loss at step {step + 1} (pipeline runs stop: a pipelined step cannot skip "
+                "single micro-batches)"
+            )
+        window.add_micro(loss.detach())
+        tokens = sum(_count_tokens(b) for b in batches) if self.is_first_stage else 0
+        window.end_step(time.perf_counter() - started, data_wait, tokens)
+        return stop_requested
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean of the per-batch eval losses (every batch is one pipeline micro-batch)."""
+        import math
+
+        from scaling.models.pipe import pipe_inputs
+
+        engine = self.engine
+        batches = [pipe_inputs(b) for b in self.eval_batches]
+        loss = engine.eval_batch(iter(batches), num_micro_batches=len(batches), reduce_output="avg")
+        total = torch.tensor([float(loss)], dtype=torch.float64)
+        # The engine averages over this pipeline's micro-batches; average over the data-parallel replicas.
+        if dist.is_initialized():
+            dist.all_reduce(total)
+            total /= dist.get_world_size()
+        engine.train()
+        value = float(total[0])
+        return {"eval_loss": value, "eval_perplexity": math.exp(min(value, 50.0))}
+
+
+def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay = [p for p in module.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in module.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def fix_pipeline_clip_norm(module: Any, rank: int) -> None:
+    """Make the fp32 (ZeRO-0) pipeline clip with the true global norm.
+
+    DeepSpeed's clip_grad_norm_ counts a parameter only when it is marked model-parallel or lives on
+    model-parallel rank 0, which in a pipeline is stage 0: the other stages' gradients were left out of the
+    norm. Mark every parameter model-parallel, except the tied embedding on all but one of the stages that
+    hold it, so that it is counted once.
+    """
+    for param in module.parameters():
+        param.model_parallel = True
+    for key, comm in module.tied_comms.items():
+        if rank != min(comm["ranks"]):
+            for param in module.tied_modules[key].parameters():
+                param.model_parallel = False

@@ -1,0 +1,81 @@
+"""Tensor-parallel training through DeepSpeed AutoTP (`"tensor_parallel": {"autotp_size": T}`).
+
+AutoTP shards the linear layers of the HF model across T consecutive ranks when `deepspeed.initialize` runs.
+We create the (data, tensor) process-group mesh ourselves and hand DeepSpeed its `groups` module as the mpu:
+without an mpu, DeepSpeed checks the batch size against the whole world instead of the data-parallel size.
+Tensor-parallel peers share a data-parallel rank, so they read identical batches (DeepSpeed also checks
+that on the first forward).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from scaling.checkpoint.export import TP_CONSOLIDATED as CONSOLIDATED
+from scaling.checkpoint.store import CheckpointRef
+from scaling.engine import dist as dist_setup
+from scaling.engine.schedule import build_lr_scheduler
+from scaling.engine.trainer import TrainingRun
+
+
+class TensorParallelRun(TrainingRun):
+    """A TrainingRun whose model is sharded by AutoTP over `run.parallel.tensor_parallel` ranks."""
+
+    def build_engine(self) -> tuple[Any, Any]:
+        import deepspeed
+        from deepspeed.utils import groups
+
+        from scaling.engine.build import make_model, param_groups
+
+        run = self.run
+        config = dict(run.deepspeed)
+        config["tensor_parallel"] = {
+            **config.get("tensor_parallel", {}),
+            "autotp_size": run.parallel.tensor_parallel,
+        }
+        groups._init_tp_mesh_device(tensor_model_parallel_size=run.parallel.tensor_parallel)
+        model = make_model(run, self.tokenizer)
+        own_schedule = None
+        if "scheduler" not in config:
+            own_schedule = partial(build_lr_scheduler, optim=run.optim, total_steps=run.total_steps)
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            model_parameters=param_groups(model, run.optim.weight_decay),
+            config=config,
+            lr_scheduler=own_schedule,
+            mpu=groups,
+            dist_init_required=False,
+        )
+        return engine, model.config
+
+    def _save(self, step: int, tokens_seen: int) -> CheckpointRef:
+        self._assert_finite_weights(step)
+        return self.ckpt.save(
+            self.engine,
+            step=step,
+            rank_state=self._rank_state(step, tokens_seen),
+            run_config_json=self.run.to_json(),
+            hf_config=self.hf_config,
+            tokenizer=self.tokenizer,
+            barrier=dist_setup.barrier,
+            before_commit=lambda ref: save_consolidated(self.engine, ref.ours / CONSOLIDATED, rank=self.rank),
+        )
+
+
+def save_consolidated(engine: Any, path: Path, *, rank: int) -> None:
+    """Gather the tensor-parallel shards into full weights (collective: all ranks; rank 0 writes the file).
+
+    Export reads this file: DeepSpeed's own files hold one shard per tensor rank, which zero_to_fp32 cannot
+    merge. The weights are the module's (fp32 runs: exactly the trained weights; bf16 runs: bf16 values).
+    """
+    import os
+
+    import torch
+
+    state = engine._consolidated_16bit_state_dict()
+    if rank == 0 and state is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({k: v.detach().clone().float() for k, v in state.items()}, tmp)
+        os.replace(tmp, path)
