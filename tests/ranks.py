@@ -13,16 +13,20 @@ def train_cli(args: list[str]) -> dict[str, Any]:
 
     from scaling.cli.train import train
 
-    code = 0
+    import click
+
+    code, message = 0, ""
     try:
         train.main(args, prog_name="scaling train", standalone_mode=False)
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
+    except click.ClickException as err:
+        code, message = err.exit_code, err.format_message()
     output = Path(args[args.index("--output") + 1])
     records = []
     if os.environ.get("RANK") == "0" and (output / "metrics.jsonl").is_file():
         records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-    return {"exit": code, "records": records}
+    return {"exit": code, "message": message, "records": records}
 
 
 def train_and_logits(args: list[str], input_ids: list[list[int]]) -> list[list[list[float]]] | None:
@@ -55,3 +59,28 @@ def train_and_logits(args: list[str], input_ids: list[list[int]]) -> list[list[l
     finally:
         dist_setup.teardown()
     return logits.tolist() if env.rank == 0 else None
+
+
+def train_cli_with_nan(args: list[str], bad_rank: int, bad_calls: list[int]) -> dict[str, Any]:
+    """`train_cli`, but the loss of the given micro-batch calls (0-based, counted per rank) on `bad_rank`
+    is NaN: what a corrupt sample or an overflow looks like to the loop."""
+    import os
+
+    from scaling.engine.trainer import TrainingRun
+
+    original = TrainingRun.compute_loss
+    calls = {"n": 0}
+
+    def poisoned(self: TrainingRun, batch: dict) -> Any:
+        loss = original(self, batch)
+        index = calls["n"]
+        calls["n"] += 1
+        if int(os.environ["RANK"]) == bad_rank and index in bad_calls:
+            return loss * float("nan")
+        return loss
+
+    TrainingRun.compute_loss = poisoned
+    try:
+        return train_cli(args)
+    finally:
+        TrainingRun.compute_loss = original
