@@ -1,0 +1,162 @@
+"""Rank functions for the pipeline / tensor-parallel / reshape tests (importable by the forkserver)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+LR = 1e-3
+CLIP = 1.0
+
+
+def tiny_model(model_name: str, tokenizer_dir: str) -> Any:
+    """The preset model with the same initial weights in every process that calls this."""
+    from transformers import AutoTokenizer
+
+    from scaling.engine.trainer import seed_everything
+    from scaling.models import build_model, describe_source
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+    seed_everything(0)
+    return build_model(describe_source(model_name), task="clm", tokenizer=tokenizer, num_labels=None)
+
+
+def fixed_batches(step: int, count: int, micro: int, seq: int, vocab: int) -> list[dict[str, torch.Tensor]]:
+    """`count` micro-batches for one optimizer step, identical in every process; right padding on row 0."""
+    gen = torch.Generator().manual_seed(1000 + step)
+    out = []
+    for _ in range(count):
+        ids = torch.randint(4, vocab, (micro, seq), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[0, seq - 5 :] = 0
+        ids = ids.masked_fill(mask == 0, 0)
+        labels = ids.masked_fill(mask == 0, -100)
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return out
+
+
+def ds_config(micro: int, accum: int, dp: int, zero: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "train_batch_size": micro * accum * dp,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": CLIP,
+        "optimizer": {"type": "AdamW", "params": {"lr": LR, "weight_decay": 0.0, "torch_adam": True}},
+        "zero_optimization": {"stage": zero},
+        "bf16": {"enabled": False},
+        "steps_per_print": 10**9,
+        **extra,
+    }
+
+
+def reference_run(model: Any, steps: int, count: int, micro: int, seq: int) -> tuple[list[float], dict]:
+    """Plain torch: AdamW + clipping, each step's loss the mean over its `count` micro-batches."""
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    losses = []
+    for step in range(steps):
+        opt.zero_grad()
+        total = 0.0
+        for batch in fixed_batches(step, count, micro, seq, model.config.vocab_size):
+            loss = model(**batch).loss / count
+            loss.backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        losses.append(total)
+    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _init() -> Any:
+    from scaling.distributed import LaunchEnv
+    from scaling.engine import dist as dist_setup
+
+    env = LaunchEnv.from_environ()
+    dist_setup.init_process_group(env, timeout_s=120)
+    return env
+
+
+def pipe_parity(
+    model_name: str, tokenizer_dir: str, stages: int, zero: int, steps: int, micro: int, accum: int, seq: int,
+    checkpoint_interval: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """Train the pipelined model on fixed batches; return the step losses and this stage's HF weights."""
+    import deepspeed
+
+    from scaling.distributed import Topology
+    from scaling.engine import dist as dist_setup
+    from scaling.engine.pipeline import fix_pipeline_clip_norm
+    from scaling.models.pipe import build_pipeline_module, named_hf_parameters, pipe_inputs
+
+    env = _init()
+    topo = Topology(world_size=env.world_size, pipeline_stages=stages)
+    try:
+        model = tiny_model(model_name, tokenizer_dir)
+        module = build_pipeline_module(
+            model,
+            num_stages=stages,
+            partition="parameters",
+            activation_checkpoint_interval=checkpoint_interval,
+        )
+        engine, *_ = deepspeed.initialize(
+            model=module,
+            model_parameters=[p for p in module.parameters() if p.requires_grad],
+            config=ds_config(micro, accum, topo.data_parallel, zero),
+            dist_init_required=False,
+        )
+        if zero == 0:
+            fix_pipeline_clip_norm(module, env.rank)
+        dp_rank = topo.data_rank(env.rank)
+        losses = []
+        for step in range(steps):
+            batches = fixed_batches(step, accum * topo.data_parallel, micro, seq, model.config.vocab_size)
+            mine = batches[dp_rank * accum : (dp_rank + 1) * accum]
+            losses.append(float(engine.train_batch(iter([pipe_inputs(b) for b in mine]))))
+        # numpy, not tensors: torch pickles tensors through shared memory that dies with this process
+        weights = {k: v.detach().numpy().copy() for k, v in named_hf_parameters(module, model.config).items()}
+    finally:
+        dist_setup.teardown()
+    return {"losses": losses, "weights": weights}
+
+
+def tp_parity(
+    model_name: str, tokenizer_dir: str, tp: int, zero: int, steps: int, micro: int, accum: int, seq: int
+) -> dict[str, Any]:
+    """Train under AutoTP on fixed batches; return step losses and (rank 0) the gathered full weights."""
+    import deepspeed
+    import torch.distributed as dist
+    from deepspeed.utils import groups
+
+    from scaling.distributed import Topology
+    from scaling.engine import dist as dist_setup
+
+    env = _init()
+    topo = Topology(world_size=env.world_size, tensor_parallel=tp)
+    try:
+        groups._init_tp_mesh_device(tensor_model_parallel_size=tp)
+        model = tiny_model(model_name, tokenizer_dir)
+        config = ds_config(micro, accum, topo.data_parallel, zero, tensor_parallel={"autotp_size": tp})
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=model.parameters(),
+            config=config,
+            mpu=groups,
+            dist_init_required=False,
+        )
+        dp_rank = topo.data_rank(env.rank)
+        losses = []
+        for step in range(steps):
+            batches = fixed_batches(step, accum * topo.data_parallel, micro, seq, model.config.vocab_size)
+            total = torch.zeros(1, dtype=torch.float64)
+            for batch in batches[dp_rank * accum : (dp_rank + 1) * accum]:
+                loss = engine(**batch).loss
+                engine.backward(loss)
+                engine.step()
+                total += loss.item() / accum
+            dist.all_reduce(total)  # tensor peers hold the same loss: average over the world
+            losses.append(float(total) / env.world_size)
+        full = engine._consolidated_16bit_state_dict()
+        weights = {k: v.detach().float().numpy().copy() for k, v in full.items()} if env.rank == 0 else None
+    finally:
+        dist_setup.teardown()
+    return {"losses": losses, "weights": weights}
