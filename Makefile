@@ -1,0 +1,29 @@
+# Two entry points for a fresh machine: `make demo` (set up, then run the bundled workflow) and
+# `make test` (set up, then run the test suite). Both create .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch, installed first so the dependency resolver never pulls a multi-GB CUDA build.
+# On a GPU machine, install the CUDA build of torch into .venv before `make`.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test lint
+
+$(BIN)/scaling: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[compress,dev]"
+	touch $(BIN)/scaling
+
+setup: $(BIN)/scaling
+
+demo: setup
+	OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 $(BIN)/scaling demo --output demo-run
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+lint: setup
+	$(BIN)/ruff check scaling tests launchers bench
+	$(BIN)/ruff format --check scaling tests launchers bench
