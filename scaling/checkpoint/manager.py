@@ -99,15 +99,34 @@ class CheckpointManager:
                 f"{ref.path} was saved by {len(saved)} rank(s) and has no state for rank {self.rank}; "
                 "resume with the same number of processes, or reshape it (scaling checkpoint reshape)"
             )
-        path, _ = engine.load_checkpoint(
-            str(ref.root),
-            tag=ref.tag,
-            load_optimizer_states=load_optimizer,
-            load_lr_scheduler_states=load_optimizer,
-        )
+        # A reshaped checkpoint (scaling checkpoint reshape) may be in DeepSpeed's universal format, which the
+        # engine loads only with its load_universal switch on; the switch is read at load time.
+        universal = _is_universal(ref)
+        if universal and engine.zero_optimization_stage() not in (1, 2):
+            raise CheckpointError(
+                f"{ref.path} was reshaped from a ZeRO-1/2 run (universal format); resume it with ZeRO stage 1 or 2, "
+                f"not {engine.zero_optimization_stage()}"
+            )
+        config = engine._config
+        saved_switch = config.load_universal_checkpoint
+        config.load_universal_checkpoint = universal or saved_switch
+        try:
+            path, _ = engine.load_checkpoint(
+                str(ref.root),
+                tag=ref.tag,
+                load_optimizer_states=load_optimizer,
+                load_lr_scheduler_states=load_optimizer,
+            )
+        finally:
+            config.load_universal_checkpoint = saved_switch
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {ref.path}")
         return torch.load(rank_file, map_location="cpu", weights_only=False)
+
+
+def _is_universal(ref: CheckpointRef) -> bool:
+    record = ref.ours / "reshape.json"  # scaling.checkpoint.reshape.RESHAPE_FILE
+    return record.is_file() and bool(json.loads(record.read_text(encoding="utf-8")).get("universal"))
 
 
 def saved_run_config(ref: CheckpointRef) -> dict[str, Any]:

@@ -48,3 +48,40 @@ def verify(path: str, sizes_only: bool) -> None:
     except UserError as err:
         raise click.UsageError(str(err)) from None
     click.echo(f"{ref.path}: OK ({len(manifest['files'])} files, step {manifest['step']})")
+
+
+@checkpoint.command("reshape")
+@click.argument("path", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--output",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Checkpoints root to write (resume from it with --resume OUTPUT).",
+)
+@click.option("--world-size", type=click.IntRange(min=1), required=True, help="Processes of the resumed run.")
+@click.option(
+    "--pipeline-stages",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Pipeline stages of the resumed run (the source's, or 1).",
+)
+@click.option(
+    "--micro-batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Micro-batch of the resumed run, for placing the data position [default: the source run's].",
+)
+def reshape(path: str, output: str, world_size: int, pipeline_stages: int, micro_batch: int | None) -> None:
+    """Convert a checkpoint so that a run with another layout (data-parallel size, 1 pipeline stage) resumes it."""
+    from scaling.checkpoint.reshape import Layout, reshape_checkpoint
+
+    try:
+        ref = reshape_checkpoint(
+            Path(path),
+            Path(output),
+            Layout(world_size=world_size, pipeline_stages=pipeline_stages, micro_batch=micro_batch),
+        )
+    except UserError as err:
+        raise click.UsageError(str(err)) from None
+    click.echo(f"{ref.path}: step {ref.step} for world size {world_size}; resume with --resume {ref.root}")

@@ -358,16 +358,19 @@ def parallel_problems(
     return problems
 
 
+def pipe_to_hf_name(name: str, layout: PipeLayout) -> str:
+    """A PipelineModule parameter name (`<layer>.inner.<name>` or `tied_modules.<key>.inner.<name>`) in HF terms."""
+    parts = name.split(".")
+    if parts[0] == "tied_modules":  # the tied input embedding
+        prefix, rest = layout.prefixes[0], parts[3:]
+    else:
+        prefix, rest = layout.prefixes[int(parts[0])], parts[2:]
+    if prefix is None or parts[-len(rest) - 1] != "inner":
+        raise ValueError(f"{name} is not a parameter of an HF pipeline layer")
+    return ".".join([prefix, *rest])
+
+
 def named_hf_parameters(module: Any, config: PretrainedConfig) -> dict[str, torch.Tensor]:
     """This stage's parameters of a PipelineModule built by `build_pipeline_module`, under HF names."""
     layout = hf_prefixes(config)
-    out: dict[str, torch.Tensor] = {}
-    for name, param in module.named_parameters():
-        parts = name.split(".")
-        if parts[0] == "tied_modules":  # tied_modules.<key>.inner.<name>: the input embedding
-            prefix, rest = layout.prefixes[0], parts[3:]
-        else:  # <global layer index>.inner.<name>
-            prefix, rest = layout.prefixes[int(parts[0])], parts[2:]
-        assert prefix is not None and parts[-len(rest) - 1] == "inner", name
-        out[".".join([prefix, *rest])] = param
-    return out
+    return {pipe_to_hf_name(name, layout): param for name, param in module.named_parameters()}

@@ -1,0 +1,285 @@
+"""Reshape a training checkpoint for another parallel layout (data-parallel size, pipeline stages).
+
+What is converted, and how:
+
+- ZeRO-1/2 (with or without a pipeline): DeepSpeed's universal format (`ds_to_universal`, run in this
+  process): per-parameter fp32 weights and Adam moments that the new layout partitions anew on load. A pipeline
+  checkpoint resumed without a pipeline has its parameters renamed from pipeline names
+  (`<layer>.inner.<name>`) to HF names, and its module weights merged from the layer files.
+- ZeRO-0: DeepSpeed keeps the whole module and optimizer in one file that any data-parallel size loads; the
+  files are copied unchanged.
+- Not convertible here: ZeRO-3 (universal conversion fails in DeepSpeed 0.19.8, DeepSpeed#5822), moving
+  between ZeRO families, tensor-parallel checkpoints and adding pipeline stages. Those raise CheckpointError
+  with the reason; `scaling export` + a fresh optimizer is the way across.
+
+Our per-rank state (`scaling/rank<r>.pt`) is rebuilt for the target world. Preserved exactly: the step, the
+optimizer and scheduler state, the non-finite-skip counter. The data position is
+preserved as a global sample count: the samples all source data-parallel ranks had consumed are divided
+evenly among the new data-parallel ranks, and each new rank's stream (sharded for the new size) is advanced
+by its share (rounded up to whole micro-batches). The new ranks therefore continue at the same point of the
+epoch, but not with the same sample order as the source layout would have produced; RNG state comes from
+source rank 0 (dropout is reseeded from the position at every step anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from scaling.checkpoint.manager import MODEL_DIR, saved_run_config
+from scaling.checkpoint.store import (
+    MANIFEST,
+    OURS,
+    CheckpointRef,
+    atomic_write_text,
+    publish_latest,
+    ref_from_path,
+    verify,
+    write_manifest,
+)
+from scaling.errors import CheckpointError
+
+RESHAPE_FILE = "reshape.json"
+"""Inside `scaling/`: the source and target layouts, and whether DeepSpeed must load it as universal."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A parallel layout of a run."""
+
+    world_size: int
+    """Processes."""
+    pipeline_stages: int = 1
+    """Pipeline stages."""
+    tensor_parallel: int = 1
+    """AutoTP degree."""
+    micro_batch: int | None = None
+    """Samples per rank per micro-step (None: as in the source run)."""
+
+    @property
+    def data_parallel(self) -> int:
+        return self.world_size // (self.pipeline_stages * self.tensor_parallel)
+
+
+def source_layout(run: dict[str, Any]) -> Layout:
+    parallel = run.get("parallel", {})
+    return Layout(
+        world_size=int(run["world_size"]),
+        pipeline_stages=int(parallel.get("pipeline_stages", 1)),
+        tensor_parallel=int(parallel.get("tensor_parallel", 1)),
+        micro_batch=int(run["optim"]["micro_batch"]),
+    )
+
+
+def check_reshape(source: Layout, target: Layout, zero_stage: int) -> list[str]:
+    """Why this conversion cannot be done (empty: it can)."""
+    reasons = []
+    if target.world_size < 1 or target.world_size % (target.pipeline_stages * target.tensor_parallel):
+        reasons.append(
+            f"pipeline_stages({target.pipeline_stages}) x tensor_parallel({target.tensor_parallel}) must divide "
+            f"the target world size {target.world_size}"
+        )
+    if zero_stage == 3:
+        reasons.append(
+            "ZeRO-3 checkpoints cannot be converted to DeepSpeed's universal format in 0.19.8 (DeepSpeed#5822); "
+            "export the weights (scaling export) and start a new run from them"
+        )
+    if source.tensor_parallel > 1 or target.tensor_parallel > 1:
+        reasons.append(
+            "tensor-parallel checkpoints cannot be reshaped (resume with the same --tensor-parallel)"
+        )
+    if target.pipeline_stages > 1 and target.pipeline_stages != source.pipeline_stages:
+        reasons.append(
+            f"a checkpoint of {source.pipeline_stages} pipeline stage(s) can resume with {source.pipeline_stages} "
+            "or 1 stage(s), not with a new pipeline split"
+        )
+    if zero_stage == 0 and source.pipeline_stages != target.pipeline_stages:
+        reasons.append("ZeRO-0 pipeline checkpoints cannot change the number of stages (save with ZeRO-1)")
+    return reasons
+
+
+def reshape_checkpoint(checkpoint: Path, output: Path, target: Layout) -> CheckpointRef:
+    """Write a copy of `checkpoint` under the checkpoints root `output` that resumes on `target`.
+
+    The copy is assembled beside `output`'s step directory and renamed into place once complete.
+    """
+    ref = ref_from_path(Path(checkpoint))
+    verify(ref.path, hashes=True)
+    run = saved_run_config(ref)
+    source = source_layout(run)
+    stage = int(run["deepspeed"].get("zero_optimization", {}).get("stage", 0))
+    reasons = check_reshape(source, target, stage)
+    if reasons:
+        raise CheckpointError(f"{ref.path}: cannot reshape to {target}: " + "; ".join(reasons))
+    if target.micro_batch is None:
+        target = Layout(target.world_size, target.pipeline_stages, target.tensor_parallel, source.micro_batch)
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    final = output / ref.tag
+    staging = Path(tempfile.mkdtemp(prefix=f".{ref.tag}.", dir=output))
+    try:
+        universal = stage in (1, 2)
+        if universal:
+            _to_universal(ref.path, staging)
+            if source.pipeline_stages > 1 and target.pipeline_stages == 1:
+                _unpipe(ref, staging)
+            elif source.pipeline_stages > 1:
+                for layer in ref.path.glob("layer_*-model_states.pt"):
+                    shutil.copy2(layer, staging / layer.name)
+        else:
+            for item in ref.path.iterdir():
+                if item.name not in (OURS, MANIFEST) and item.is_file():
+                    shutil.copy2(item, staging / item.name)
+        ours = staging / OURS
+        ours.mkdir()
+        shutil.copy2(ref.ours / "run_config.json", ours / "run_config.json")
+        shutil.copytree(ref.ours / MODEL_DIR, ours / MODEL_DIR)
+        _write_rank_states(ref, run, source, target, ours)
+        record = {
+            "universal": universal,
+            "zero_stage": stage,
+            "source": source.__dict__,
+            "target": target.__dict__,
+            "from": str(ref.path),
+        }
+        atomic_write_text(ours / RESHAPE_FILE, json.dumps(record, indent=1) + "\n")
+        write_manifest(staging, step=ref.step, extra={"reshaped_from": str(ref.path)})
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    new_ref = CheckpointRef(output, ref.tag)
+    publish_latest(new_ref)
+    return new_ref
+
+
+def _to_universal(source_dir: Path, out_dir: Path) -> None:
+    """DeepSpeed's ds_to_universal in this process, one worker (no process pool)."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    argv = sys.argv
+    sys.argv = [
+        "ds_to_universal",
+        "--input_folder", str(source_dir),
+        "--output_folder", str(out_dir),
+        "--num_extract_workers", "1",
+        "--num_merge_workers", "1",
+        "--inject_missing_state",
+    ]  # fmt: skip
+    try:
+        args = ds_to_universal.parse_arguments()
+    finally:
+        sys.argv = argv
+    try:
+        # DeepSpeed reports progress on stdout; keep ours (and a caller's) clean.
+        with contextlib.redirect_stdout(sys.stderr):
+            ds_to_universal.main(args)
+    except (AssertionError, KeyError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{source_dir}: DeepSpeed's universal conversion failed: {err}") from None
+    # It also writes `latest_universal` beside the output, naming our staging directory: never read by us
+    # (we always load by tag) and misleading once the directory is renamed.
+    (out_dir.parent / "latest_universal").unlink(missing_ok=True)
+
+
+def _unpipe(ref: CheckpointRef, out_dir: Path) -> None:
+    """Turn a universal pipeline checkpoint into one a plain (unpipelined) engine loads: HF parameter names,
+    and the merged module weights in the single model-states file."""
+    import torch
+    from transformers import AutoConfig
+
+    from scaling.checkpoint.export import consolidated_state_dict
+    from scaling.models.pipe import hf_prefixes, pipe_to_hf_name
+
+    config = AutoConfig.from_pretrained(ref.ours / MODEL_DIR, local_files_only=True)
+    layout = hf_prefixes(config)
+    zero = out_dir / "zero"
+    for folder in sorted(p for p in zero.iterdir() if p.is_dir()):
+        folder.rename(zero / pipe_to_hf_name(folder.name, layout))
+    states_files = sorted(out_dir.glob("mp_rank_*_model_states.pt"))
+    states = torch.load(states_files[0], map_location="cpu", weights_only=False)
+    states["module"] = consolidated_state_dict(ref)
+    states["mp_world_size"] = 1
+    states.pop("param_shapes", None)  # pipeline names; the engine derives its own
+    for file in states_files:
+        file.unlink()
+    torch.save(states, out_dir / "mp_rank_00_model_states.pt")
+
+
+def _write_rank_states(
+    ref: CheckpointRef, run: dict[str, Any], source: Layout, target: Layout, ours: Path
+) -> None:
+    import torch
+
+    saved = [torch.load(f, map_location="cpu", weights_only=False) for f in sorted(ref.ours.glob("rank*.pt"))]
+    if len(saved) != source.world_size:
+        raise CheckpointError(f"{ref.path}: {len(saved)} rank files for a world of {source.world_size}")
+    # One state per data-parallel rank. Ranks are ordered pipeline-outermost, so the first matches are the
+    # first stage's, which are the ranks that read data.
+    by_dp: dict[int, dict[str, Any]] = {}
+    for state in saved:
+        by_dp.setdefault(int(state["dp_rank"]), state)
+    consumed_samples = sum(int(s["data"]["batches"]) for s in by_dp.values()) * int(source.micro_batch or 1)
+    assert target.micro_batch is not None
+    per_rank_batches = math.ceil(consumed_samples / (target.data_parallel * target.micro_batch))
+    tokens = sum(int(s["tokens_seen"]) for s in by_dp.values())
+    data_states = _advanced_streams(ref, run, target, per_rank_batches)
+    base = saved[0]
+    from scaling.distributed.topology import Topology
+
+    topology = Topology(
+        world_size=target.world_size,
+        tensor_parallel=target.tensor_parallel,
+        pipeline_stages=target.pipeline_stages,
+    )
+    for rank in range(target.world_size):
+        dp_rank = topology.data_rank(rank)
+        state = dict(base)
+        state.update(
+            data=data_states[dp_rank],
+            world_size=target.world_size,
+            dp_rank=dp_rank,
+            tokens_seen=tokens // target.data_parallel,
+            reshaped={"consumed_samples": consumed_samples, "micro_batches_per_rank": per_rank_batches},
+        )
+        torch.save(state, ours / f"rank{rank:05d}.pt")
+
+
+def _advanced_streams(ref: CheckpointRef, run: dict[str, Any], target: Layout, batches: int) -> list[dict]:
+    """The data-stream state of each new data-parallel rank after `batches` micro-batches."""
+    from transformers import AutoTokenizer
+
+    from scaling.config.run import RunConfig
+    from scaling.data import build_train_stream
+
+    config = RunConfig.from_dict(run)
+    tokenizer = AutoTokenizer.from_pretrained(ref.ours / MODEL_DIR, local_files_only=True)
+    states = []
+    for dp_rank in range(target.data_parallel):
+        stream = build_train_stream(
+            config.data,
+            tokenizer,
+            task=config.model.task,
+            micro_batch=target.micro_batch,
+            dp_rank=dp_rank,
+            dp_size=target.data_parallel,
+            seed=config.optim.seed,
+        )
+        for _ in range(batches):
+            next(stream)
+        states.append(stream.state_dict())
+    return states
+
+
+def reshape_record(ref: CheckpointRef) -> dict[str, Any] | None:
+    path = ref.ours / RESHAPE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
