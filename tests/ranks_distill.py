@@ -90,17 +90,21 @@ def distill_cli(args: list[str]) -> dict[str, Any]:
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
     output = Path(args[args.index("--output") + 1])
-    records = []
-    if os.environ.get("RANK") == "0" and (output / "metrics.jsonl").is_file():
-        records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
-    return {"exit": code, "records": records}
+    return {"exit": code, "records": _records(output) if os.environ.get("RANK") == "0" else []}
+
+
+def _records(output: Path) -> list[dict[str, Any]]:
+    path = output / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
 
 
 def teacher_partitioning(args: list[str]) -> dict[str, Any]:
-    """Prepare (rank 0) and build a DistillRun, then report how the teacher is held on this rank."""
+    """What `distill_cli` does, through a DistillRun kept at hand: also reports how the teacher is held on
+    this rank."""
     import torch
 
     from scaling.cli.distill import _distill_config, distill
+    from scaling.cli.train import _limit_threads
     from scaling.cli.train_options import run_request_from_options
     from scaling.compress.distill import DistillRun, load_distill_config, prepare
     from scaling.config.run import RunConfig
@@ -113,6 +117,7 @@ def teacher_partitioning(args: list[str]) -> dict[str, Any]:
     request = run_request_from_options(
         {**params, "model": params["teacher"]}, world_size=env.world_size, explicit=frozenset(params)
     )
+    _limit_threads(env)  # as the CLI does: the same threads give bit-identical losses
     dist_setup.init_process_group(env, timeout_s=120)
     try:
         if env.rank == 0:
@@ -122,7 +127,10 @@ def teacher_partitioning(args: list[str]) -> dict[str, Any]:
         run = DistillRun(RunConfig.load(output / "run_config.json"), env, load_distill_config(output))
         result = run.fit()
         module = run._teacher_module()
-        local = sum(p.numel() for p in module.parameters())
+        # A partitioned parameter is an empty placeholder; this rank's share lives in ds_tensor.
+        local = sum(
+            p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in module.parameters()
+        )
         full = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
         return {
             "engine": type(run.teacher).__name__,
@@ -132,6 +140,7 @@ def teacher_partitioning(args: list[str]) -> dict[str, Any]:
             "final_loss": result.final_loss,
             "eval": result.eval,
             "is_tensor": isinstance(run.last_parts.total, torch.Tensor) if run.last_parts else False,
+            "records": _records(output) if env.rank == 0 else [],
         }
     finally:
         dist_setup.teardown()
