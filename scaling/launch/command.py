@@ -198,6 +198,18 @@ def read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
+def env_file_values(spec: LaunchSpec, master: str, environ: Mapping[str, str], cwd: Path) -> dict[str, str]:
+    """The run's `.deepspeed_env`: this host's forwarded variables, then the user's own env files (which win,
+    as they would without us), then the rendezvous address for launchers that start ranks directly."""
+    values = forwarded_environment(environ)
+    for path in user_env_files(environ, cwd):
+        values.update(read_env_file(path))
+    if spec.launcher in SCHEDULER_LAUNCHERS and not spec.no_ssh:
+        # srun/mpirun start the ranks themselves; they need the rendezvous address like every other rank.
+        values.update(MASTER_ADDR=master, MASTER_PORT=str(spec.master_port))
+    return values
+
+
 def deepspeed_exports(
     environ: Mapping[str, str], cwd: Path, file_values: Mapping[str, str]
 ) -> dict[str, str]:
@@ -263,13 +275,8 @@ def build_plan(
         )
     # With --no-ssh every node starts its own launcher from its own environment: nothing to carry.
     env_file = run_dir / ENV_FILE if multi and not spec.no_ssh else None
-    file_values = forwarded_environment(environ)
-    for path in user_env_files(environ, cwd):
-        file_values.update(read_env_file(path))  # the user's own file wins, as it would without us
+    file_values = env_file_values(spec, master, environ, cwd)
     scheduler = spec.launcher in SCHEDULER_LAUNCHERS and not spec.no_ssh
-    if scheduler:
-        # srun/mpirun start the ranks directly; they need the rendezvous address like every other rank.
-        file_values.update(MASTER_ADDR=master, MASTER_PORT=str(spec.master_port))
     exports = deepspeed_exports(environ, cwd, file_values) if multi and not spec.no_ssh else {}
 
     script = str(RANK_ENTRY if scheduler else TRAIN_SCRIPT)
@@ -330,11 +337,7 @@ def write_env_file(
     if plan.env_file is None:
         return
     environ = os.environ if environ is None else environ
-    values = forwarded_environment(environ)
-    for path in user_env_files(environ, cwd or Path.cwd()):
-        values.update(read_env_file(path))
-    if plan.spec.launcher in SCHEDULER_LAUNCHERS and not plan.spec.no_ssh:
-        values.update(MASTER_ADDR=plan.master_addr, MASTER_PORT=str(plan.spec.master_port))
+    values = env_file_values(plan.spec, plan.master_addr, environ, cwd or Path.cwd())
     plan.env_file.parent.mkdir(parents=True, exist_ok=True)
     # DeepSpeed splits each line at the first '=' and would fail on a blank line: write nothing else.
     plan.env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()), encoding="utf-8")
@@ -360,7 +363,8 @@ def render_plan(plan: LaunchPlan, *, run_config: Path) -> str:
     ]
     for node in plan.nodes:
         first, last = node.ranks[0], node.ranks[-1]
-        lines.append(f"# node {node.node_rank} ({node.host}), ranks {first}-{last}:")
+        ranks = f"rank {first}" if first == last else f"ranks {first}-{last}"
+        lines.append(f"# node {node.node_rank} ({node.host}), {ranks}:")
         lines.append(node.command)
     if plan.exports:
         lines.append(

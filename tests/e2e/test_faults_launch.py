@@ -115,7 +115,7 @@ def test_hung_rank_ends_the_job_within_the_collective_timeout(tmp_path, small_co
     log = (tmp_path / "h.log").read_text()
     assert code != 0, log[-3000:]
     # the peer times out after `timeout`; launch.py then gives the frozen rank 30 s before SIGKILL
-    assert took < timeout + 30 + 10, f"took {took:.1f} s"
+    assert took < timeout + 30 + 20, f"took {took:.1f} s"
     assert "rank 0 failed at step" in log and "Timed out" in log, log[-3000:]
     assert "rank 1 stopped without a report" in log
     assert leftovers(str(out)) == []

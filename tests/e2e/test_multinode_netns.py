@@ -1,0 +1,107 @@
+"""Two "nodes" on one machine: two network namespaces joined by a veth pair, each with its own address, each
+running `scaling launch --no-ssh --node-rank i` (one DeepSpeed launch.py per node, as under srun). ZeRO-2 must
+train to the end with the loss curve of a single-node 2-rank run, bit for bit. Without permission to create
+namespaces the nodes are two loopback addresses (127.0.0.2, 127.0.0.3) instead."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+from fixtures.launch.helpers import SCALING, kill_tree, launch_env, leftovers, losses, start, train_args
+from harness import free_port, run_ranks
+from ranks import train_cli
+
+pytestmark = pytest.mark.slow
+
+STEPS = 6
+
+
+@dataclass(frozen=True)
+class Node:
+    """One simulated node."""
+
+    address: str
+    """Its address, as the hostfile names it."""
+    prefix: list[str]
+    """Command prefix that runs a process on it (`ip netns exec NS`, or nothing)."""
+    interface: str
+    """The interface gloo must use there (GLOO_SOCKET_IFNAME)."""
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+@contextmanager
+def two_nodes() -> Iterator[list[Node]]:
+    tag = f"{os.getpid() % 100000}"
+    names = [f"scl{tag}a", f"scl{tag}b"]
+    veths = [f"scv{tag}a", f"scv{tag}b"]
+    subnet = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
+    created: list[str] = []
+    try:
+        if shutil.which("ip") is None:
+            raise OSError("`ip` (iproute2) is not installed")
+        for name in names:
+            _ip("netns", "add", name)
+            created.append(name)
+        _ip("link", "add", veths[0], "type", "veth", "peer", "name", veths[1])
+        for index, (name, veth) in enumerate(zip(names, veths, strict=True)):
+            _ip("link", "set", veth, "netns", name)
+            _ip("-n", name, "addr", "add", f"{subnet}.{index + 1}/24", "dev", veth)
+            _ip("-n", name, "link", "set", veth, "up")
+            _ip("-n", name, "link", "set", "lo", "up")
+    except (OSError, subprocess.CalledProcessError) as err:
+        for name in created:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        reason = getattr(err, "stderr", "") or str(err)
+        print(f"network namespaces unavailable ({reason.strip()}); using loopback addresses")
+        yield [Node("127.0.0.2", [], "lo"), Node("127.0.0.3", [], "lo")]
+        return
+    try:
+        yield [
+            Node(f"{subnet}.{i + 1}", ["ip", "netns", "exec", name], veth)
+            for i, (name, veth) in enumerate(zip(names, veths, strict=True))
+        ]
+    finally:
+        for name in names:  # deleting a namespace deletes its end of the veth pair, and so the pair
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_two_nodes_train_zero2_like_one_node(tmp_path, small_corpus, clm_tokenizer):
+    reference = tmp_path / "reference"
+    rank0, _ = run_ranks(train_cli, 2, train_args(reference, small_corpus, clm_tokenizer, STEPS))
+    assert rank0["exit"] == 0
+    out = tmp_path / "run"
+    port = str(free_port())
+    with two_nodes() as nodes:
+        hostfile = tmp_path / "hostfile"
+        hostfile.write_text("".join(f"{node.address} slots=1\n" for node in nodes))
+        procs = []
+        try:
+            for index, node in enumerate(nodes):
+                argv = [
+                    *node.prefix, *SCALING, "launch", "--hostfile", str(hostfile), "--no-ssh",
+                    "--node-rank", str(index), "--master-addr", nodes[0].address, "--master-port", port,
+                    "--", "train", *train_args(out, small_corpus, clm_tokenizer, STEPS),
+                ]  # fmt: skip
+                env = launch_env(GLOO_SOCKET_IFNAME=node.interface)
+                procs.append(start(argv, tmp_path / f"node{index}.log", env))
+            codes = [proc.wait(timeout=300) for proc in procs]
+        finally:
+            for proc in procs:
+                kill_tree(proc)
+    logs = [(tmp_path / f"node{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    # each node ran its own preflight; node 1 took rank 0's config instead of preparing its own
+    assert all("CHECK" in log and "0 failed" in log for log in logs)
+    assert "take the run config from rank 0" in logs[1]
+    assert losses(out) == losses(reference)
+    assert sorted(losses(out)) == list(range(1, STEPS + 1))
+    assert leftovers(str(out)) == []
