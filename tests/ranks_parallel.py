@@ -160,3 +160,52 @@ def tp_parity(
     finally:
         dist_setup.teardown()
     return {"losses": losses, "weights": weights}
+
+
+def global_rows(step: int, rows: int, seq: int, vocab: int) -> torch.Tensor:
+    """The `rows` samples of one optimizer step, unpadded: every split into micro-batches weighs tokens alike,
+    so the mean of micro-batch losses is the same for any data-parallel size."""
+    gen = torch.Generator().manual_seed(2000 + step)
+    return torch.randint(4, vocab, (rows, seq), generator=gen)
+
+
+def dp_phase(
+    model_name: str, tokenizer_dir: str, ckpt_dir: str, zero: int, rows: int, seq: int,
+    first_step: int, last_step: int, load_tag: str | None, save_tag: str | None,
+) -> list[float]:  # fmt: skip
+    """Plain data-parallel engine (micro-batch rows/world, no accumulation) over steps [first, last):
+    optionally load a universal checkpoint first and save a DeepSpeed checkpoint after."""
+    import deepspeed
+    import torch.distributed as dist
+
+    from scaling.engine import dist as dist_setup
+
+    env = _init()
+    world, rank = env.world_size, env.rank
+    micro = rows // world
+    try:
+        model = tiny_model(model_name, tokenizer_dir)
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=model.parameters(),
+            config=ds_config(micro, 1, world, zero),
+            dist_init_required=False,
+        )
+        if load_tag is not None:
+            engine._config.load_universal_checkpoint = True
+            path, _ = engine.load_checkpoint(ckpt_dir, tag=load_tag)
+            assert path is not None
+        losses = []
+        for step in range(first_step, last_step):
+            ids = global_rows(step, rows, seq, model.config.vocab_size)[rank * micro : (rank + 1) * micro]
+            loss = engine(input_ids=ids, labels=ids).loss
+            engine.backward(loss)
+            engine.step()
+            total = torch.tensor([loss.item()], dtype=torch.float64)
+            dist.all_reduce(total)
+            losses.append(float(total) / world)
+        if save_tag is not None:
+            engine.save_checkpoint(ckpt_dir, tag=save_tag)
+    finally:
+        dist_setup.teardown()
+    return losses
