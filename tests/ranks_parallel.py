@@ -209,3 +209,45 @@ def dp_phase(
     finally:
         dist_setup.teardown()
     return losses
+
+
+def exported_eval_loss(run_dir: str, token_weighted: bool) -> float:
+    """The eval loss the run logged, recomputed with plain transformers from OUTPUT/final on the same batches
+    (every data-parallel rank's share), the way the run averages them."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from scaling.config.run import RunConfig
+    from scaling.data import build_eval_batches
+    from scaling.distributed import Topology
+
+    run = RunConfig.load(Path(run_dir) / "run_config.json")
+    final = Path(run_dir) / "final"
+    model = AutoModelForCausalLM.from_pretrained(final).eval()
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    dp = Topology(
+        world_size=run.world_size,
+        tensor_parallel=run.parallel.tensor_parallel,
+        pipeline_stages=run.parallel.pipeline_stages,
+    ).data_parallel
+    shares = [
+        build_eval_batches(
+            run.data, tokenizer, task="clm", micro_batch=run.optim.micro_batch, dp_rank=r, dp_size=dp,
+            max_batches=run.log.eval_batches,
+        )
+        for r in range(dp)
+    ]  # fmt: skip
+    count = min(len(s) for s in shares)
+    weighted = torch.zeros(2, dtype=torch.float64)
+    per_rank = []
+    with torch.no_grad():
+        for share in shares:
+            losses = []
+            for batch in share[:count]:
+                loss = float(model(**batch).loss)
+                tokens = int((batch["labels"][:, 1:] != -100).sum())
+                weighted += torch.tensor([loss * tokens, tokens], dtype=torch.float64)
+                losses.append(loss)
+            per_rank.append(sum(losses) / len(losses))
+    return float(weighted[0] / weighted[1]) if token_weighted else sum(per_rank) / len(per_rank)
