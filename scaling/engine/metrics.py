@@ -103,3 +103,114 @@ def memory_stats() -> dict[str, float]:
         stats["gpu_mem_mib"] = torch.cuda.memory_allocated() / 2**20
         stats["gpu_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return stats
+
+
+# -- model FLOPs utilisation (PaLM, appendix B; as nanoGPT and torchtitan count it) ------------------------
+
+# Dense bf16/fp16 tensor-core peaks from vendor datasheets (FLOP/s, without sparsity), matched by device name.
+DATASHEET_PEAK_BF16 = {
+    "H200": 989e12,
+    "H100 SXM": 989e12,
+    "H100 80GB HBM3": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+}
+
+
+def flops_per_token(n_params: int, layers: int, heads: int, head_dim: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the weights (forward + backward) plus 12*L*H*Q*T for attention."""
+    return 6.0 * n_params + 12.0 * layers * heads * head_dim * seq_len
+
+
+def datasheet_peak(device_name: str) -> float | None:
+    """The datasheet dense bf16 peak of a device, by (sub)name; None when unknown."""
+    for key, peak in DATASHEET_PEAK_BF16.items():
+        if key.lower() in device_name.lower():
+            return peak
+    return None
+
+
+def measure_matmul_peak(dtype: Any = None, size: int = 8192, repeats: int = 10) -> float:
+    """FLOP/s of a large square matmul on the current CUDA device (bf16 by default): the ceiling we can reach."""
+    import torch
+
+    dtype = dtype or torch.bfloat16
+    a = torch.randn(size, size, device="cuda", dtype=dtype)
+    b = torch.randn(size, size, device="cuda", dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    seconds = start.elapsed_time(end) / 1e3
+    del a, b
+    torch.cuda.empty_cache()
+    return 2.0 * size**3 * repeats / seconds
+
+
+class MfuMeter:
+    """Turns logged tokens/s into MFU (% of one device's peak), against the datasheet and a measured matmul."""
+
+    def __init__(self, flops_token: float, world_size: int, datasheet: float | None, measured: float | None):
+        self.flops_token = flops_token
+        self.world_size = max(1, world_size)
+        self.datasheet = datasheet
+        self.measured = measured
+
+    @classmethod
+    def for_model(cls, model: Any, hf_config: Any, seq_len: int, world_size: int, measure: bool = True) -> MfuMeter | None:
+        """None off GPU (MFU means nothing against a CPU here). Parameters of ZeRO-3 partitions count whole."""
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        n_params = sum(int(getattr(p, "ds_numel", p.numel())) for p in model.parameters())
+        layers = _cfg(hf_config, "num_hidden_layers", "n_layer", "num_layers")
+        heads = _cfg(hf_config, "num_attention_heads", "n_head")
+        hidden = _cfg(hf_config, "hidden_size", "n_embd", "d_model")
+        head_dim = getattr(hf_config, "head_dim", None) or hidden // heads
+        measured = None
+        if measure:
+            try:
+                measured = measure_matmul_peak()
+            except RuntimeError:  # out of memory, or no bf16 on this device
+                measured = None
+        return cls(
+            flops_per_token(n_params, layers, heads, head_dim, seq_len),
+            world_size,
+            datasheet_peak(torch.cuda.get_device_name()),
+            measured,
+        )
+
+    def record(self, tokens_per_s: float) -> dict[str, float]:
+        """MFU per device: `tokens_per_s` is the whole job's (all ranks)."""
+        achieved = tokens_per_s * self.flops_token / self.world_size
+        out = {"model_tflops_per_device": achieved / 1e12}
+        if self.datasheet:
+            out["mfu_pct"] = 100.0 * achieved / self.datasheet
+        if self.measured:
+            out["mfu_pct_of_measured_matmul"] = 100.0 * achieved / self.measured
+        return out
+
+    def describe(self) -> str:
+        sheet = f"{self.datasheet / 1e12:.0f}" if self.datasheet else "unknown"
+        meas = f"{self.measured / 1e12:.0f}" if self.measured else "not measured"
+        return (
+            f"MFU peaks per device: datasheet bf16 {sheet} TFLOP/s, measured bf16 matmul {meas} TFLOP/s; "
+            f"{self.flops_token / 1e9:.2f} GFLOP per token"
+        )
+
+
+def _cfg(config: Any, *names: str) -> int:
+    for name in names:
+        value = getattr(config, name, None)
+        if value:
+            return int(value)
+    raise AttributeError(f"model config has none of {names}")

@@ -28,7 +28,7 @@ from scaling.config.run import RunConfig
 from scaling.distributed.env import LaunchEnv
 from scaling.distributed.topology import Topology
 from scaling.engine import dist as dist_setup
-from scaling.engine.metrics import MetricsSink, memory_stats
+from scaling.engine.metrics import MetricsSink, MfuMeter, memory_stats
 from scaling.engine.schedule import build_lr_scheduler
 from scaling.errors import UserError
 from scaling.launch.status import EXIT_PREEMPTED, FAILED, PREEMPTED, write_report
@@ -192,7 +192,7 @@ class TrainingRun:
                 max_batches=run.log.eval_batches,
             )
             # Under ZeRO-3 every forward gathers parameters collectively: all ranks must run as many.
-            count = _all_reduce_int(len(batches), dist.ReduceOp.MIN)
+            count = _all_reduce_int(len(batches), dist.ReduceOp.MIN, device=self.engine.device)
             self.eval_batches = batches[:count]
 
     def build_engine(self) -> tuple[Any, Any]:
@@ -237,6 +237,9 @@ class TrainingRun:
         )
         if start_step:
             sink.message(f"resumed from step {start_step}")
+        mfu = self._mfu_meter() if self.rank == 0 else None
+        if mfu is not None:
+            sink.message(mfu.describe())
         last_saved = start_step if start_step else None
         window = _Window()
         final_loss = None
@@ -259,6 +262,8 @@ class TrainingRun:
                         record["skipped_nonfinite"] = self.skipped_nonfinite
                         record.update(self.stream.metrics())
                         record.update(memory_stats())
+                        if mfu is not None:
+                            record.update(mfu.record(record["tokens_per_s"]))
                         final_loss = record["loss"]
                         sink.log(record)
                     if run.log.eval_every and step % run.log.eval_every == 0 and self.eval_batches:
@@ -336,17 +341,30 @@ class TrainingRun:
         window.end_step(time.perf_counter() - started, data_wait, tokens)
         return stop_requested
 
+    def _mfu_meter(self) -> MfuMeter | None:
+        """MFU against the datasheet and a measured matmul peak, on GPU only (None elsewhere)."""
+        try:
+            return MfuMeter.for_model(
+                self.engine.module, self.hf_config, self.run.data.seq_len, self.env.world_size
+            )
+        except (AttributeError, TypeError, ZeroDivisionError):  # a model config without the usual names
+            return None
+
     def _check(self, loss: torch.Tensor, sigterm_raised: bool) -> tuple[list[int], bool]:
         """One small all-reduce per micro-step: which ranks saw a non-finite loss, and whether any rank
-        was asked to stop. Every rank must agree, or a skipped backward would deadlock the others."""
-        flags = torch.zeros(self.env.world_size + 1, dtype=torch.float32)
-        if not torch.isfinite(loss.detach()).all():
-            flags[self.rank] = 1.0
-        flags[-1] = 1.0 if sigterm_raised else 0.0
+        was asked to stop. Every rank must agree, or a skipped backward would deadlock the others.
+
+        The flags live on the loss's device (NCCL reduces only device tensors) and are read back once:
+        one host sync per micro-step, not one for the finiteness test and another for the result."""
+        flags = torch.zeros(self.env.world_size + 1, dtype=torch.float32, device=loss.device)
+        flags[self.rank] = (~torch.isfinite(loss.detach()).all()).float()
+        if sigterm_raised:
+            flags[-1] = 1.0
         if dist.is_initialized() and self.env.world_size > 1:
             dist.all_reduce(flags)
-        bad = [int(r) for r in torch.nonzero(flags[:-1]).flatten().tolist()]
-        return bad, bool(flags[-1] > 0)
+        values = flags.tolist()
+        bad = [rank for rank, flag in enumerate(values[:-1]) if flag > 0]
+        return bad, values[-1] > 0
 
     def _handle_nonfinite(self, step: int, bad_ranks: list[int], attempts: int) -> None:
         where = f"step {step + 1}, rank(s) {', '.join(map(str, bad_ranks))}"
@@ -368,7 +386,7 @@ class TrainingRun:
         task = self.run.model.task
         engine = self.engine
         engine.eval()
-        totals = torch.zeros(3, dtype=torch.float64)  # loss * count, count, correct
+        totals = torch.zeros(3, dtype=torch.float64, device=engine.device)  # loss * count, count, correct
         for batch in self.eval_batches:
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             out = engine(**batch)
@@ -431,7 +449,7 @@ class TrainingRun:
 
     def _assert_finite_weights(self, step: int) -> None:
         # Never commit non-finite weights: a resume from them could never recover.
-        finite = torch.tensor([1.0])
+        finite = torch.tensor([1.0], device=self.engine.device)
         for param in self.engine.module.parameters():
             if param.numel() and not torch.isfinite(param.detach()).all():
                 finite[0] = 0.0
@@ -465,8 +483,8 @@ def _count_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
 
 
-def _all_reduce_int(value: int, op: Any) -> int:
-    tensor = torch.tensor([value], dtype=torch.int64)
+def _all_reduce_int(value: int, op: Any, device: Any = "cpu") -> int:
+    tensor = torch.tensor([value], dtype=torch.int64, device=device)
     if dist.is_initialized():
         dist.all_reduce(tensor, op=op)
     return int(tensor.item())
@@ -508,7 +526,7 @@ class _Window:
 
     def flush(self, step: int, engine: Any) -> dict[str, Any]:
         local = torch.stack(self._losses).mean() if self._losses else torch.tensor(float("nan"))
-        totals = torch.tensor([float(local), float(self._tokens)], dtype=torch.float64)
+        totals = torch.tensor([float(local), float(self._tokens)], dtype=torch.float64, device=local.device)
         world = dist.get_world_size() if dist.is_initialized() else 1
         if dist.is_initialized():
             dist.all_reduce(totals)
