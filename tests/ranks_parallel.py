@@ -251,3 +251,76 @@ def exported_eval_loss(run_dir: str, token_weighted: bool) -> float:
                 losses.append(loss)
             per_rank.append(sum(losses) / len(losses))
     return float(weighted[0] / weighted[1]) if token_weighted else sum(per_rank) / len(per_rank)
+
+
+def bubble_timings(micro_batches: int, steps: int, hidden: int, layers: int, seq: int, micro: int) -> dict:
+    """Per-stage timings of a 2-stage pipelined Llama: compute (forward + backward instructions), the
+    optimizer/reduction phase, and the wall time of each train_batch (bench/pipeline_bubble.py)."""
+    import time
+
+    import deepspeed
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from scaling.engine import dist as dist_setup
+    from scaling.models.pipe import build_pipeline_module, pipe_inputs
+
+    _init()
+    try:
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            vocab_size=512, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=seq, tie_word_embeddings=False,
+        )  # fmt: skip
+        module = build_pipeline_module(
+            LlamaForCausalLM(config),
+            num_stages=2,
+            partition="type:LlamaDecoderLayer",
+            activation_checkpoint_interval=0,
+        )
+        engine, *_ = deepspeed.initialize(
+            model=module,
+            model_parameters=[p for p in module.parameters() if p.requires_grad],
+            config=ds_config(micro, micro_batches, 1, 1),
+            dist_init_required=False,
+        )
+        from deepspeed.runtime.pipe import schedule
+
+        spent = {"compute": 0.0, "step": 0.0}
+        kind = {schedule.ForwardPass: "compute", schedule.BackwardPass: "compute"}
+        kind.update(
+            dict.fromkeys((schedule.OptimizerStep, schedule.ReduceGrads, schedule.ReduceTiedGrads), "step")
+        )
+
+        def timed(fn: Any, bucket: str | None) -> Any:
+            def run(self: Any, **kwargs: Any) -> Any:
+                started = time.perf_counter()
+                try:
+                    return fn(self, **kwargs)
+                finally:
+                    if bucket:
+                        spent[bucket] += time.perf_counter() - started
+
+            return run
+
+        engine._INSTRUCTION_MAP = {k: timed(v, kind.get(k)) for k, v in type(engine)._INSTRUCTION_MAP.items()}
+        batches = [
+            pipe_inputs(b) for b in fixed_batches(0, micro_batches, micro, seq, 512)
+        ]  # the same micro-batches each step: timing, not learning
+        engine.train_batch(iter(batches))  # warm-up (allocations, first-call overheads)
+        spent.update(compute=0.0, step=0.0)
+        wall = 0.0
+        for _ in range(steps):
+            torch.distributed.barrier()
+            started = time.perf_counter()
+            engine.train_batch(iter(batches))
+            wall += time.perf_counter() - started
+        stage = engine.stage_id
+    finally:
+        dist_setup.teardown()
+    return {
+        "stage": stage,
+        "wall_s": wall,
+        "compute_s": spent["compute"],
+        "step_s": spent["step"],
+        "steps": steps,
+    }
