@@ -36,7 +36,6 @@ from scaling.launch.status import EXIT_PREEMPTED, FAILED, PREEMPTED, write_repor
 __all__ = ["EXIT_PREEMPTED", "Preempted", "TrainResult", "TrainingRun", "train"]
 
 
-
 class NonFiniteLoss(UserError):
     """The loss became NaN/inf and the run was told to stop (`--on-nan stop`)."""
 
