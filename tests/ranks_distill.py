@@ -144,3 +144,13 @@ def teacher_partitioning(args: list[str]) -> dict[str, Any]:
         }
     finally:
         dist_setup.teardown()
+
+
+def pipeline_cli(args: list[str]) -> dict[str, Any]:
+    """`scaling compress pipeline ARGS` in a fresh process (its distill stage starts a process group)."""
+    from click.testing import CliRunner
+
+    from scaling.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["compress", "pipeline", *args])
+    return {"exit": result.exit_code, "output": result.output}
