@@ -356,10 +356,18 @@ def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, Distill
     from scaling.models import describe_source, hf_config_for
 
     problems = cfg.problems()
+    # DistillRun is the data-parallel (ZeRO) trainer; the pipeline and AutoTP engines are other subclasses.
+    for option, value in (
+        ("--pipeline-stages", request.parallel.pipeline_stages),
+        ("--tensor-parallel", request.parallel.tensor_parallel),
+    ):
+        if value > 1:
+            problems.append(Problem(option, "distillation runs data-parallel with ZeRO only", value))
     if problems:
         raise ConfigError(problems, header="cannot start this distillation")
     task = request.model.task
     output = Path(request.checkpoint.output)
+    _check_same_objective(output, cfg, resuming=request.checkpoint.resume is not None)
     teacher_dir = resolve_teacher(cfg.teacher, output)
     t_config = _load_hf_config(teacher_dir, "--teacher")
     _check_teacher_task(t_config, task, cfg.teacher)
@@ -492,6 +500,32 @@ def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, Distill
 
     atomic_write_text(run.output / DISTILL_CONFIG_FILE, resolved.to_json())
     return run, resolved
+
+
+def _check_same_objective(output: Path, cfg: DistillConfig, *, resuming: bool) -> None:
+    """A resume continues the objective it started with; refuse before the saved settings are replaced."""
+    path = output / DISTILL_CONFIG_FILE
+    if not resuming or not path.is_file():
+        return
+    saved = DistillConfig.load(path)
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, str) and isinstance(b, str) and Path(a).exists() and Path(b).exists():
+            return Path(a).resolve() == Path(b).resolve()
+        return a == b
+
+    changed = [
+        k
+        for k in ("teacher", "student", "student_layers", "student_layer_map", *LOSS_FIELDS[:-1])
+        if not same(getattr(saved, k), getattr(cfg, k))
+    ]
+    if cfg.layer_map is not None and cfg.layer_map != saved.layer_map:
+        changed.append("layer_map")
+    if changed:
+        raise CompressUserError(
+            f"cannot resume {output}: it was started with different "
+            + ", ".join(f"{k} ({getattr(saved, k)} -> {getattr(cfg, k)})" for k in changed)
+        )
 
 
 def _fingerprint(directory: str | Path) -> str:

@@ -96,6 +96,23 @@ def test_tokenizer_other_than_the_teachers(ok_args, tmp_path):
     assert_usage_error(result, tmp_path, "differs from the teacher's tokenizer")
 
 
+def test_resume_with_another_objective(ok_args, tmp_path, teacher):
+    from scaling.compress.distill import DISTILL_CONFIG_FILE, DistillConfig
+
+    (tmp_path / "run").mkdir()
+    saved = DistillConfig(teacher=str(teacher), student_layers=2, alpha=0.3)
+    (tmp_path / "run" / DISTILL_CONFIG_FILE).write_text(saved.to_json())
+    result = run(*ok_args, "--alpha", "0.5", "--resume", "auto")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "cannot resume" in result.output and "alpha (0.3 -> 0.5)" in result.output
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [DISTILL_CONFIG_FILE]
+
+
+def test_pipeline_parallel_is_refused(ok_args, tmp_path):
+    result = run(*ok_args, "--pipeline-stages", "2")
+    assert_usage_error(result, tmp_path, "--pipeline-stages", "data-parallel with ZeRO only")
+
+
 def test_missing_teacher(tmp_path, small_corpus):
     result = run(
         "--student-layers", "2", "--data", small_corpus, "--output", tmp_path / "run", "--max-steps", "1"
