@@ -101,11 +101,14 @@ class CheckpointManager:
             )
         # A reshaped checkpoint (scaling checkpoint reshape) may be in DeepSpeed's universal format, which the
         # engine loads only with its load_universal switch on; the switch is read at load time.
-        universal = _is_universal(ref)
-        if universal and engine.zero_optimization_stage() not in (1, 2):
+        record = _reshape_record(ref)
+        universal = bool(record and record.get("universal"))
+        stage = engine.zero_optimization_stage()
+        if universal and (stage == 0 or (stage == 3 and record.get("zero_stage") != 3)):
             raise CheckpointError(
-                f"{ref.path} was reshaped from a ZeRO-1/2 run (universal format); resume it with ZeRO stage 1 or 2, "
-                f"not {engine.zero_optimization_stage()}"
+                f"{ref.path} was reshaped from a ZeRO-{record.get('zero_stage')} run; it resumes under ZeRO-1/2"
+                + (" or 3" if record.get("zero_stage") == 3 else "")
+                + f", not ZeRO-{stage}"
             )
         config = engine._config
         saved_switch = config.load_universal_checkpoint
@@ -124,9 +127,9 @@ class CheckpointManager:
         return torch.load(rank_file, map_location="cpu", weights_only=False)
 
 
-def _is_universal(ref: CheckpointRef) -> bool:
+def _reshape_record(ref: CheckpointRef) -> dict[str, Any] | None:
     record = ref.ours / "reshape.json"  # scaling.checkpoint.reshape.RESHAPE_FILE
-    return record.is_file() and bool(json.loads(record.read_text(encoding="utf-8")).get("universal"))
+    return json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
 
 
 def saved_run_config(ref: CheckpointRef) -> dict[str, Any]:

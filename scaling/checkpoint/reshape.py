@@ -1,16 +1,19 @@
 """Reshape a training checkpoint for another parallel layout (data-parallel size, pipeline stages).
 
-What is converted, and how:
+What is converted, and how (every result is in DeepSpeed's universal format unless said otherwise: whole
+fp32 parameters and Adam moments per parameter, which the resuming engine partitions for its own layout):
 
-- ZeRO-1/2 (with or without a pipeline): DeepSpeed's universal format (`ds_to_universal`, run in this
-  process): per-parameter fp32 weights and Adam moments that the new layout partitions anew on load. A pipeline
-  checkpoint resumed without a pipeline has its parameters renamed from pipeline names
-  (`<layer>.inner.<name>`) to HF names, and its module weights merged from the layer files.
+- ZeRO-1/2 (with or without a pipeline): DeepSpeed's `ds_to_universal`, run in this process. A pipeline
+  checkpoint resumed without a pipeline has its parameters renamed from pipeline names (`<layer>.inner.<name>`)
+  to HF names, and its module weights merged from the layer files.
+- ZeRO-3: DeepSpeed's converter fails in 0.19.8 (DeepSpeed#5822), so we convert: the fp32 partitions and
+  both Adam moments are gathered with zero_to_fp32's ZeRO-3 merge and written in the universal layout. The
+  result resumes under ZeRO-3 or ZeRO-1/2 (a move across ZeRO families). A ZeRO-1/2 checkpoint cannot
+  resume under ZeRO-3 (DeepSpeed's universal files lack what the ZeRO-3 loader reads).
 - ZeRO-0: DeepSpeed keeps the whole module and optimizer in one file that any data-parallel size loads; the
   files are copied unchanged.
-- Not convertible here: ZeRO-3 (universal conversion fails in DeepSpeed 0.19.8, DeepSpeed#5822), moving
-  between ZeRO families, tensor-parallel checkpoints and adding pipeline stages. Those raise CheckpointError
-  with the reason; `scaling export` + a fresh optimizer is the way across.
+- Refused with the reason: tensor-parallel checkpoints, new pipeline splits (a pipeline resumes with its own
+  number of stages or with none), ZeRO-0 pipelines that change stages.
 
 Our per-rank state (`scaling/rank<r>.pt`) is rebuilt for the target world. Preserved exactly: the step, the
 optimizer and scheduler state, the non-finite-skip counter. The data position is
@@ -86,11 +89,6 @@ def check_reshape(source: Layout, target: Layout, zero_stage: int) -> list[str]:
             f"pipeline_stages({target.pipeline_stages}) x tensor_parallel({target.tensor_parallel}) must divide "
             f"the target world size {target.world_size}"
         )
-    if zero_stage == 3:
-        reasons.append(
-            "ZeRO-3 checkpoints cannot be converted to DeepSpeed's universal format in 0.19.8 (DeepSpeed#5822); "
-            "export the weights (scaling export) and start a new run from them"
-        )
     if source.tensor_parallel > 1 or target.tensor_parallel > 1:
         reasons.append(
             "tensor-parallel checkpoints cannot be reshaped (resume with the same --tensor-parallel)"
@@ -126,8 +124,10 @@ def reshape_checkpoint(checkpoint: Path, output: Path, target: Layout) -> Checkp
     final = output / ref.tag
     staging = Path(tempfile.mkdtemp(prefix=f".{ref.tag}.", dir=output))
     try:
-        universal = stage in (1, 2)
-        if universal:
+        universal = stage > 0
+        if stage == 3:
+            _universal_from_zero3(ref.path, staging, zero3_ranks=target.data_parallel)
+        elif universal:
             _to_universal(ref.path, staging)
             if source.pipeline_stages > 1 and target.pipeline_stages == 1:
                 _unpipe(ref, staging)
@@ -189,6 +189,73 @@ def _to_universal(source_dir: Path, out_dir: Path) -> None:
     # It also writes `latest_universal` beside the output, naming our staging directory: never read by us
     # (we always load by tag) and misleading once the directory is renamed.
     (out_dir.parent / "latest_universal").unlink(missing_ok=True)
+
+
+def _universal_from_zero3(source_dir: Path, out_dir: Path, zero3_ranks: int = 0) -> None:
+    """Our own universal conversion of a ZeRO-3 checkpoint (DeepSpeed's fails in 0.19.8, DeepSpeed#5822).
+
+    ZeRO-3 keeps, per rank, one flat fp32 partition per parameter sub-group, and Adam's moments in the same
+    layout. DeepSpeed's zero_to_fp32 already knows how to gather those partitions into whole parameters; we
+    run it on the fp32 weights and on each moment, and write DeepSpeed's universal layout: per parameter
+    `zero/<name>/{fp32,exp_avg,exp_avg_sq,step}.pt`, the optimizer's global state, and one model-states file
+    holding the consolidated module. The target engine (ZeRO-1/2 or 3, any data-parallel size) partitions it.
+    """
+    import deepspeed
+    import torch
+    from deepspeed.utils import zero_to_fp32 as z2f
+
+    model_files = z2f.get_model_state_files(str(source_dir))
+    optim_files = z2f.get_optim_files(str(source_dir))
+    model_states = z2f.parse_model_states(model_files)
+    optim = [
+        torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"] for f in optim_files
+    ]
+    world = len(optim)
+
+    def gathered(flat_per_rank: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        merged: dict[str, Any] = {}
+        z2f._zero3_merge_trainable_params(merged, world, flat_per_rank, model_states)
+        return {k: v.contiguous().clone() for k, v in z2f.to_torch_tensor(merged).items()}
+
+    fp32 = gathered([o["fp32_flat_groups"] for o in optim])
+    inner = [o["optimizer_state_dict"] for o in optim]
+    groups = len(optim[0]["fp32_flat_groups"])
+    moments = {
+        key: gathered([[rank["state"][g][key].flatten() for g in range(groups)] for rank in inner])
+        for key in ("exp_avg", "exp_avg_sq")
+    }
+    step = inner[0]["state"][0]["step"]
+    zero = out_dir / "zero"
+    for name, weight in fp32.items():
+        folder = zero / name
+        folder.mkdir(parents=True)
+        torch.save({"param": weight, "cat_dim": 0}, folder / "fp32.pt")
+        for key, values in moments.items():
+            torch.save({"param": values[name], "cat_dim": 0}, folder / f"{key}.pt")
+        torch.save(torch.as_tensor(step, dtype=torch.float32), folder / "step.pt")
+    first = optim[0]
+    torch.save(
+        {
+            "loss_scaler": first.get("loss_scaler"),
+            "dynamic_loss_scale": first.get("dynamic_loss_scale", False),
+            "overflow": first.get("overflow", False),
+            "ds_version": deepspeed.__version__,
+            "param_groups": inner[0]["param_groups"],
+            # where a ZeRO-3 engine reads the step and hyperparameters
+            "optimizer_state_dict": {"state": {0: {"step": step}}, "param_groups": inner[0]["param_groups"]},
+        },
+        zero / "optimizer_state.pt",
+    )
+    states = torch.load(model_files[0], map_location="cpu", weights_only=False)
+    module = dict(fp32)
+    for tied, source in model_states[0].shared_params:
+        if source in module:
+            module[tied] = module[source]
+    states["module"] = module
+    torch.save(states, out_dir / "mp_rank_00_model_states.pt")
+    # A ZeRO-3 engine looks for its model states under its own data-parallel rank's name.
+    for rank in range(zero3_ranks):
+        torch.save(states, out_dir / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
 
 
 def _unpipe(ref: CheckpointRef, out_dir: Path) -> None:

@@ -87,14 +87,16 @@ def test_two_stage_pipeline_resumes_unpipelined(tmp_path, small_corpus, clm_toke
         assert abs(cont[step] - full[step]) <= RTOL * abs(full[step]), (step, cont, full)
 
 
-def test_dp2_run_resumes_on_one_rank_at_the_global_sample_position(tmp_path, small_corpus, clm_tokenizer):
+def test_zero3_dp2_run_resumes_on_one_zero2_rank_at_the_global_sample_position(
+    tmp_path, small_corpus, clm_tokenizer
+):
     from click.testing import CliRunner
 
     from scaling.cli.main import cli
 
     first = run_ranks(
         train_cli, 2,
-        _args(tmp_path / "b", small_corpus, clm_tokenizer, "--ds-config", "zero2", "--grad-accum", "1",
+        _args(tmp_path / "b", small_corpus, clm_tokenizer, "--ds-config", "zero3", "--grad-accum", "1",
               "--save-every", str(SAVE_AT), "--halt-at-step", str(SAVE_AT)),
     )[0]  # fmt: skip
     assert first["exit"] == 0
@@ -120,7 +122,7 @@ def test_dp2_run_resumes_on_one_rank_at_the_global_sample_position(tmp_path, sma
 
 def test_unconvertible_layouts_are_refused_with_the_reason():
     two = Layout(world_size=2, micro_batch=2)
-    assert any("DeepSpeed#5822" in r for r in check_reshape(two, Layout(world_size=1), zero_stage=3))
+    assert check_reshape(two, Layout(world_size=1), zero_stage=3) == []  # our own conversion
     tp = Layout(world_size=2, tensor_parallel=2)
     assert any("tensor-parallel" in r for r in check_reshape(tp, Layout(world_size=1), zero_stage=1))
     pp = Layout(world_size=2, pipeline_stages=2)
@@ -128,3 +130,20 @@ def test_unconvertible_layouts_are_refused_with_the_reason():
     assert any("must divide" in r for r in check_reshape(two, Layout(world_size=3, pipeline_stages=2), 1))
     assert check_reshape(pp, Layout(world_size=1), zero_stage=1) == []
     assert check_reshape(two, Layout(world_size=4), zero_stage=2) == []
+
+
+def test_zero3_dp2_checkpoint_continues_on_one_rank_under_zero3_and_zero2(tmp_path, clm_tokenizer):
+    """DeepSpeed cannot convert ZeRO-3 checkpoints nor cross ZeRO families; our conversion does both."""
+    from scaling.checkpoint.reshape import _universal_from_zero3
+
+    tok = str(clm_tokenizer)
+    src, uni = tmp_path / "src", tmp_path / "uni"
+    straight = _reference(tiny_model("tiny-llama", tok), END)
+    run_ranks(dp_phase, 2, "tiny-llama", tok, str(src), 3, ROWS, SEQ, 0, SAVE_AT, None, "t")
+    _universal_from_zero3(src / "t", uni / "t", zero3_ranks=1)
+    for zero in (3, 2):
+        resumed = run_ranks(
+            dp_phase, 1, "tiny-llama", tok, str(uni), zero, ROWS, SEQ, SAVE_AT, END, "t", None
+        )[0]
+        for got, want in zip(resumed, straight[SAVE_AT:], strict=True):
+            assert abs(got - want) <= RTOL * abs(want), (zero, resumed, straight)
