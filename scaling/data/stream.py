@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -96,6 +98,12 @@ class TrainStream:
         self._counters = {"tokens": 0, "pad_tokens": 0, "docs": 0, "truncated": 0}
         self._last_update_step = -1
         self._steps_per_epoch: dict[int, int] = {}
+        # The next chunk is tokenized on a background thread while the model trains on this one (the fast
+        # tokenizer releases the GIL). produce() is a pure function of its state, so a prefetched chunk is the
+        # one a synchronous call would build; it is used only when asked for exactly that state.
+        self._prefetch = os.environ.get("SCALING_DATA_PREFETCH", "1") != "0"
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: tuple[dict, Future] | None = None
 
     # -- iteration -------------------------------------------------------------------------------
     def __iter__(self) -> TrainStream:
@@ -107,10 +115,30 @@ class TrainStream:
                 assert self._next_state is not None
                 self._chunk_state = dict(self._next_state, weights=list(self._weights))
                 self._emitted = 0
-            self._chunk, self._next_state, stats = self.chunker.produce(self._chunk_state)
+            self._chunk, self._next_state, stats = self._produce(self._chunk_state)
+            if self._prefetch:
+                self._start_prefetch(dict(self._next_state, weights=list(self._weights)))
             if self._emitted == 0:
                 self._counters["docs"] += stats["docs"]
                 self._counters["truncated"] += stats["truncated"]
+
+    def _start_prefetch(self, state: dict) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scaling-data")
+        self._pending = (state, self._pool.submit(self.chunker.produce, state))
+
+    def _drain(self) -> tuple[dict, Future] | None:
+        """Wait for a prefetch in flight: the chunker's sources must not be moved by two threads at once."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[1].exception()  # waits; an error resurfaces when (if) that chunk is asked for
+        return pending
+
+    def _produce(self, state: dict):
+        pending = self._drain()
+        if pending is not None and _same_state(pending[0], state):
+            return pending[1].result()
+        return self.chunker.produce(state)
 
     def __next__(self) -> dict[str, torch.Tensor]:
         if self._packed:
@@ -191,6 +219,7 @@ class TrainStream:
         self._counters = dict(state["counters"])
         self._last_update_step = state["last_update_step"]
         # Seek: rebuild the interrupted chunk from its start state, then skip what was already emitted.
+        self._drain()
         self._chunk, self._next_state, _ = self.chunker.produce(self._chunk_state)
         self._emitted = state["emitted"]
 
@@ -221,6 +250,7 @@ class TrainStream:
         """Micro-batches in one pass for the rank with the fewest, so every rank derives the same step count."""
         if isinstance(self.chunker, ShardChunker):
             return (self.chunker.shards.blocks // self.dp_size) // self.micro_batch
+        self._drain()  # the count below uses the chunker's tokenizer
         chunker = self.chunker
         streams = _open_streams(
             [s.spec for s in chunker.streams], self.data, self.task, 0, 1, self.seed, shuffle=False
@@ -283,6 +313,7 @@ class TrainStream:
         if step <= 0 or step % self.data.mix_update_every or step == self._last_update_step:
             return None
         losses = []
+        self._drain()  # probes are built with the chunker's tokenizer
         for i in range(len(self.source_names)):
             if i not in self._probes:
                 self._probes[i] = self._probe_factory(i)
@@ -297,6 +328,13 @@ class TrainStream:
         report = {f"mix/weight/{n}": w for n, w in zip(self.source_names, self._weights, strict=True)}
         report.update({f"mix/loss/{n}": loss for n, loss in zip(self.source_names, losses, strict=True)})
         return report
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    try:
+        return bool(a == b)
+    except (ValueError, TypeError):  # array-valued states compare elementwise: treat as different
+        return False
 
 
 def build_train_stream(

@@ -66,6 +66,15 @@ def position_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, micro, rank]).generate_state(1)[0])
 
 
+def _reseed(seed: int) -> None:
+    """torch.manual_seed for the devices we train on (CPU, CUDA), without its per-call cost: on a host without
+    an initialised CUDA it queues a lazy CUDA seed and formats a stack trace every call (~0.7% of a small
+    step, profiled); the resulting CPU and CUDA generator states are the same."""
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    torch.default_generator.manual_seed(seed)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -324,7 +333,7 @@ class TrainingRun:
             fetch_started = time.perf_counter()
             batch = next(self.stream)
             data_wait += time.perf_counter() - fetch_started
-            torch.manual_seed(position_seed(run.optim.seed, step, attempts, self.rank))
+            _reseed(position_seed(run.optim.seed, step, attempts, self.rank))
             attempts += 1
             batch = {k: v.to(engine.device) for k, v in batch.items()}
             loss = self.compute_loss(batch)
