@@ -51,7 +51,7 @@ def run_one(name: str, extra: list[str]) -> dict[str, object]:
     if kind == "module":
         try:
             importlib.import_module(f"bench.{target}").main(argv)
-        except Exception as err:  # noqa: BLE001 - one failing benchmark must not hide the others
+        except Exception as err:
             status = f"failed: {type(err).__name__}: {str(err)[-400:]}"
     else:
         path = ROOT / "bench" / target

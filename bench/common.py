@@ -75,11 +75,14 @@ def machine() -> dict[str, Any]:
         try:
             module = __import__(name)
             info[name] = getattr(module, "__version__", "?")
-        except Exception:  # noqa: BLE001 - a missing optional package is just not listed
+        except Exception:
             info[name] = None
     try:
         info["commit"] = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout.strip()
     except OSError:
         info["commit"] = None
@@ -165,7 +168,7 @@ def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, args: tuple
     torch.set_num_threads(1)  # one thread per rank: 2 ranks on 2 cores (notes, section 0)
     try:
         queue.put((rank, "ok", fn(*args)))
-    except BaseException:  # noqa: BLE001 - report everything to the parent
+    except BaseException:
         queue.put((rank, "error", traceback.format_exc()))
 
 
@@ -174,7 +177,9 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, timeout: floa
     ctx = _context()
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_entry, args=(fn, r, world_size, port, args, queue)) for r in range(world_size)]
+    procs = [
+        ctx.Process(target=_entry, args=(fn, r, world_size, port, args, queue)) for r in range(world_size)
+    ]
     for p in procs:
         p.start()
     results: dict[int, Any] = {}
@@ -187,7 +192,7 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, timeout: floa
             else:
                 errors.append(f"rank {rank} failed:\n{payload}")
                 break
-    except Exception as exc:  # noqa: BLE001 - queue.Empty on timeout
+    except Exception as exc:
         errors.append(f"ranks did not finish within {timeout} s ({type(exc).__name__})")
     finally:
         for p in procs:

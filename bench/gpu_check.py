@@ -21,7 +21,6 @@ import gc
 import json
 import os
 import random
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -64,7 +63,9 @@ def prepare(work: Path, dry: bool) -> dict[str, str]:
     synthetic_corpus(corpus, 0.2 if dry else 3.0)
     tok_dir = work / "tok"
     data = DataConfig(train=[str(corpus)])
-    tok = build_tokenizer("tiny-llama", None, data, task="clm", vocab_size=512 if dry else 8192, save_dir=tok_dir)
+    tok = build_tokenizer(
+        "tiny-llama", None, data, task="clm", vocab_size=512 if dry else 8192, save_dir=tok_dir
+    )
     tok.save_pretrained(tok_dir)
     model_dir = work / "model"
     model_dir.mkdir()
@@ -131,7 +132,9 @@ def run_ours(args: list[str], env: Any, warmup: int) -> dict[str, Any]:
         "final_loss": next((r["loss"] for r in reversed(records) if "loss" in r), None),
         "deepspeed_config": run.deepspeed,
         "hf_config": training.hf_config,
-        "optimizer": type(getattr(training.engine.optimizer, "optimizer", training.engine.optimizer)).__name__,
+        "optimizer": type(
+            getattr(training.engine.optimizer, "optimizer", training.engine.optimizer)
+        ).__name__,
     }
     training.engine.destroy()
     del training
@@ -193,7 +196,9 @@ def matmul_peak(dry: bool) -> float | None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench gpu_check")
-    parser.add_argument("--dry-run", action="store_true", help="tiny model on CPU: checks the code, not the GPU")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="tiny model on CPU: checks the code, not the GPU"
+    )
     parser.add_argument("--steps", type=int, default=None, help="timed steps (30; dry-run 2)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (10; dry-run 1)")
     parser.add_argument("--micro-batch", type=int, default=None, help="sequences per step (16; dry-run 2)")
@@ -225,8 +230,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "mode": "dry-run (CPU, tiny model: checks the code path only)" if dry else "gpu",
         "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "versions": {"torch": torch.__version__, "deepspeed": deepspeed.__version__,
-                     "transformers": transformers.__version__, "cuda": torch.version.cuda},  # fmt: skip
+        "versions": {
+            "torch": torch.__version__,
+            "deepspeed": deepspeed.__version__,
+            "transformers": transformers.__version__,
+            "cuda": torch.version.cuda,
+        },
         "setup": {"seq_len": seq, "micro_batch": micro, "warmup": warmup, "timed_steps": steps, "zero": 1},
         "goal": f"MFU >= {GOAL_MFU}% of {DATASHEET / 1e12:.0f} TFLOP/s bf16",
     }
@@ -248,10 +257,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         env = LaunchEnv(master_port=free_port())
         dist_setup.init_process_group(env, timeout_s=600)
         try:
-            ours = run_ours(args_for(paths, work / "bf16", "bf16", seq, micro, total, cuda, args.ds_fused_adam), env, warmup)
+            ours = run_ours(
+                args_for(paths, work / "bf16", "bf16", seq, micro, total, cuda, args.ds_fused_adam),
+                env,
+                warmup,
+            )
             cfg = ours.pop("hf_config")
             head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-            fpt = flops_per_token(ours["params"], cfg.num_hidden_layers, cfg.num_attention_heads, head_dim, seq)
+            fpt = flops_per_token(
+                ours["params"], cfg.num_hidden_layers, cfg.num_attention_heads, head_dim, seq
+            )
             tps = ours["steps_per_s"] * micro * seq
             ours.update(tokens_per_s=tps, flops_per_token=fpt, mfu_pct=100 * tps * fpt / DATASHEET,
                         mfu_pct_of_measured=100 * tps * fpt / peak if peak else None)  # fmt: skip
@@ -269,7 +284,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "estimate_total_bytes": est.gpu_total,
                 "estimate_model_states_bytes": est.gpu_model_states,
                 "estimate_activation_bytes": est.gpu_activations,
-                "measured_over_estimate": (ours["peak_gpu_bytes"] / est.gpu_total) if ours["peak_gpu_bytes"] else None,
+                "measured_over_estimate": (ours["peak_gpu_bytes"] / est.gpu_total)
+                if ours["peak_gpu_bytes"]
+                else None,
                 "note": "the estimate's activations assume no flash attention (5as/h term); SDPA flash needs less",
             }
             if ours["peak_gpu_bytes"]:
@@ -294,7 +311,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             plain["tokens_per_s"] = plain["steps_per_s"] * micro * seq
             report["plain_pytorch"] = plain
             report["ours_over_plain"] = report["bf16"]["tokens_per_s"] / plain["tokens_per_s"]
-            log(f"plain PyTorch loop: {plain['tokens_per_s']:,.0f} tokens/s; ours/plain {report['ours_over_plain']:.3f}")
+            log(
+                f"plain PyTorch loop: {plain['tokens_per_s']:,.0f} tokens/s; ours/plain {report['ours_over_plain']:.3f}"
+            )
     report["met"] = None if dry else report["bf16"]["mfu_pct"] >= GOAL_MFU
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=1, default=str), encoding="utf-8")

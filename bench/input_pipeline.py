@@ -31,7 +31,9 @@ def stream_rate(stream: Any, seconds: float) -> float:
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         batch = next(stream)
-        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        tokens += (
+            int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        )
     return tokens / (time.perf_counter() - start)
 
 
@@ -41,7 +43,9 @@ def replay_rate(batches: list[dict[str, Any]], seconds: float) -> float:
     while time.perf_counter() - start < seconds:
         batch = batches[i % len(batches)]
         i += 1
-        tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        tokens += (
+            int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        )
     return tokens / (time.perf_counter() - start)
 
 
@@ -74,26 +78,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         def fresh() -> Any:
             data = DataConfig(train=[paths["corpus"]], seq_len=to.SEQ)
-            return build_train_stream(data, tok, task="clm", micro_batch=to.MICRO, dp_rank=0, dp_size=2, seed=0)
+            return build_train_stream(
+                data, tok, task="clm", micro_batch=to.MICRO, dp_rank=0, dp_size=2, seed=0
+            )
 
         warm = fresh()
         replay = [next(warm) for _ in range(64)]
         rates: dict[str, list[float]] = {"stream": [], "replay": []}
         for _, arm in alternate(["stream", "replay"], args.repeats):
-            rates[arm].append(stream_rate(fresh(), args.seconds) if arm == "stream" else replay_rate(replay, args.seconds))
+            rates[arm].append(
+                stream_rate(fresh(), args.seconds) if arm == "stream" else replay_rate(replay, args.seconds)
+            )
         payload["null_model_ceiling"] = {
             "stream_tokens_per_s_one_rank": summary(rates["stream"]),
             "replay_tokens_per_s_one_rank": summary(rates["replay"]),
             "stream_over_replay": paired_ratios(rates["stream"], rates["replay"]),
             "training_tokens_per_s_one_rank": train_rate_per_rank,
-            "headroom_x": (summary(rates["stream"])["median"] / train_rate_per_rank) if train_rate_per_rank else None,
+            "headroom_x": (summary(rates["stream"])["median"] / train_rate_per_rank)
+            if train_rate_per_rank
+            else None,
         }
 
         # SST-2: pad fraction of length-grouped dynamic padding vs everything padded to 128.
         sst_tok = build_tokenizer("tiny-bert", None, DataConfig(train=[f"{SST2 / 'train.tsv'}:sentence"]),
                                   task="seq-cls", vocab_size=2000, save_dir=Path(tmp) / "sst-tok")  # fmt: skip
         data = DataConfig(train=[f"{SST2 / 'train.tsv'}:sentence"], seq_len=128)
-        stream = build_train_stream(data, sst_tok, task="seq-cls", micro_batch=32, dp_rank=0, dp_size=1, seed=0)
+        stream = build_train_stream(
+            data, sst_tok, task="seq-cls", micro_batch=32, dp_rank=0, dp_size=1, seed=0
+        )
         for _ in range(300):
             next(stream)
         dynamic = stream.metrics()["data/pad_fraction"]

@@ -59,8 +59,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
     payload = {
         "goal": f"estimate within {TOLERANCE:.0%} of measured per-rank model states",
-        "setup": {"precision": args.precision, "model": "GPT-2 2 layers h=64 (memory_measure.py)",
-                  "method": "live tensor storages after backward, before step (memory_measure.py)"},  # fmt: skip
+        "setup": {
+            "precision": args.precision,
+            "model": "GPT-2 2 layers h=64 (memory_measure.py)",
+            "method": "live tensor storages after backward, before step (memory_measure.py)",
+        },
         "cases": table,
         "rows": rows,
         "met": all(c["met"] for c in table.values()),
@@ -68,7 +71,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     write_result("memory", payload)
 
     def draw(ax: Any) -> None:
-        for stage, color in zip(args.stages, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False):
+        for stage, color in zip(
+            args.stages, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=False
+        ):
             cs = [c for c in table.values() if c["stage"] == stage]
             ws = [c["world_size"] for c in cs]
             ax.plot(ws, [c["measured_bytes_per_rank"]["median"] / 1e3 for c in cs], "o-", color=color,

@@ -201,7 +201,12 @@ def main(statuses: list[dict[str, Any]] | None = None) -> Path:
     ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in goals(res)]
     if statuses:
-        lines += ["", "Last `all` run: " + "; ".join(f"{s['name']} {s['status']} ({s['seconds']} s)" for s in statuses) + "."]
+        lines += [
+            "",
+            "Last `all` run: "
+            + "; ".join(f"{s['name']} {s['status']} ({s['seconds']} s)" for s in statuses)
+            + ".",
+        ]
     sections = [
         ("trainer_overhead", "Trainer overhead", section_trainer_overhead),
         ("vs_hf_trainer", "vs HF Trainer + DeepSpeed", section_vs_hf),
@@ -210,12 +215,12 @@ def main(statuses: list[dict[str, Any]] | None = None) -> Path:
     ]
     for key, title, fn in sections:
         if key in res:
-            lines += ["", f"## {title}", ""] + fn(res[key])
-    lines += ["", "## GPU check", ""] + section_gpu(res.get("gpu_check"), res.get("gpu_check_dry"))
+            lines += ["", f"## {title}", "", *fn(res[key])]
+    lines += ["", "## GPU check", "", *section_gpu(res.get("gpu_check"), res.get("gpu_check_dry"))]
     own = {k for k, _, _ in sections} | {"gpu_check", "gpu_check_dry"}
     for name in sorted(res):
         if name not in own:
-            lines += ["", f"## {name}", ""] + section_generic(name, res[name])
+            lines += ["", f"## {name}", "", *section_generic(name, res[name])]
     for extra in sorted(RESULTS.glob("*.md")):
         lines += ["", f"## {extra.stem}", "", extra.read_text(encoding="utf-8").strip()]
     OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -29,7 +29,6 @@ from bench.common import (
     paired_ratios,
     plot,
     run_ranks,
-    steady_rate,
     summary,
     write_result,
 )
@@ -59,7 +58,12 @@ def prepare(work: Path) -> dict[str, str]:
     corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
     tok_dir = work / "tok"
     tok = build_tokenizer(
-        "tiny-gpt2", None, DataConfig(train=[str(corpus)]), task="clm", vocab_size=MODEL["vocab_size"], save_dir=tok_dir
+        "tiny-gpt2",
+        None,
+        DataConfig(train=[str(corpus)]),
+        task="clm",
+        vocab_size=MODEL["vocab_size"],
+        save_dir=tok_dir,
     )
     tok.save_pretrained(tok_dir)
     model_dir = work / "model"
@@ -105,7 +109,9 @@ class HandLoop:
         torch.manual_seed(run.optim.seed)
         tokenizer = load_run_tokenizer(run, env.rank)
         model = make_model(run, tokenizer)
-        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=run.deepspeed)
+        self.engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=model.parameters(), config=run.deepspeed
+        )
         stream = build_train_stream(
             run.data, tokenizer, task="clm", micro_batch=run.optim.micro_batch,
             dp_rank=env.rank, dp_size=env.world_size, seed=run.optim.seed,
@@ -152,8 +158,14 @@ def interleaved(args: list[str], env: Any, steps: int) -> dict[str, Any]:
     training.fit()
     ended = time.perf_counter()
     hand.engine.destroy()
-    records = [json.loads(x) for x in (run.output / "metrics.jsonl").read_text().splitlines()] if env.rank == 0 else []
-    ours_startup = (last[0] - built) + (built - started - hand.build_s)  # resolve + our build, to the first step
+    records = (
+        [json.loads(x) for x in (run.output / "metrics.jsonl").read_text().splitlines()]
+        if env.rank == 0
+        else []
+    )
+    ours_startup = (last[0] - built) + (
+        built - started - hand.build_s
+    )  # resolve + our build, to the first step
     return {
         "ours_step_s": ours_t,
         "hand_step_s": hand_t,
@@ -181,7 +193,9 @@ def check_cost(env: Any, calls: int = 300) -> dict[str, float]:
     return summary(times)
 
 
-def rank_main(paths: dict[str, str], work: str, stages: list[int], steps: int, repeats: int) -> dict[str, Any]:
+def rank_main(
+    paths: dict[str, str], work: str, stages: list[int], steps: int, repeats: int
+) -> dict[str, Any]:
     from bench.common import init_group
     from scaling.engine import dist as dist_setup
 
@@ -242,12 +256,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     payload = {
         "goal": f"tokens/s ours/hand >= {GOAL} (steady state, every ZeRO stage)",
         "setup": {
-            "model": MODEL, "seq_len": SEQ, "micro_batch": MICRO, "ranks": 2, "precision": "fp32",
-            "steps": args.steps, "warmup_steps_excluded": args.warmup, "repeats": args.repeats,
-            "threads_per_rank": 1, "method": "both loops in the same 2 ranks, alternating step by step (ours i, "
+            "model": MODEL,
+            "seq_len": SEQ,
+            "micro_batch": MICRO,
+            "ranks": 2,
+            "precision": "fp32",
+            "steps": args.steps,
+            "warmup_steps_excluded": args.warmup,
+            "repeats": args.repeats,
+            "threads_per_rank": 1,
+            "method": "both loops in the same 2 ranks, alternating step by step (ours i, "
             "hand i); ratio = hand/ours time per 10-step block (one metrics flush each), median [min, max] over "
             "blocks; overall = total time ratio over all steady steps",
-        },  # fmt: skip
+        },
         "stages": stages,
         "nan_sigterm_allreduce": {
             "seconds_per_call": check,
@@ -274,7 +295,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, s in stages.items():
         print(f"{name}: tokens/s ours/hand {fmt_ratio(s['ratio_tokens_per_s'])} (overall {s['ratio_tokens_per_s_overall_mean']:.3f})"
               f"  wall hand/ours {fmt_ratio(s['ratio_wall'])}")  # fmt: skip
-    print(f"NaN/SIGTERM all-reduce: {check['median'] * 1e6:.0f} us/call ({payload['nan_sigterm_allreduce']['share_of_fastest_step_pct']:.2f}% of a step)")
+    print(
+        f"NaN/SIGTERM all-reduce: {check['median'] * 1e6:.0f} us/call ({payload['nan_sigterm_allreduce']['share_of_fastest_step_pct']:.2f}% of a step)"
+    )
     return payload
 
 

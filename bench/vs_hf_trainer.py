@@ -63,7 +63,9 @@ def prepare(work: Path) -> dict[str, Any]:
         ("seq-cls", "tiny-bert", DataConfig(train=[f"{SST2 / 'train.tsv'}:sentence"]), BERT),
     ):
         tok_dir = work / f"tok-{task}"
-        build_tokenizer(preset, None, data, task=task, vocab_size=2000, save_dir=tok_dir).save_pretrained(tok_dir)
+        build_tokenizer(preset, None, data, task=task, vocab_size=2000, save_dir=tok_dir).save_pretrained(
+            tok_dir
+        )
         model_dir = work / f"model-{task}"
         model_dir.mkdir()
         (model_dir / "config.json").write_text(json.dumps(shape), encoding="utf-8")
@@ -87,7 +89,10 @@ def eval_batches(task: str, paths: dict[str, Any], tokenizer: Any) -> list[dict[
     for i in range(0, len(texts), 32):
         chunk = texts[i : i + 32]
         if task == "clm":
-            ids = [tokenizer(t, add_special_tokens=False)["input_ids"][: SEQ - 1] + [tokenizer.eos_token_id] for t in chunk]
+            ids = [
+                [*tokenizer(t, add_special_tokens=False)["input_ids"][: SEQ - 1], tokenizer.eos_token_id]
+                for t in chunk
+            ]
         else:
             ids = tokenizer(chunk, truncation=True, max_length=SEQ)["input_ids"]
         width = max(len(x) for x in ids)
@@ -167,7 +172,10 @@ def hf_dataset(task: str, paths: dict[str, Any], tokenizer: Any) -> Any:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if task == "clm":
         texts = [x for x in Path(paths["train"]).read_text(encoding="utf-8").splitlines() if x.strip()]
-        ids = [tokenizer(t, add_special_tokens=False)["input_ids"][: SEQ - 1] + [tokenizer.eos_token_id] for t in texts]
+        ids = [
+            [*tokenizer(t, add_special_tokens=False)["input_ids"][: SEQ - 1], tokenizer.eos_token_id]
+            for t in texts
+        ]
         labels = None
     else:
         rows = [x.split("\t") for x in (SST2 / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]]
@@ -187,10 +195,19 @@ def hf_dataset(task: str, paths: dict[str, Any], tokenizer: Any) -> Any:
     return Padded()
 
 
-def arm_hf(task: str, paths: dict[str, Any], out: Path, steps: int, every: int, ds_config: dict) -> dict[str, Any]:
+def arm_hf(
+    task: str, paths: dict[str, Any], out: Path, steps: int, every: int, ds_config: dict
+) -> dict[str, Any]:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
 
     p = paths[task]
     tokenizer = AutoTokenizer.from_pretrained(p["tokenizer"], local_files_only=True)
@@ -240,7 +257,9 @@ def arm_hf(task: str, paths: dict[str, Any], out: Path, steps: int, every: int, 
     return {k: state[k] for k in ("marks", "useful", "curve")}
 
 
-def rank_main(paths: dict[str, Any], work: str, steps: dict[str, int], repeats: int, every: int) -> dict[str, Any]:
+def rank_main(
+    paths: dict[str, Any], work: str, steps: dict[str, int], repeats: int, every: int
+) -> dict[str, Any]:
     from bench.common import init_group
     from bench.trainer_overhead import _resolve
     from scaling.engine import dist as dist_setup
@@ -250,7 +269,9 @@ def rank_main(paths: dict[str, Any], work: str, steps: dict[str, int], repeats: 
     try:
         for task in ("clm", "seq-cls"):
             # The exact DeepSpeed JSON our run resolves, handed to the HF Trainer as its `deepspeed` config.
-            ds_config = _resolve(our_args(task, paths, Path(work) / f"resolve-{task}", steps[task]), env).deepspeed
+            ds_config = _resolve(
+                our_args(task, paths, Path(work) / f"resolve-{task}", steps[task]), env
+            ).deepspeed
             for i, arm in alternate(["ours", "hf"], repeats):
                 out = Path(work) / f"{task}-{arm}-{i}"
                 if arm == "ours":
@@ -292,7 +313,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tasks: dict[str, Any] = {}
     for task in ("clm", "seq-cls"):
         by = {
-            a: sorted((r for r in result["runs"] if r["task"] == task and r["arm"] == a), key=lambda r: r["round"])
+            a: sorted(
+                (r for r in result["runs"] if r["task"] == task and r["arm"] == a), key=lambda r: r["round"]
+            )
             for a in ("ours", "hf")
         }
         rate = {a: [_useful_rate(r, args.warmup) for r in by[a]] for a in by}
@@ -319,11 +342,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "goal": f"useful tokens/s and time-to-target-loss ours/HF >= {GOAL}x",
         "setup": {
             "hf_trainer": "transformers.Trainer + DeepSpeed (accelerate plugin) on CPU/gloo, same resolved JSON",
-            "zero": 2, "ranks": 1, "threads": 1, "precision": "fp32", "seq_len": SEQ, "micro_batch": MICRO,
-            "steps": steps, "eval_every": args.eval_every, "repeats": args.repeats, "clm_model": GPT,
+            "zero": 2,
+            "ranks": 1,
+            "threads": 1,
+            "precision": "fp32",
+            "seq_len": SEQ,
+            "micro_batch": MICRO,
+            "steps": steps,
+            "eval_every": args.eval_every,
+            "repeats": args.repeats,
+            "clm_model": GPT,
             "seq_cls_model": BERT,
             "note": "tokens/s ratio pad-insensitive arms would be ~1.0: the gain is the padding HF computes on",
-        },  # fmt: skip
+        },
         "tasks": tasks,
         "met": all(t["met"] for t in tasks.values()),
     }

@@ -165,7 +165,9 @@ class MfuMeter:
         self.measured = measured
 
     @classmethod
-    def for_model(cls, model: Any, hf_config: Any, seq_len: int, world_size: int, measure: bool = True) -> MfuMeter | None:
+    def for_model(
+        cls, model: Any, hf_config: Any, seq_len: int, world_size: int, measure: bool = True
+    ) -> MfuMeter | None:
         """None off GPU (MFU means nothing against a CPU here). Parameters of ZeRO-3 partitions count whole."""
         import torch
 

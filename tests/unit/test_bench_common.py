@@ -60,22 +60,61 @@ def test_report_renders_goals_from_results(tmp_path, monkeypatch):
     results = tmp_path / "results"
     results.mkdir()
     s = {"median": 1.0, "min": 0.9, "max": 1.1, "n": 2}
-    stage = {"tokens_per_s": {"ours": s, "hand": s}, "step_s": {"ours": s, "hand": s}, "ratio_tokens_per_s": s,
-             "wall_s_incl_startup": {"ours": s, "hand": s}, "ratio_wall": s, "data_wait_pct": s, "met": True}
-    (results / "trainer_overhead.json").write_text(json.dumps({
-        "setup": {"model": {"n_layer": 2, "n_embd": 8}, "seq_len": 8, "micro_batch": 2, "ranks": 2, "precision": "fp32",
-                  "steps": 4, "warmup_steps_excluded": 1, "repeats": 2},
-        "stages": {"zero2": stage},
-        "nan_sigterm_allreduce": {"seconds_per_call": s, "share_of_fastest_step_pct": 0.1},
-    }))
+    stage = {
+        "tokens_per_s": {"ours": s, "hand": s},
+        "step_s": {"ours": s, "hand": s},
+        "ratio_tokens_per_s": s,
+        "wall_s_incl_startup": {"ours": s, "hand": s},
+        "ratio_wall": s,
+        "data_wait_pct": s,
+        "met": True,
+    }
+    (results / "trainer_overhead.json").write_text(
+        json.dumps(
+            {
+                "setup": {
+                    "model": {"n_layer": 2, "n_embd": 8},
+                    "seq_len": 8,
+                    "micro_batch": 2,
+                    "ranks": 2,
+                    "precision": "fp32",
+                    "steps": 4,
+                    "warmup_steps_excluded": 1,
+                    "repeats": 2,
+                },
+                "stages": {"zero2": stage},
+                "nan_sigterm_allreduce": {"seconds_per_call": s, "share_of_fastest_step_pct": 0.1},
+            }
+        )
+    )
     (results / "pipeline_bubble.json").write_text(json.dumps({"bubble": 0.2}))
     monkeypatch.setattr(report, "RESULTS", results)
     monkeypatch.setattr(report, "OUT", tmp_path / "BENCHMARKS.md")
-    monkeypatch.setattr(common, "machine", lambda: {k: "x" for k in (
-        "cpu", "cpus", "load_avg", "python", "torch", "deepspeed", "transformers", "datasets", "commit", "date_utc")})
+    monkeypatch.setattr(
+        common,
+        "machine",
+        lambda: {
+            k: "x"
+            for k in (
+                "cpu",
+                "cpus",
+                "load_avg",
+                "python",
+                "torch",
+                "deepspeed",
+                "transformers",
+                "datasets",
+                "commit",
+                "date_utc",
+            )
+        },
+    )
     monkeypatch.setattr(report, "machine", common.machine)
     text = report.main().read_text()
-    assert "| trainer overhead zero2: tokens/s ours / hand-written DeepSpeed | >= 0.97 | 1.000 [0.900, 1.100] | met |" in text
+    assert (
+        "| trainer overhead zero2: tokens/s ours / hand-written DeepSpeed | >= 0.97 | 1.000 [0.900, 1.100] | met |"
+        in text
+    )
     assert "## pipeline_bubble" in text and '"bubble": 0.2' in text
     assert "not measured (no GPU lent to this task)" in text
 
