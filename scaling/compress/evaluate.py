@@ -131,9 +131,11 @@ def parameter_count(loaded: LoadedModel) -> dict[str, int]:
     quantized = 0
     for module in loaded.model.modules():
         if hasattr(module, "in_features") and hasattr(module, "qweight"):
-            # INC keeps the bias as a buffer, so it is not among parameters() either.
+            # INC keeps the bias as a buffer, so it is not among parameters() either; it also adds an
+            # all-zero bias to layers that had none, which is not a parameter of the model.
             bias = getattr(module, "bias", None)
-            quantized += module.in_features * module.out_features + (bias.numel() if bias is not None else 0)
+            has_bias = bias is not None and bool(bias.any())
+            quantized += module.in_features * module.out_features + (bias.numel() if has_bias else 0)
     return {"parameters": total + quantized, "nonzero_parameters": nonzero + quantized}
 
 
