@@ -17,7 +17,7 @@ from scaling.checkpoint.export import TP_CONSOLIDATED as CONSOLIDATED
 from scaling.checkpoint.store import CheckpointRef
 from scaling.engine import dist as dist_setup
 from scaling.engine.schedule import build_lr_scheduler
-from scaling.engine.trainer import TrainingRun
+from scaling.engine.trainer import TrainingRun, _SigtermFlag, _Window
 
 
 class TensorParallelRun(TrainingRun):
@@ -49,6 +49,14 @@ class TensorParallelRun(TrainingRun):
             dist_init_required=False,
         )
         return engine, model.config
+
+    def train_step(self, step: int, window: _Window, sigterm: _SigtermFlag) -> bool:
+        stop = super().train_step(step, window, sigterm)
+        if self.rank % self.run.parallel.tensor_parallel:
+            # Tensor-parallel peers consumed the same batch: count its tokens on the first peer only.
+            window._tokens -= window.last_tokens_local
+            window.last_tokens_local = 0
+        return stop
 
     def _save(self, step: int, tokens_seen: int) -> CheckpointRef:
         self._assert_finite_weights(step)

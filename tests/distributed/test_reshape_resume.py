@@ -71,17 +71,27 @@ def test_two_stage_pipeline_resumes_unpipelined(tmp_path, small_corpus, clm_toke
         _args(tmp_path / "b", small_corpus, clm_tokenizer, *pipe, "--save-every", str(SAVE_AT), "--halt-at-step", str(SAVE_AT)),
     )[0]  # fmt: skip
     assert halted["exit"] == 0 and straight["exit"] == 0
+    full = _losses(straight)
+    # the continuation at the original layout (2 stages, same checkpoint) ...
+    same = run_ranks(
+        train_cli, 2, _args(tmp_path / "b", small_corpus, clm_tokenizer, *pipe, "--resume", "auto")
+    )[0]  # fmt: skip
+    same_losses = {s: v for s, v in _losses(same).items() if s > SAVE_AT}
+    assert sorted(same_losses) == list(range(SAVE_AT + 1, END + 1))
+    assert all(abs(same_losses[s] - full[s]) <= 1e-6 * full[s] for s in same_losses), (same_losses, full)
+    # ... and on one unpipelined rank after `scaling checkpoint reshape`
     reshaped = CliRunner().invoke(
         cli,
-        ["checkpoint", "reshape", str(tmp_path / "b"), "--output", str(tmp_path / "c"), "--world-size", "1"],
-    )
+        ["checkpoint", "reshape", str(tmp_path / "b" / "checkpoints" / "step-00000002"), "--output",
+         str(tmp_path / "c"), "--world-size", "1"],
+    )  # fmt: skip
     assert reshaped.exit_code == 0, reshaped.output
     resumed = run_ranks(
         train_cli, 1,
         _args(tmp_path / "d", small_corpus, clm_tokenizer, "--ds-config", "zero1", "--resume", str(tmp_path / "c")),
     )[0]  # fmt: skip
     assert resumed["exit"] == 0
-    full, cont = _losses(straight), _losses(resumed)
+    cont = _losses(resumed)
     assert sorted(cont) == list(range(SAVE_AT + 1, END + 1))
     for step in cont:
         assert abs(cont[step] - full[step]) <= RTOL * abs(full[step]), (step, cont, full)
