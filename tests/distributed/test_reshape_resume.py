@@ -157,3 +157,15 @@ def test_zero3_dp2_checkpoint_continues_on_one_rank_under_zero3_and_zero2(tmp_pa
         )[0]
         for got, want in zip(resumed, straight[SAVE_AT:], strict=True):
             assert abs(got - want) <= RTOL * abs(want), (zero, resumed, straight)
+
+
+def test_reshape_cli_refuses_what_is_not_a_checkpoint(tmp_path):
+    from click.testing import CliRunner
+
+    from scaling.cli.main import cli
+
+    result = CliRunner().invoke(
+        cli, ["checkpoint", "reshape", str(tmp_path), "--output", str(tmp_path / "out"), "--world-size", "2"]
+    )
+    assert result.exit_code == 2 and "not a checkpoint" in result.output
+    assert not (tmp_path / "out").exists()
