@@ -28,7 +28,7 @@ def measure(world: int, stages: list[int], precision: str) -> list[dict[str, Any
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"memory_measure.py --world-size {world} failed: {proc.stderr[-800:]}")
-    start = proc.stdout.index("[")
+    start = proc.stdout.index("[\n {")  # json.dumps(indent=1) of a list; log lines before it also hold "["
     return json.loads(proc.stdout[start:])
 
 

@@ -6,7 +6,7 @@ optimizer and learning rate, on two tasks, counting useful (non-pad) tokens:
 - seq-cls on SST-2: ours groups by length and pads each batch to its longest row; HF pads to max length
   (run_glue's default `pad_to_max_length`).
 
-    python -m bench vs_hf_trainer [--steps 120] [--repeats 2]
+    python -m bench vs_hf_trainer [--steps-clm 120] [--steps-cls 120] [--eval-every 20] [--repeats 2]
 
 transformers 5.24's Trainer does run DeepSpeed on CPU (accelerate's DeepSpeed plugin, gloo, `torch_adam`),
 so both arms are DeepSpeed engines (ZeRO-2, fp32, one rank, one thread; one process, arms alternating).
@@ -172,17 +172,18 @@ def hf_dataset(task: str, paths: dict[str, Any], tokenizer: Any) -> Any:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if task == "clm":
         texts = [x for x in Path(paths["train"]).read_text(encoding="utf-8").splitlines() if x.strip()]
-        ids = [
-            [*tokenizer(t, add_special_tokens=False)["input_ids"][: SEQ - 1], tokenizer.eos_token_id]
-            for t in texts
-        ]
+        enc = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=SEQ - 1)["input_ids"]
+        ids = [[*x, tokenizer.eos_token_id] for x in enc]
         labels = None
     else:
         rows = [x.split("\t") for x in (SST2 / "train.tsv").read_text(encoding="utf-8").splitlines()[1:]]
         ids = tokenizer([r[0] for r in rows], truncation=True, max_length=SEQ)["input_ids"]
         labels = [int(r[1]) for r in rows]
-    input_ids = torch.tensor([x + [pad] * (SEQ - len(x)) for x in ids])
-    mask = torch.tensor([[1] * len(x) + [0] * (SEQ - len(x)) for x in ids])
+    lengths = torch.tensor([len(x) for x in ids])
+    input_ids = torch.full((len(ids), SEQ), pad, dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = torch.tensor(x)
+    mask = (torch.arange(SEQ)[None, :] < lengths[:, None]).long()
 
     class Padded(torch.utils.data.Dataset):
         def __len__(self) -> int:
@@ -300,9 +301,9 @@ def _time_to(curve: list[tuple[float, float]], target: float) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench vs_hf_trainer")
-    parser.add_argument("--steps-clm", type=int, default=150)
-    parser.add_argument("--steps-cls", type=int, default=150)
-    parser.add_argument("--eval-every", type=int, default=15)
+    parser.add_argument("--steps-clm", type=int, default=120)
+    parser.add_argument("--steps-cls", type=int, default=120)
+    parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args(argv)
