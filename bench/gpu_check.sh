@@ -4,8 +4,8 @@
 # an H200. Results: bench/results/gpu_check.json (and $OUT/gpu_check.json + log when $OUT is set).
 #
 # 1. HERE (the CPU machine, once; pip reaches the package index). DeepSpeed ships only as an sdist, so build its
-#    wheel here; the H200 image lacks hjson and pydantic; carry transformers 5.24 (the image has 5.17):
-#      echo /.whl/ >> .git/info/exclude
+#    wheel here; the H200 image lacks hjson and pydantic; carry transformers 5.24 (the image has 5.17; its
+#    tokenizers 0.23.2 and huggingface-hub 1.33 satisfy 5.24's pins). `.whl/` is in .gitignore.
 #      bench/gpu_check.sh --prepare          # = the pip wheel / pip download commands in prepare() below
 # 2. ON THE GPU MACHINE, through the device tool (no network there; .whl/ travels with `carry`):
 #      run(command="bench/gpu_check.sh", carry=[".whl"], timeout_s=540)
@@ -26,7 +26,7 @@ prepare() {
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d .whl \
     hjson==3.1.0 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-    transformers==5.24.0 tokenizers==0.23.3 huggingface-hub==2.4.0
+    transformers==5.24.0
   ls -la .whl
 }
 
