@@ -39,7 +39,13 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
     procs = [subprocess.Popen(argv, env=env) for argv in plan.local]
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: _forward_sigterm(procs))
     try:
-        returncode = _wait_all(procs)
+        try:
+            returncode = _wait_all(procs)
+        except KeyboardInterrupt:
+            # Ctrl-C reached the whole foreground group: the launchers are ending their ranks; let them.
+            returncode = 130
+            for proc in procs:
+                proc.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
         _reap_orphans(before)
