@@ -3,10 +3,10 @@ DeepSpeed loop, same model, resolved DeepSpeed JSON, data and batch, ZeRO-0/2/3 
 
     python -m bench trainer_overhead [--steps 65] [--warmup 5] [--repeats 1] [--stages 0 2 3]
 
-Both loops live in the same two rank processes (one gloo group) and step alternately - ours' step i, then the
-hand loop's step i - so the noise of a shared machine hits both alike (whole-run alternation on this machine
-gave per-round ratios from 0.44 to 1.2). Ours' time for step i runs from the end of the hand loop's step i-1
-to the end of ours' step i: everything our loop does between steps counts (logging, metrics flushes, the
+Both loops live in the same two rank processes (one gloo group) and step alternately - ours' step i and the
+hand loop's step i, ours first on even steps, the hand loop first on odd ones - so the noise of a shared machine hits both alike (whole-run alternation on this machine
+gave per-round ratios from 0.44 to 1.2). Ours' time for a step includes what our fit loop did since our
+previous step ended: everything our loop does between steps counts (logging, metrics flushes, the
 NaN/SIGTERM agreement, the data stream, checkpoint checks). The hand loop's batches are prepared beforehand
 (the same batches our stream yields), so any cost of our input pipeline counts against us. Ratio per 10-step
 block (one metrics flush each), median [min, max] over blocks. Wall = start-up + steps of each, estimated
@@ -103,15 +103,16 @@ class HandLoop:
         import torch
 
         from scaling.data import build_train_stream
-        from scaling.engine.build import load_run_tokenizer, make_model
+        from scaling.engine.build import load_run_tokenizer, make_model, param_groups
 
         started = time.perf_counter()
         torch.manual_seed(run.optim.seed)
         tokenizer = load_run_tokenizer(run, env.rank)
         model = make_model(run, tokenizer)
-        self.engine, *_ = deepspeed.initialize(
-            model=model, model_parameters=model.parameters(), config=run.deepspeed
-        )
+        # The same parameter groups as ours (decay / no decay): ZeRO's per-step optimizer work depends on them,
+        # and this benchmark measures the loop, not the grouping.
+        groups = param_groups(model, run.optim.weight_decay)
+        self.engine, *_ = deepspeed.initialize(model=model, model_parameters=groups, config=run.deepspeed)
         stream = build_train_stream(
             run.data, tokenizer, task="clm", micro_batch=run.optim.micro_batch,
             dp_rank=env.rank, dp_size=env.world_size, seed=run.optim.seed,
@@ -127,10 +128,9 @@ class HandLoop:
 
 
 def interleaved(args: list[str], env: Any, steps: int) -> dict[str, Any]:
-    """Both loops alive in the same ranks, stepping alternately: ours' step i, then the hand loop's step i.
-
-    Ours' time for step i runs from the end of the hand loop's step i-1 to the end of ours' step i, so it holds
-    everything our loop does between steps (logging, metrics flushes, the stream, checkpoint checks)."""
+    """Both loops alive in the same ranks, stepping alternately (ours first on even steps, the hand loop first
+    on odd ones). Ours' time for a step includes what our fit loop did since our previous step ended (logging,
+    metrics flushes, the stream, checkpoint checks)."""
     from scaling.engine.trainer import TrainingRun
 
     started = time.perf_counter()
@@ -142,15 +142,22 @@ def interleaved(args: list[str], env: Any, steps: int) -> dict[str, Any]:
 
     class Timed(TrainingRun):
         def train_step(self, step: int, *a: Any) -> bool:
+            now = time.perf_counter()
             if not last:
-                last.append(time.perf_counter())
+                last.append(now)
+            between = now - last[-1]  # what our fit loop did since our previous step ended
+            if step % 2:  # odd steps: the hand loop first (cancels any order effect)
+                t0 = time.perf_counter()
+                hand.step(step)
+                hand_t.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
             stop = super().train_step(step, *a)
             t1 = time.perf_counter()
-            ours_t.append(t1 - last[-1])
-            hand.step(step)
-            t2 = time.perf_counter()
-            hand_t.append(t2 - t1)
-            last.append(t2)
+            ours_t.append(between + t1 - t0)
+            if not step % 2:
+                hand.step(step)
+                hand_t.append(time.perf_counter() - t1)
+            last.append(time.perf_counter())
             return stop
 
     built = time.perf_counter()
@@ -265,8 +272,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "warmup_steps_excluded": args.warmup,
             "repeats": args.repeats,
             "threads_per_rank": 1,
-            "method": "both loops in the same 2 ranks, alternating step by step (ours i, "
-            "hand i); ratio = hand/ours time per 10-step block (one metrics flush each), median [min, max] over "
+            "method": "both loops in the same 2 ranks, alternating step by step (ours i / "
+            "hand i, order flipped every step); same parameter groups; ratio = hand/ours time per 10-step block (one metrics flush each), median [min, max] over "
             "blocks; overall = total time ratio over all steady steps",
         },
         "stages": stages,
