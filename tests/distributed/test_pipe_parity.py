@@ -32,13 +32,10 @@ def _check(model_name: str, tokenizer: str, results: list[dict], count: int) -> 
 
 
 @pytest.mark.parametrize(
-    ("model_name", "zero"), [("tiny-gpt2", 0), ("tiny-llama", 1)]
-)  # ZeRO-0 exercises the clip-norm fix; ZeRO-1 the partitioned optimizer
-def test_two_stage_pipeline_matches_plain_model(clm_tokenizer, model_name, zero):
-    results = run_ranks(pipe_parity, 2, model_name, str(clm_tokenizer), 2, zero, STEPS, MICRO, ACCUM, SEQ)
+    ("model_name", "zero", "checkpoint_interval"), [("tiny-gpt2", 0, 0), ("tiny-llama", 1, 1)]
+)  # ZeRO-0 exercises the clip-norm fix; ZeRO-1 the partitioned optimizer, with activation checkpointing
+def test_two_stage_pipeline_matches_plain_model(clm_tokenizer, model_name, zero, checkpoint_interval):
+    results = run_ranks(
+        pipe_parity, 2, model_name, str(clm_tokenizer), 2, zero, STEPS, MICRO, ACCUM, SEQ, checkpoint_interval
+    )
     _check(model_name, str(clm_tokenizer), results, ACCUM)
-
-
-def test_pipeline_with_activation_checkpointing_matches(clm_tokenizer):
-    results = run_ranks(pipe_parity, 2, "tiny-gpt2", str(clm_tokenizer), 2, 1, STEPS, MICRO, ACCUM, SEQ, 1)
-    _check("tiny-gpt2", str(clm_tokenizer), results, ACCUM)
