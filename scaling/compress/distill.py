@@ -349,7 +349,8 @@ def _widths(config: Any) -> int | None:
 def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, DistillConfig]:
     """Check everything, build the student, write OUTPUT/run_config.json and distill_config.json.
 
-    Every check runs before anything is written: bad input leaves no output behind."""
+    Every check runs before anything is written (bad input leaves no output behind), except that a teacher
+    given as a training checkpoint is first exported to OUTPUT/teacher, since the checks read its config."""
     from scaling.compress.student import num_layers, write_reduced_student
     from scaling.data.tokenizer import has_tokenizer, load_tokenizer, tokenizer_fingerprint
     from scaling.engine.prepare import materialize, validate
@@ -811,14 +812,11 @@ class DistillRun(TrainingRun):
 
 
 def distill_train(run: RunConfig, distill: DistillConfig, env: LaunchEnv) -> TrainResult:
-    """Run (or resume) the distillation described by `run` + `distill` in this process, as rank `env.rank`."""
-    from scaling.engine import dist as dist_setup
+    """Run (or resume) the distillation described by `run` + `distill` in this process, as rank `env.rank`
+    (process group, failure reports and teardown as for any training run)."""
+    from scaling.engine.trainer import train
 
-    dist_setup.init_process_group(env, timeout_s=run.parallel.init_timeout_s)
-    try:
-        return DistillRun(run, env, distill).fit()
-    finally:
-        dist_setup.teardown()
+    return train(run, env, make=lambda r, e: DistillRun(r, e, distill))
 
 
 # -- the pipeline's distill stage ------------------------------------------------------------------------

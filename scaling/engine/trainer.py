@@ -13,6 +13,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -113,10 +114,14 @@ class _SigtermFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train(run: RunConfig, env: LaunchEnv) -> TrainResult:
-    """Run (or resume) the training described by `run` in this process, as rank `env.rank`."""
+def train(
+    run: RunConfig, env: LaunchEnv, *, make: Callable[[RunConfig, LaunchEnv], TrainingRun] | None = None
+) -> TrainResult:
+    """Run (or resume) the training described by `run` in this process, as rank `env.rank`.
+
+    `make` builds the run object instead of `run_class_for(run)` (distillation passes its DistillRun)."""
     dist_setup.init_process_group(env, timeout_s=run.parallel.init_timeout_s)
-    training = run_class_for(run)(run, env)
+    training = (make or run_class_for(run))(run, env)
     try:
         result = training.fit()
     except Preempted as stop:

@@ -39,8 +39,8 @@ def test_clm_layer_reduced_student(tmp_path, small_corpus, clm_tokenizer):
     teacher = make_model("gpt2", "clm", clm_tokenizer, tmp_path / "teacher", layers=4)
     out = tmp_path / "run"
     args = ["--teacher", str(teacher), "--student-layers", "2", "--task", "clm", "--data", str(small_corpus),
-            "--eval-data", str(small_corpus), "--output", str(out), "--max-steps", "30", "--alpha", "0",
-            "--lr", "3e-3", "--eval-every", "15", *COMMON]  # fmt: skip
+            "--eval-data", str(small_corpus), "--output", str(out), "--max-steps", "20", "--alpha", "0",
+            "--lr", "3e-3", "--eval-every", "10", *COMMON]  # fmt: skip
     result = run_ranks(distill_cli, 1, args)[0]
     assert result["exit"] == 0
     curve = losses(result["records"])
@@ -60,7 +60,7 @@ def test_mlm_with_hidden_and_attention_losses(tmp_path, small_corpus, clm_tokeni
     teacher = make_model("bert", "mlm", clm_tokenizer, tmp_path / "teacher", layers=4)
     out = tmp_path / "run"
     args = ["--teacher", str(teacher), "--student-layers", "2", "--student-layer-map", "1,3", "--task", "mlm",
-            "--data", str(small_corpus), "--output", str(out), "--max-steps", "30", "--alpha", "0.2",
+            "--data", str(small_corpus), "--output", str(out), "--max-steps", "20", "--alpha", "0.2",
             "--temperature", "1", "--hidden-loss", "1", "--attention-loss", "1", "--lr", "3e-3",
             *COMMON]  # fmt: skip
     result = run_ranks(distill_cli, 1, args)[0]
