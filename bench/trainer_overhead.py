@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             },
             "ratio_wall": paired_ratios([r["wall_hand_s"] for r in runs], [r["wall_ours_s"] for r in runs]),
             "data_wait_pct": summary([w for r in runs for w in r["data_wait_pct"]]),
+            # per run, per logged 10-step window; the first window holds the first chunk (start-up)
+            "data_wait_pct_windows": [r["data_wait_pct"] for r in runs],
             "met": summary(ratios)["median"] >= GOAL,
         }
     median_step = min(s["step_s"]["ours"]["median"] for s in stages.values())
