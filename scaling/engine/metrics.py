@@ -48,10 +48,12 @@ class MetricsSink:
                 if key != "step" and isinstance(value, int | float) and math.isfinite(value):
                     self._tb.add_scalar(_tb_name(key), value, step)
         if self._bar is not None and "loss" in record:
+            extra = {"mfu": f"{record['mfu_pct']:.1f}%"} if "mfu_pct" in record else {}
             self._bar.set_postfix(
                 loss=f"{record['loss']:.4f}",
                 lr=f"{record.get('lr', 0):.2e}",
                 tok_s=f"{record.get('tokens_per_s', 0):.0f}",
+                **extra,
             )
 
     def advance(self, steps: int = 1) -> None:
