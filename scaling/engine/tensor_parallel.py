@@ -15,7 +15,6 @@ from typing import Any
 
 from scaling.checkpoint.export import TP_CONSOLIDATED as CONSOLIDATED
 from scaling.checkpoint.store import CheckpointRef
-from scaling.engine import dist as dist_setup
 from scaling.engine.schedule import build_lr_scheduler
 from scaling.engine.trainer import TrainingRun, _SigtermFlag, _Window
 
@@ -58,18 +57,8 @@ class TensorParallelRun(TrainingRun):
             window.last_tokens_local = 0
         return stop
 
-    def _save(self, step: int, tokens_seen: int) -> CheckpointRef:
-        self._assert_finite_weights(step)
-        return self.ckpt.save(
-            self.engine,
-            step=step,
-            rank_state=self._rank_state(step, tokens_seen),
-            run_config_json=self.run.to_json(),
-            hf_config=self.hf_config,
-            tokenizer=self.tokenizer,
-            barrier=dist_setup.barrier,
-            before_commit=lambda ref: save_consolidated(self.engine, ref.ours / CONSOLIDATED, rank=self.rank),
-        )
+    def before_commit(self, ref: CheckpointRef) -> None:
+        save_consolidated(self.engine, ref.ours / CONSOLIDATED, rank=self.rank)
 
 
 def save_consolidated(engine: Any, path: Path, *, rank: int) -> None:

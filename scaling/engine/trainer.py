@@ -458,7 +458,12 @@ class TrainingRun:
                 hf_config=self.hf_config,
                 tokenizer=self.tokenizer,
                 barrier=dist_setup.barrier,
+                before_commit=self.before_commit,
             )
+
+    def before_commit(self, ref: CheckpointRef) -> None:
+        """Called on every rank after all files of a save are written, before the manifest commits them:
+        the place for extra files a layout needs (tensor-parallel shards gathered for export)."""
 
     def _assert_finite_weights(self, step: int) -> None:
         # Never commit non-finite weights: a resume from them could never recover.
