@@ -47,6 +47,7 @@ BERT = {"model_type": "bert", "num_hidden_layers": 2, "hidden_size": 128, "inter
         "num_attention_heads": 4, "max_position_embeddings": SEQ, "vocab_size": 2000,
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}  # fmt: skip
 TRAIN_LINES, EVAL_LINES = 30000, 400
+LR = {"clm": "1e-3", "seq-cls": "2e-3"}  # the HF arm takes the lr from the same resolved JSON
 
 
 def prepare(work: Path) -> dict[str, Any]:
@@ -129,7 +130,7 @@ def evaluate(model: Any, batches: list[dict[str, Any]], task: str) -> float:
 def our_args(task: str, paths: dict[str, Any], out: Path, steps: int) -> list[str]:
     p = paths[task]
     common = ["--model", p["model"], "--tokenizer", p["tokenizer"], "--output", str(out), "--ds-config", "zero2",
-              "--precision", "fp32", "--seq-len", str(SEQ), "--micro-batch", str(MICRO), "--lr", "1e-3",
+              "--precision", "fp32", "--seq-len", str(SEQ), "--micro-batch", str(MICRO), "--lr", LR[task],
               "--max-steps", str(steps), "--log-every", "10", "--no-progress", "--no-tensorboard", "--no-export",
               "--seed", "0"]  # fmt: skip
     if task == "clm":
@@ -145,6 +146,7 @@ def arm_ours(task: str, paths: dict[str, Any], out: Path, steps: int, every: int
     env = LaunchEnv.from_environ()
     run = _resolve(our_args(task, paths, out, steps), env)
     state: dict[str, Any] = {"marks": [], "useful": [], "curve": [], "eval_time": 0.0}
+    stream_pad: list[float] = []
 
     class Timed(TrainingRun):
         def train_step(self, step: int, window: Any, sigterm: Any) -> bool:
@@ -161,8 +163,10 @@ def arm_ours(task: str, paths: dict[str, Any], out: Path, steps: int, every: int
                 state["eval_time"] += time.perf_counter() - started
             return stop
 
-    Timed(run, env).fit()
-    return {k: state[k] for k in ("marks", "useful", "curve")}
+    training = Timed(run, env)
+    training.fit()
+    stream_pad.append(training.stream.metrics()["data/pad_fraction"])
+    return {**{k: state[k] for k in ("marks", "useful", "curve")}, "pad_fraction": stream_pad[0]}
 
 
 def hf_dataset(task: str, paths: dict[str, Any], tokenizer: Any) -> Any:
@@ -223,6 +227,7 @@ def arm_hf(
         model = AutoModelForSequenceClassification.from_config(config)
     state: dict[str, Any] = {"marks": [], "useful": [], "curve": [], "eval_time": 0.0}
     useful = []  # non-pad (label-bearing) tokens per step, read from the batches the Trainer draws
+    padded = []  # all tokens of those batches
 
     class Clock(TrainerCallback):
         def on_train_begin(self, args: Any, st: Any, control: Any, **kw: Any) -> None:
@@ -239,6 +244,7 @@ def arm_hf(
     class Counting(Trainer):
         def compute_loss(self, model: Any, inputs: dict, *a: Any, **kw: Any) -> Any:
             useful.append(int(inputs["attention_mask"].sum()))
+            padded.append(int(inputs["attention_mask"].numel()))
             return super().compute_loss(model, inputs, *a, **kw)
 
     opt = ds_config["optimizer"]["params"]
@@ -252,10 +258,11 @@ def arm_hf(
     trainer = Counting(model=model, args=args, train_dataset=data, callbacks=[Clock()])
     trainer.train()
     state["useful"] = useful
+    state["pad_fraction"] = 1 - sum(useful) / max(sum(padded), 1)
     engine = trainer.model_wrapped
     if hasattr(engine, "destroy"):
         engine.destroy()
-    return {k: state[k] for k in ("marks", "useful", "curve")}
+    return {k: state[k] for k in ("marks", "useful", "curve", "pad_fraction")}
 
 
 def rank_main(
@@ -302,7 +309,7 @@ def _time_to(curve: list[tuple[float, float]], target: float) -> float:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="bench vs_hf_trainer")
     parser.add_argument("--steps-clm", type=int, default=120)
-    parser.add_argument("--steps-cls", type=int, default=120)
+    parser.add_argument("--steps-cls", type=int, default=240)
     parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=2)
@@ -323,9 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         finals = [r["curve"][-1][1] for a in by for r in by[a] if r["curve"]]
         target = max(finals)
         ttt = {a: [_time_to(r["curve"], target) for r in by[a]] for a in by}
-        pad = {
-            a: summary([1 - sum(r["useful"]) / (len(r["useful"]) * MICRO * SEQ) for r in by[a]]) for a in by
-        }
+        pad = {a: summary([r["pad_fraction"] for r in by[a]]) for a in by}
         ratio = paired_ratios(rate["ours"], rate["hf"])
         ratio_ttt = paired_ratios(ttt["hf"], ttt["ours"])
         tasks[task] = {
