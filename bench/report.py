@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -191,6 +192,21 @@ def section_gpu(d: dict[str, Any] | None, dry: dict[str, Any] | None) -> list[st
     ]
 
 
+def section_pipeline_bubble(d: dict[str, Any]) -> list[str]:
+    """bench/pipeline_bubble.py's rows (another engineer's script): measured idle share per stage vs theory."""
+    lines = [
+        f"From `bench/pipeline_bubble.py` (another engineer's; config {d.get('config')}): idle share of each"
+        " stage's step vs the 1F1B bubble (p-1)/(m+p-1).",
+        "",
+        "| stages p | micro-batches m | theory | measured idle share per stage |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in d["rows"]:
+        idle = ", ".join(f"{x['idle_share']:.3f}" for x in row["per_stage"])
+        lines.append(f"| {row['stages']} | {row['micro_batches']} | {row['theory']:.3f} | {idle} |")
+    return lines
+
+
 def section_generic(name: str, d: Any) -> list[str]:
     text = json.dumps(d, indent=1, default=str)
     if len(text) > 2500:
@@ -240,7 +256,11 @@ def main(statuses: list[dict[str, Any]] | None = None) -> Path:
     own = {k for k, _, _ in sections} | {"gpu_check", "gpu_check_dry"}
     for name in sorted(res):
         if name not in own:
-            lines += ["", f"## {name}", "", *section_generic(name, res[name])]
+            body = section_generic(name, res[name])
+            if name == "pipeline_bubble":
+                with contextlib.suppress(KeyError, TypeError):
+                    body = section_pipeline_bubble(res[name])
+            lines += ["", f"## {name}", "", *body]
     for extra in sorted(RESULTS.glob("*.md")):
         lines += ["", f"## {extra.stem}", "", extra.read_text(encoding="utf-8").strip()]
     OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
