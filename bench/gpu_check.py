@@ -81,7 +81,11 @@ def args_for(paths: dict[str, str], out: Path, precision: str, seq: int, micro: 
             "--micro-batch", str(micro), "--lr", "3e-4", "--max-steps", str(steps), "--log-every", "5",
             "--no-progress", "--no-tensorboard", "--no-export", "--seed", "0"]  # fmt: skip
     if not ds_fused:  # torch.optim.AdamW(fused=True) through DeepSpeed's torch_adam: nothing to compile
-        for item in ("optimizer.type=AdamW", "optimizer.params.torch_adam=true", "optimizer.params.fused=true"):
+        for item in (
+            "optimizer.type=AdamW",
+            "optimizer.params.torch_adam=true",
+            "optimizer.params.fused=true",
+        ):
             args += ["--set", item]
     # else: no optimizer section; on CUDA the resolver leaves torch_adam unset and DeepSpeed JIT-builds FusedAdam
     return args

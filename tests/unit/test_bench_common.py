@@ -127,3 +127,13 @@ def test_runner_lists_benchmarks(capsys):
     for name in ("trainer_overhead", "vs_hf_trainer", "input_pipeline", "memory", "gpu_check"):
         assert name in out
     assert main(["no-such-benchmark"]) == 2
+
+
+def test_scaling_bench_lists_the_suite():
+    from click.testing import CliRunner
+
+    from scaling.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["bench", "list"])
+    assert result.exit_code == 0, result.output
+    assert "trainer_overhead" in result.output and "vs_hf_trainer" in result.output
