@@ -47,3 +47,5 @@ class DataConfig:
     """Documents read and tokenized together: the unit of batching, shuffling and of resume replay."""
     chunk_chars: int = 4_000_000
     """Character budget of one chunk; with chunk_docs it bounds the pipeline's memory."""
+    prefetch: bool = True
+    """Tokenize the next chunk on a background thread while the model trains on this one (same batches)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -101,7 +100,7 @@ class TrainStream:
         # The next chunk is tokenized on a background thread while the model trains on this one (the fast
         # tokenizer releases the GIL). produce() is a pure function of its state, so a prefetched chunk is the
         # one a synchronous call would build; it is used only when asked for exactly that state.
-        self._prefetch = os.environ.get("SCALING_DATA_PREFETCH", "1") != "0"
+        self._prefetch = data.prefetch
         self._pool: ThreadPoolExecutor | None = None
         self._pending: tuple[dict, Future] | None = None
 
