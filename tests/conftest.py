@@ -42,3 +42,15 @@ def clm_tokenizer(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) 
     )
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_functional_linear():
+    """deepspeed.zero.Init replaces torch.nn.functional.linear process-wide ("persists unless manually
+    reset"). Tests that build a ZeRO-3 engine in the pytest process must not leak it into later tests
+    (torch.export traces, as INC's PT2E quantization does, fail on the wrapper's signature)."""
+    import torch.nn.functional as functional
+
+    linear = functional.linear
+    yield
+    functional.linear = linear

@@ -12,6 +12,7 @@ from scaling.models import build_model, describe_source
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+
 def load_run_tokenizer(run: RunConfig, rank: int) -> PreTrainedTokenizerBase:
     """The tokenizer the launching host prepared (run.model.tokenizer is always a directory by now)."""
     from transformers import AutoTokenizer

@@ -68,14 +68,19 @@ def test_sigterm_to_scaling_launch_reaches_the_ranks_and_exits_75(tmp_path):
     assert "preempted: every rank stopped after step 4" in err
 
 
+def _is_rank(process: psutil.Process) -> bool:
+    try:
+        return "--resolved-config" in process.cmdline()
+    except (psutil.ZombieProcess, psutil.NoSuchProcess):  # the dying launcher's other children
+        return False
+
+
 def test_ranks_orphaned_by_a_dying_launcher_are_waited_for(tmp_path):
     # a launcher that dies at once, leaving its rank running (what a SIGTERMed deepspeed runner does)
     dying = LAUNCHER.replace("rank.wait()\nsys.exit(1)", "import os; os._exit(3)")
     proc = supervise(tmp_path, dying)
     wait_for(tmp_path / "rank-started")
-    rank = next(
-        p for p in psutil.Process(proc.pid).children(recursive=True) if "--resolved-config" in p.cmdline()
-    )
+    rank = next(p for p in psutil.Process(proc.pid).children(recursive=True) if _is_rank(p))
     rank.terminate()  # it saves and exits 75; the supervisor must still be waiting for it
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 75, err
