@@ -11,9 +11,9 @@ def train_cli(args: list[str]) -> dict[str, Any]:
     """Run `scaling train ARGS` as one rank of the harness's job; rank 0 returns the metrics it logged."""
     import os
 
-    from scaling.cli.train import train
-
     import click
+
+    from scaling.cli.train import train
 
     code, message = 0, ""
     try:

@@ -26,7 +26,8 @@ def common(out, tokenizer):
 
 def test_seq_cls_on_sst2_beats_chance(tmp_path, shared_data, sst2_tokenizer):
     sst2 = shared_data / "sst2"
-    args = common(tmp_path / "run", sst2_tokenizer) + [
+    args = [
+        *common(tmp_path / "run", sst2_tokenizer),
         "--task", "seq-cls", "--data", f"{sst2 / 'train.tsv'}:sentence", "--eval-data", f"{sst2 / 'dev.tsv'}:sentence",
         "--seq-len", "64", "--micro-batch", "16", "--lr", "2e-3", "--warmup-steps", "10", "--max-steps", "100",
         "--log-every", "20", "--eval-batches", "28",
@@ -40,7 +41,8 @@ def test_seq_cls_on_sst2_beats_chance(tmp_path, shared_data, sst2_tokenizer):
 
 
 def test_mlm_loss_falls(tmp_path, small_corpus, sst2_tokenizer):
-    args = common(tmp_path / "run", sst2_tokenizer) + [
+    args = [
+        *common(tmp_path / "run", sst2_tokenizer),
         "--task", "mlm", "--data", str(small_corpus), "--eval-data", str(small_corpus), "--seq-len", "64",
         "--micro-batch", "8", "--lr", "3e-3", "--max-steps", "30", "--log-every", "10", "--eval-batches", "4",
     ]  # fmt: skip

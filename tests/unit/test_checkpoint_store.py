@@ -43,10 +43,10 @@ def test_truncated_and_corrupt_files_are_named(tmp_path):
     d = fake_save(tmp_path, 5)
     shard = d / "mp_rank_00_model_states.pt"
     shard.write_bytes(b"weights" * 5)
-    with pytest.raises(CheckpointError, match="mp_rank_00_model_states.pt is 35 bytes, manifest says 70"):
+    with pytest.raises(CheckpointError, match=r"mp_rank_00_model_states\.pt is 35 bytes, manifest says 70"):
         store.verify(d)
     shard.write_bytes(b"WEIGHTS" * 10)
-    with pytest.raises(CheckpointError, match="mp_rank_00_model_states.pt does not match its sha256"):
+    with pytest.raises(CheckpointError, match=r"mp_rank_00_model_states\.pt does not match its sha256"):
         store.verify(d)
     store.verify(d, hashes=False)  # sizes alone cannot see a same-size corruption
 
