@@ -8,15 +8,12 @@ thread counts are fixed, results are medians with min/max and ratios, never a lo
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -129,80 +126,13 @@ def plot(name: str, draw: Callable[[Any], None], *, size: tuple[float, float] = 
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# -- N gloo ranks in-process ------------------------------------------------------------------------------
-
-_CTX = None
-
-
-def _context() -> Any:
-    global _CTX
-    if _CTX is None:
-        _CTX = mp.get_context("forkserver")
-        _CTX.set_forkserver_preload(["torch", "deepspeed", "transformers", "scaling.engine.trainer"])
-    return _CTX
-
-
-def _entry(fn: Callable[..., Any], rank: int, world: int, port: int, args: tuple, queue: Any) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_SIZE=str(world),
-        LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        OMP_NUM_THREADS="1",
-        HF_HUB_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    import torch
-
-    torch.set_num_threads(1)  # one thread per rank: 2 ranks on 2 cores (notes, section 0)
-    try:
-        queue.put((rank, "ok", fn(*args)))
-    except BaseException:
-        queue.put((rank, "error", traceback.format_exc()))
-
-
 def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 900.0) -> list[Any]:
     """Call fn(*args) on `world_size` gloo ranks; each rank's return value, or the first rank's error."""
-    ctx = _context()
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [
-        ctx.Process(target=_entry, args=(fn, r, world_size, port, args, queue)) for r in range(world_size)
-    ]
-    for p in procs:
-        p.start()
-    results: dict[int, Any] = {}
-    errors: list[str] = []
-    try:
-        for _ in range(world_size):
-            rank, status, payload = queue.get(timeout=timeout)
-            if status == "ok":
-                results[rank] = payload
-            else:
-                errors.append(f"rank {rank} failed:\n{payload}")
-                break
-    except Exception as exc:
-        errors.append(f"ranks did not finish within {timeout} s ({type(exc).__name__})")
-    finally:
-        for p in procs:
-            p.join(timeout=60 if not errors else 5)
-            if p.is_alive():
-                p.kill()
-                p.join()
-    if errors:
-        raise RuntimeError("\n".join(errors))
-    return [results[r] for r in range(world_size)]
+    from scaling.distributed.spawn import run_ranks as spawn_ranks
+
+    if str(ROOT) not in sys.path:  # the ranks import bench.* by name
+        sys.path.insert(0, str(ROOT))
+    return spawn_ranks(fn, world_size, *args, timeout=timeout)
 
 
 def init_group() -> Any:
