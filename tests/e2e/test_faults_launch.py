@@ -25,7 +25,8 @@ from ranks import train_cli
 
 pytestmark = pytest.mark.slow
 
-STEPS = 8
+# Long enough that on a fast, idle machine the run cannot finish between reaching a step and the signal.
+STEPS = 40
 KILL_BOUND_S = 15.0
 """kill -9 of a rank: the peer sees the closed connection at once, launch.py polls every second."""
 
@@ -67,7 +68,7 @@ def test_sigterm_saves_exits_75_then_kill9_is_bounded_and_resume_is_exact(
     log = (tmp_path / "a.log").read_text()
     assert "preempted: every rank stopped after step" in log
     saved = int((out / "checkpoints" / "latest").read_text().strip().split("-")[-1])
-    assert 2 <= saved < STEPS
+    assert 2 <= saved < STEPS - 4
     assert leftovers(str(out)) == []
 
     # 2. Resume, then kill -9 one rank: every process ends within the bound, the log names the rank and step.
