@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from scaling.checkpoint.manager import CheckpointManager
+from scaling.checkpoint.manager import CheckpointManager, saved_run_config
 from scaling.checkpoint.store import CheckpointRef, resolve_resume
 from scaling.config.run import RunConfig
 from scaling.distributed.env import LaunchEnv
@@ -172,6 +172,7 @@ class TrainingRun:
         self.output = run.output
         self.ckpt = CheckpointManager(self.output / "checkpoints", self.rank, run.checkpoint.keep_last)
         self.skipped_nonfinite = 0
+        self.resume_changes: list[str] = []
         self.current_step = 0  # the optimizer step being run (1-based), named in failure reports
 
     # -- building (extension points: build_engine, compute_loss, train_step) ------------------------------
@@ -250,6 +251,8 @@ class TrainingRun:
         )
         if start_step:
             sink.message(f"resumed from step {start_step}")
+            for change in self.resume_changes:
+                sink.message(f"  note: differs from the checkpoint's run: {change}")
         mfu = self._mfu_meter() if self.rank == 0 else None
         if mfu is not None:
             sink.message(mfu.describe())
@@ -482,6 +485,7 @@ class TrainingRun:
         if ref is None:
             return 0, 0
         state = self.ckpt.load(self.engine, ref)
+        self.resume_changes = run_config_changes(saved_run_config(ref), self.run.to_dict())
         self.stream.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         self.skipped_nonfinite = state["skipped_nonfinite"]
@@ -494,6 +498,33 @@ class TrainingRun:
         with dist_setup.collective_timeout(self.run.parallel.init_timeout_s):  # the others wait for rank 0
             dist_setup.on_rank0(lambda: export_checkpoint(ref.path, target), rank=self.rank)
         return target
+
+
+# Sections whose change alters what a resumed run computes (paths, logging and resume settings do not).
+_COMPARED_SECTIONS = ("model", "data", "optim", "parallel", "deepspeed", "total_steps", "world_size")
+
+
+def run_config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose value differs between the checkpoint's run and this one, as `key: old -> new`.
+
+    A resume takes its options from the new command line; a change there (another lr, batch or config) is
+    legitimate but breaks exact continuation, so the run says so instead of diverging silently."""
+    changes: list[str] = []
+
+    def walk(old: Any, new: Any, path: str) -> None:
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(set(old) | set(new)):
+                walk(old.get(key), new.get(key), f"{path}.{key}" if path else key)
+        elif _normalise(old) != _normalise(new):
+            changes.append(f"{path}: {old!r} -> {new!r}")
+
+    for section in _COMPARED_SECTIONS:
+        walk(saved.get(section), current.get(section), section)
+    return [c for c in changes if not c.startswith("model.tokenizer:")]  # a path, resolved per run
+
+
+def _normalise(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _count_tokens(batch: dict[str, torch.Tensor]) -> int:
