@@ -230,6 +230,7 @@ def exported_eval_loss(run_dir: str, token_weighted: bool) -> float:
         world_size=run.world_size,
         tensor_parallel=run.parallel.tensor_parallel,
         pipeline_stages=run.parallel.pipeline_stages,
+        sequence_parallel=run.parallel.sequence_parallel,
     ).data_parallel
     shares = [
         build_eval_batches(
@@ -324,3 +325,100 @@ def bubble_timings(micro_batches: int, steps: int, hidden: int, layers: int, seq
         "step_s": spent["step"],
         "steps": steps,
     }
+
+
+def packed_batches(step: int, count: int, micro: int, seq: int, vocab: int) -> list[dict[str, torch.Tensor]]:
+    """Like fixed_batches, but packed rows of several documents: positions restart, no attention mask, and
+    the first token of each later document is not a target (what scaling.data yields without cross-doc
+    attention)."""
+    gen = torch.Generator().manual_seed(3000 + step)
+    out = []
+    for _ in range(count):
+        ids = torch.randint(4, vocab, (micro, seq), generator=gen)
+        positions = torch.arange(seq).repeat(micro, 1)
+        labels = ids.clone()
+        for row in range(micro):
+            cut = int(torch.randint(3, seq - 3, (1,), generator=gen))
+            positions[row, cut:] -= cut
+            labels[row, cut] = -100
+        out.append({"input_ids": ids, "position_ids": positions, "labels": labels})
+    return out
+
+
+def reference_losses(
+    model: Any, steps: int, count: int, micro: int, seq: int, packed: bool
+) -> dict[str, Any]:
+    """reference_run on the batches an SP test uses (padded or packed), with each step's gradient norm: Adam
+    hides a constant gradient scale from the weights, the norm does not."""
+    make = packed_batches if packed else fixed_batches
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
+    losses, norms = [], []
+    for step in range(steps):
+        opt.zero_grad()
+        total = 0.0
+        for batch in make(step, count, micro, seq, model.config.vocab_size):
+            loss = model(**batch, use_cache=False).loss / count
+            loss.backward()
+            total += loss.item()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)))
+        opt.step()
+        losses.append(total)
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {"losses": losses, "grad_norms": norms, "weights": weights}
+
+
+def sp_parity(
+    model_name: str, tokenizer_dir: str, sp: int, zero: int, steps: int, micro: int, accum: int, seq: int,
+    packed: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """Train with Ulysses sequence parallelism on fixed batches; return step losses, the first step's global
+    gradient norm and (rank 0) the full weights."""
+    import deepspeed
+
+    from scaling.distributed import Topology
+    from scaling.engine import dist as dist_setup
+    from scaling.engine.sequence_parallel import (
+        gradient_factor,
+        group_mean_loss,
+        install_ulysses,
+        shard_batch,
+        token_loss_sum,
+    )
+
+    env = _init()
+    topo = Topology(world_size=env.world_size, sequence_parallel=sp)
+    make = packed_batches if packed else fixed_batches
+    try:
+        model = tiny_model(model_name, tokenizer_dir)
+        mpu = install_ulysses(model, sp_size=sp, micro_batch=micro)
+        group, sp_rank = mpu.get_sequence_parallel_group(), mpu.get_sequence_parallel_rank()
+        config = ds_config(micro, accum, topo.data_parallel, zero, sequence_parallel_size=sp)
+        engine, *_ = deepspeed.initialize(
+            model=model, model_parameters=model.parameters(), config=config, mpu=mpu, dist_init_required=False
+        )
+        dp_rank = topo.data_rank(env.rank)
+        losses, norms = [], []
+        for step in range(steps):
+            batches = make(step, accum * topo.data_parallel, micro, seq, model.config.vocab_size)
+            total = 0.0
+            for batch in batches[dp_rank * accum : (dp_rank + 1) * accum]:
+                inputs, shift_labels = shard_batch(batch, sp_rank, sp)
+                local_sum, count = token_loss_sum(engine(**inputs, use_cache=False).logits, shift_labels)
+                loss = group_mean_loss(local_sum, count, group, grad_factor=gradient_factor(zero, sp))
+                engine.backward(loss)
+                engine.step()
+                total += loss.item() / accum
+            summed = torch.tensor([total], dtype=torch.float64)
+            torch.distributed.all_reduce(summed)  # sequence peers hold the same loss: average over the world
+            losses.append(float(summed) / env.world_size)
+            norms.append(float(engine.get_global_grad_norm()))
+        weights = None
+        if zero == 3:
+            full = engine._zero3_consolidated_16bit_state_dict()
+        else:
+            full = engine.module.state_dict()
+        if env.rank == 0:
+            weights = {k: v.detach().float().numpy().copy() for k, v in full.items()}
+    finally:
+        dist_setup.teardown()
+    return {"losses": losses, "grad_norms": norms, "weights": weights}

@@ -12,6 +12,9 @@ fp32 parameters and Adam moments per parameter, which the resuming engine partit
   resume under ZeRO-3 (DeepSpeed's universal files lack what the ZeRO-3 loader reads).
 - ZeRO-0: DeepSpeed keeps the whole module and optimizer in one file that any data-parallel size loads; the
   files are copied unchanged.
+- Sequence parallelism changes nothing in the files: ZeRO partitions over data x sequence ranks, so a
+  sequence-parallel run converts like a data-parallel run of its world size, and the target's ZeRO ranks are
+  its data x sequence ranks.
 - Refused with the reason: tensor-parallel checkpoints, new pipeline splits (a pipeline resumes with its own
   number of stages or with none), ZeRO-0 pipelines that change stages.
 
@@ -27,6 +30,7 @@ source rank 0 (dropout is reseeded from the position at every step anyway).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -65,10 +69,34 @@ class Layout:
     """AutoTP degree."""
     micro_batch: int | None = None
     """Samples per rank per micro-step (None: as in the source run)."""
+    sequence_parallel: int = 1
+    """Ulysses degree."""
 
     @property
     def data_parallel(self) -> int:
-        return self.world_size // (self.pipeline_stages * self.tensor_parallel)
+        return self.world_size // (self.pipeline_stages * self.tensor_parallel * self.sequence_parallel)
+
+    @property
+    def zero_ranks(self) -> int:
+        """Ranks ZeRO partitions over: data-parallel ranks and their sequence peers."""
+        return self.data_parallel * self.sequence_parallel
+
+    def same_processes(self, other: Layout) -> bool:
+        """Whether `other` runs this layout (the micro-batch aside)."""
+        fields = ("world_size", "pipeline_stages", "tensor_parallel", "sequence_parallel")
+        return all(getattr(self, name) == getattr(other, name) for name in fields)
+
+    def describe(self) -> str:
+        degrees = [f"world {self.world_size}"] + [
+            f"{label} {value}"
+            for label, value in (
+                ("pp", self.pipeline_stages),
+                ("tp", self.tensor_parallel),
+                ("sp", self.sequence_parallel),
+            )
+            if value > 1
+        ]
+        return ", ".join(degrees)
 
 
 def source_layout(run: dict[str, Any]) -> Layout:
@@ -78,16 +106,18 @@ def source_layout(run: dict[str, Any]) -> Layout:
         pipeline_stages=int(parallel.get("pipeline_stages", 1)),
         tensor_parallel=int(parallel.get("tensor_parallel", 1)),
         micro_batch=int(run["optim"]["micro_batch"]),
+        sequence_parallel=int(parallel.get("sequence_parallel", 1)),
     )
 
 
 def check_reshape(source: Layout, target: Layout, zero_stage: int) -> list[str]:
     """Why this conversion cannot be done (empty: it can)."""
     reasons = []
-    if target.world_size < 1 or target.world_size % (target.pipeline_stages * target.tensor_parallel):
+    model_parallel = target.pipeline_stages * target.tensor_parallel * target.sequence_parallel
+    if target.world_size < 1 or target.world_size % model_parallel:
         reasons.append(
-            f"pipeline_stages({target.pipeline_stages}) x tensor_parallel({target.tensor_parallel}) must divide "
-            f"the target world size {target.world_size}"
+            f"pipeline_stages({target.pipeline_stages}) x tensor_parallel({target.tensor_parallel}) x "
+            f"sequence_parallel({target.sequence_parallel}) must divide the target world size {target.world_size}"
         )
     if source.tensor_parallel > 1 or target.tensor_parallel > 1:
         reasons.append(
@@ -117,7 +147,7 @@ def reshape_checkpoint(checkpoint: Path, output: Path, target: Layout) -> Checkp
     if reasons:
         raise CheckpointError(f"{ref.path}: cannot reshape to {target}: " + "; ".join(reasons))
     if target.micro_batch is None:
-        target = Layout(target.world_size, target.pipeline_stages, target.tensor_parallel, source.micro_batch)
+        target = dataclasses.replace(target, micro_batch=source.micro_batch)
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -126,7 +156,7 @@ def reshape_checkpoint(checkpoint: Path, output: Path, target: Layout) -> Checkp
     try:
         universal = stage > 0
         if stage == 3:
-            _universal_from_zero3(ref.path, staging, zero3_ranks=target.data_parallel)
+            _universal_from_zero3(ref.path, staging, zero3_ranks=target.zero_ranks)
         elif universal:
             _to_universal(ref.path, staging)
             if source.pipeline_stages > 1 and target.pipeline_stages == 1:
@@ -307,6 +337,7 @@ def _write_rank_states(
         world_size=target.world_size,
         tensor_parallel=target.tensor_parallel,
         pipeline_stages=target.pipeline_stages,
+        sequence_parallel=target.sequence_parallel,
     )
     for rank in range(target.world_size):
         dp_rank = topology.data_rank(rank)

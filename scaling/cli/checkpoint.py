@@ -67,12 +67,26 @@ def verify(path: str, sizes_only: bool) -> None:
     help="Pipeline stages of the resumed run (the source's, or 1).",
 )
 @click.option(
+    "--sequence-parallel",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Sequence-parallel degree of the resumed run.",
+)
+@click.option(
     "--micro-batch",
     type=click.IntRange(min=1),
     default=None,
     help="Micro-batch of the resumed run, for placing the data position [default: the source run's].",
 )
-def reshape(path: str, output: str, world_size: int, pipeline_stages: int, micro_batch: int | None) -> None:
+def reshape(
+    path: str,
+    output: str,
+    world_size: int,
+    pipeline_stages: int,
+    sequence_parallel: int,
+    micro_batch: int | None,
+) -> None:
     """Convert a checkpoint so that a run with another layout (data-parallel size, 1 pipeline stage) resumes it."""
     from scaling.checkpoint.reshape import Layout, reshape_checkpoint
 
@@ -80,7 +94,12 @@ def reshape(path: str, output: str, world_size: int, pipeline_stages: int, micro
         ref = reshape_checkpoint(
             Path(path),
             Path(output),
-            Layout(world_size=world_size, pipeline_stages=pipeline_stages, micro_batch=micro_batch),
+            Layout(
+                world_size=world_size,
+                pipeline_stages=pipeline_stages,
+                sequence_parallel=sequence_parallel,
+                micro_batch=micro_batch,
+            ),
         )
     except UserError as err:
         raise click.UsageError(str(err)) from None

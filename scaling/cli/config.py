@@ -36,6 +36,7 @@ _RUN_FIELDS = {
     "precision": "precision",
     "tensor_parallel": "tensor_parallel",
     "pipeline_stages": "pipeline_stages",
+    "sequence_parallel": "sequence_parallel",
     "lr": "lr",
     "weight_decay": "weight_decay",
     "warmup_steps": "warmup_steps",
@@ -64,6 +65,7 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--tensor-parallel", type=click.IntRange(min=1), default=1, show_default=True),
         click.option("--pipeline-stages", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option("--sequence-parallel", type=click.IntRange(min=1), default=1, show_default=True),
         click.option(
             "--gpus-per-node", type=click.IntRange(min=1), default=None, help="For ZeRO++ hpZ 'auto'."
         ),
@@ -180,7 +182,7 @@ def validate(ctx: click.Context, spec: str, with_deepspeed: bool, **params: Any)
     click.echo(
         f"OK: {resolved.origin} is valid for world size {resolved.run.world_size} "
         f"(dp {resolved.run.data_parallel}, tp {resolved.run.tensor_parallel}, "
-        f"pp {resolved.run.pipeline_stages}); global batch {resolved.config['train_batch_size']}"
+        f"pp {resolved.run.pipeline_stages}, sp {resolved.run.sequence_parallel}); global batch {resolved.config['train_batch_size']}"
     )
 
 
@@ -195,6 +197,8 @@ def deepspeed_check(resolved: ResolvedDeepSpeed) -> None:
     # DeepSpeed checks the batch against the data-parallel size its mpu reports; with no mpu it asks the
     # world size, so report dp there (shared/notes/deepspeed-on-cpu.md §6).
     dp = resolved.run.data_parallel
+    if "sequence_parallel_size" in resolved.config:
+        dp *= resolved.run.sequence_parallel  # DeepSpeed divides the world by it itself when there is no mpu
     try:
         with (
             mock.patch.object(deepspeed.comm, "get_rank", return_value=0),
@@ -244,6 +248,7 @@ def explain(
             gpus_per_node=per_node,
             tensor_parallel=run.tensor_parallel,
             pipeline_stages=run.pipeline_stages,
+            sequence_parallel=run.sequence_parallel,
             seq_len=seq_len or shape.max_positions or 2048,
             micro_batch=run.micro_batch,
             activation_checkpointing=activation_checkpointing,

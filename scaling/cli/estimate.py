@@ -28,6 +28,7 @@ from scaling.config.sections import PRECISIONS
 @click.option("--activation-checkpointing", is_flag=True, help="Full recomputation of each layer.")
 @click.option("--tensor-parallel", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--pipeline-stages", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--sequence-parallel", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
     "--vocab-size",
     type=click.IntRange(min=1),
@@ -50,6 +51,7 @@ def estimate(
     activation_checkpointing: bool,
     tensor_parallel: int,
     pipeline_stages: int,
+    sequence_parallel: int,
     vocab_size: int,
     overrides: tuple[str, ...],
     as_json: bool,
@@ -67,11 +69,21 @@ def estimate(
         world_size=nodes * gpus_per_node,
         tensor_parallel=tensor_parallel,
         pipeline_stages=pipeline_stages,
+        sequence_parallel=sequence_parallel,
         gpus_per_node=gpus_per_node,
         hidden_size=shape.hidden,
         num_heads=shape.heads,
         cpu_only=False,
-        explicit=frozenset({"micro_batch", "grad_accum", "precision", "tensor_parallel", "pipeline_stages"}),
+        explicit=frozenset(
+            {
+                "micro_batch",
+                "grad_accum",
+                "precision",
+                "tensor_parallel",
+                "pipeline_stages",
+                "sequence_parallel",
+            }
+        ),
     )
     resolved = resolve_deepspeed(ds_config, overrides, run)
     layout = est.Layout(
@@ -79,6 +91,7 @@ def estimate(
         gpus_per_node=gpus_per_node,
         tensor_parallel=tensor_parallel,
         pipeline_stages=pipeline_stages,
+        sequence_parallel=sequence_parallel,
         seq_len=seq_len or shape.max_positions or 2048,
         micro_batch=micro_batch,
         activation_checkpointing=activation_checkpointing,
@@ -102,6 +115,7 @@ def estimate(
                 "data_parallel": layout.data_parallel,
                 "tensor_parallel": tensor_parallel,
                 "pipeline_stages": pipeline_stages,
+                "sequence_parallel": sequence_parallel,
                 "seq_len": layout.seq_len,
                 "micro_batch": micro_batch,
                 "activation_checkpointing": activation_checkpointing,
@@ -117,7 +131,7 @@ def estimate(
     click.echo(
         f"{model}: {shape.params:,} parameters (L={shape.layers}, h={shape.hidden}, a={shape.heads}, "
         f"V={shape.vocab}); {nodes} node(s) x {gpus_per_node} GPU(s), dp {layout.data_parallel}, "
-        f"tp {tensor_parallel}, pp {pipeline_stages}; s={layout.seq_len} b={micro_batch} {precision}"
+        f"tp {tensor_parallel}, pp {pipeline_stages}, sp {sequence_parallel}; s={layout.seq_len} b={micro_batch} {precision}"
         f"{', activation checkpointing' if activation_checkpointing else ''}"
     )
     header = f"{'config':<28}{'params':>11}{'grads':>11}{'optimizer':>11}{'activations':>13}{'buffers':>11}"

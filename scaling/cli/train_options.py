@@ -119,6 +119,13 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--progress/--no-progress", default=True, show_default=True),
         click.option("--tensor-parallel", type=click.IntRange(min=1), default=1, show_default=True),
         click.option("--pipeline-stages", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option(
+            "--sequence-parallel",
+            type=click.IntRange(min=1),
+            default=1,
+            show_default=True,
+            help="Ranks that split every sequence (DeepSpeed-Ulysses; causal LMs, with ZeRO/DP).",
+        ),
         click.option("--partition-method", default="parameters", show_default=True),
         click.option(
             "--dist-timeout",
@@ -190,6 +197,7 @@ def run_request_from_options(
         parallel=ParallelConfig(
             tensor_parallel=params["tensor_parallel"],
             pipeline_stages=params["pipeline_stages"],
+            sequence_parallel=params["sequence_parallel"],
             partition_method=params["partition_method"],
             dist_timeout_s=params["dist_timeout"],
             gpus_per_node=gpus_per_node,

@@ -58,12 +58,16 @@ class RunValues:
     """AutoTP degree."""
     pipeline_stages: int = 1
     """Pipeline degree."""
+    sequence_parallel: int = 1
+    """Ulysses sequence-parallel degree."""
     hidden_size: int | None = None
     """Model width, for the bucket sizes HF fills for `"auto"` ZeRO knobs."""
     gpus_per_node: int | None = None
     """Ranks per node, when known (ZeRO++ hpZ keeps a secondary parameter copy within each node)."""
     num_heads: int | None = None
-    """Attention heads of the model, when known: the tensor-parallel degree must divide them."""
+    """Attention heads of the model, when known: the tensor- and sequence-parallel degrees must divide them."""
+    kv_heads: int | None = None
+    """Key/value heads of the model, when known (grouped-query attention)."""
     cpu_only: bool = True
     """No CUDA device: use torch's AdamW instead of JIT-built fused/CPU Adam ops."""
     explicit: frozenset[str] = frozenset()
@@ -71,7 +75,9 @@ class RunValues:
 
     @property
     def data_parallel(self) -> int:
-        return max(1, self.world_size // (self.tensor_parallel * self.pipeline_stages))
+        return max(
+            1, self.world_size // (self.tensor_parallel * self.pipeline_stages * self.sequence_parallel)
+        )
 
 
 @dataclass
@@ -301,7 +307,9 @@ def resolve_deepspeed(
         world_size=final_run.world_size,
         tensor_parallel=final_run.tensor_parallel,
         pipeline_stages=final_run.pipeline_stages,
+        sequence_parallel=final_run.sequence_parallel,
         num_heads=final_run.num_heads,
+        kv_heads=final_run.kv_heads,
     )
     problems.extend(check_cross(r.config, degrees, skip=flagged))
     problems.extend(
@@ -341,14 +349,23 @@ def _bind_parallel(r: _Resolver) -> None:
             r.run.tensor_parallel,
             option="--tensor-parallel",
         )
-    for name in ("pipeline_stages", "tensor_parallel"):
+    if "sequence_parallel_size" in r.config or r.run.sequence_parallel > 1:
+        r.bind(
+            "sequence_parallel_size",
+            "sequence_parallel",
+            r.run.sequence_parallel,
+            option="--sequence-parallel",
+        )
+    for name in ("pipeline_stages", "tensor_parallel", "sequence_parallel"):
         if name in r.adopted and (_as_int(r.adopted[name]) or 0) < 1:
             del r.adopted[name]  # a wrong type or 0: reported by the schema, keep the option's value
 
 
 def _bind_batch(r: _Resolver) -> None:
     run = r.run
-    layout = {k: v for k, v in r.adopted.items() if k in ("pipeline_stages", "tensor_parallel")}
+    layout = {
+        k: v for k, v in r.adopted.items() if k in ("pipeline_stages", "tensor_parallel", "sequence_parallel")
+    }
     r.bind("train_micro_batch_size_per_gpu", "micro_batch", run.micro_batch, option="--micro-batch")
     r.bind("gradient_accumulation_steps", "grad_accum", run.grad_accum, option="--grad-accum")
     micro = _as_int(r.adopted.get("micro_batch", run.micro_batch))

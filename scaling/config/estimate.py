@@ -71,6 +71,8 @@ class Layout:
     """AutoTP degree t."""
     pipeline_stages: int = 1
     """Pipeline degree p."""
+    sequence_parallel: int = 1
+    """Ulysses degree: each rank holds s / sp tokens of every sample, ZeRO partitions over dp x sp ranks."""
     seq_len: int = 2048
     """Tokens per sample s."""
     micro_batch: int = 1
@@ -84,7 +86,14 @@ class Layout:
 
     @property
     def data_parallel(self) -> int:
-        return max(1, self.world_size // (self.tensor_parallel * self.pipeline_stages))
+        return max(
+            1, self.world_size // (self.tensor_parallel * self.pipeline_stages * self.sequence_parallel)
+        )
+
+    @property
+    def zero_partitions(self) -> int:
+        """Ranks that share one copy of the model states: data-parallel ranks, and sequence peers with them."""
+        return self.data_parallel * self.sequence_parallel
 
 
 @dataclass(frozen=True)
@@ -196,7 +205,9 @@ def activation_bytes(shape: ModelShape, layout: Layout, precision: str) -> int:
         per_layer = s * b * h * (10 + 24 / t + 5 * a * s / (h * t))
     layers = shape.layers * PRECISION[precision].activation_scale * per_layer
     logits = s * b * shape.vocab * (2 + 4 + 4) / t
-    return int(layers + logits)
+    # Ulysses: every token-local tensor holds s / sp tokens, and each rank's attention scores cover all s
+    # positions for a / sp heads: everything above divides by sp.
+    return int(layers + logits) // layout.sequence_parallel
 
 
 def estimate(
@@ -207,7 +218,7 @@ def estimate(
     opt_dev = offload_device(ds_config, "optimizer") if stage >= 1 else "none"
     par_dev = offload_device(ds_config, "param") if stage == 3 else "none"
     psi = shape.params // (layout.tensor_parallel * layout.pipeline_stages)
-    n = layout.data_parallel
+    n = layout.zero_partitions
     gpu, off = model_states(psi, stage, n, precision, opt_dev, par_dev)
     acts = activation_bytes(shape, layout, precision)
     buffers = _bucket_bytes(ds_config, stage, PRECISION[precision].grad, psi)

@@ -114,7 +114,7 @@ def summary(resolved: ResolvedDeepSpeed, memory: MemoryEstimate | None = None) -
     lines.append(
         f"Effective global batch = micro {micro} x accum {accum} x dp {run.data_parallel} = "
         f"{cfg.get('train_batch_size')} samples per optimizer step (world {run.world_size}, "
-        f"tp {run.tensor_parallel}, pp {run.pipeline_stages})."
+        f"tp {run.tensor_parallel}, pp {run.pipeline_stages}, sp {run.sequence_parallel})."
     )
     opt = cfg.get("optimizer", {})
     params = opt.get("params", {})

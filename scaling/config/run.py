@@ -137,6 +137,7 @@ def resolve_run(
     explicit: frozenset[str],
     hidden_size: int | None,
     num_heads: int | None = None,
+    kv_heads: int | None = None,
     total_steps: int,
     cpu_only: bool,
 ) -> RunConfig:
@@ -162,8 +163,10 @@ def resolve_run(
         world_size=world_size,
         tensor_parallel=parallel.tensor_parallel,
         pipeline_stages=parallel.pipeline_stages,
+        sequence_parallel=parallel.sequence_parallel,
         hidden_size=hidden_size,
         num_heads=num_heads,
+        kv_heads=kv_heads,
         gpus_per_node=parallel.gpus_per_node,
         cpu_only=cpu_only,
         explicit=frozenset(name for name in explicit if name in _RUN_VALUE_FIELDS)
@@ -183,6 +186,13 @@ def resolve_run(
     assert resolved is not None
     adopted = {name: getattr(resolved.run, name) for name in _RUN_VALUE_FIELDS}
     optim = dataclasses.replace(optim, **adopted)
+    # Degrees written in the JSON (where the option was left at its default) lay out the run too.
+    parallel = dataclasses.replace(
+        parallel,
+        tensor_parallel=resolved.run.tensor_parallel,
+        pipeline_stages=resolved.run.pipeline_stages,
+        sequence_parallel=resolved.run.sequence_parallel,
+    )
     return RunConfig(
         model=model,
         data=data,

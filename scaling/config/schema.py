@@ -627,8 +627,12 @@ class Degrees:
     """AutoTP degree."""
     pipeline_stages: int = 1
     """Pipeline degree."""
+    sequence_parallel: int = 1
+    """Ulysses sequence-parallel degree."""
     num_heads: int | None = None
-    """Attention heads of the model, when one is given (TP must divide them)."""
+    """Attention heads of the model, when one is given (TP and SP must divide them)."""
+    kv_heads: int | None = None
+    """Key/value heads of the model, when one is given (SP must divide them, or they it)."""
 
 
 def _get(config: dict[str, Any], path: str) -> Any:
@@ -661,6 +665,70 @@ def offload_device(config: dict[str, Any], what: str) -> str:
         return device
     old = "cpu_offload" if what == "optimizer" else "cpu_offload_param"
     return "cpu" if _get(config, f"zero_optimization.{old}") is True else "none"
+
+
+def _sequence_parallel_problems(
+    config: dict[str, Any], degrees: Degrees, stage: int, world: int, tp: int, pp: int
+) -> list[Problem]:
+    sp = degrees.sequence_parallel
+    json_sp = _int(_get(config, "sequence_parallel_size"))
+    if json_sp and json_sp > 1 and sp == 1:
+        sp = json_sp
+    if sp <= 1:
+        return []
+    out: list[Problem] = []
+    if tp > 1 or pp > 1:
+        out.append(
+            Problem(
+                "--sequence-parallel",
+                "combines with data parallelism and ZeRO only, not with tensor or pipeline parallelism",
+                sp,
+            )
+        )
+    elif world % sp:
+        out.append(
+            Problem(
+                "--sequence-parallel", f"does not divide the world size {world}", sp, fix="pick a divisor"
+            )
+        )
+    heads, kv_heads = degrees.num_heads, degrees.kv_heads or degrees.num_heads
+    if heads and heads % sp:
+        out.append(
+            Problem(
+                "--sequence-parallel",
+                f"does not divide the model's {heads} attention heads (Ulysses gives each rank heads/sp heads)",
+                sp,
+                fix="pick a divisor of the head count",
+            )
+        )
+    elif kv_heads and kv_heads % sp and sp % kv_heads:
+        out.append(
+            Problem(
+                "--sequence-parallel",
+                f"neither divides nor is a multiple of the model's {kv_heads} key/value heads",
+                sp,
+            )
+        )
+    if stage == 3 and _get(config, "zero_optimization.reduce_scatter") is False:
+        # Our gradient correction for ZeRO-3 assumes its reduce-scatter path (engine/sequence_parallel.py).
+        out.append(
+            Problem(
+                "zero_optimization.reduce_scatter",
+                "must stay true with ZeRO-3 and sequence parallelism (the all-reduce path scales some "
+                "gradient buckets differently)",
+                False,
+                fix="remove the key",
+            )
+        )
+    if _get(config, "zero_optimization.zero_quantized_gradients") is True:
+        out.append(
+            Problem(
+                "zero_optimization.zero_quantized_gradients",
+                "is not combined with sequence parallelism (its reduction ignores the sequence groups)",
+                True,
+            )
+        )
+    return out
 
 
 def check_cross(config: dict[str, Any], degrees: Degrees, skip: Iterable[str] = ()) -> list[Problem]:
@@ -727,6 +795,7 @@ def check_cross(config: dict[str, Any], degrees: Degrees, skip: Iterable[str] = 
                 fix="use stage 1 or 2 with tensor parallelism",
             )
         )
+    out.extend(_sequence_parallel_problems(config, degrees, stage, world, tp, pp))
 
     opt_dev, param_dev = offload_device(config, "optimizer"), offload_device(config, "param")
     if opt_dev != "none" and stage == 0:

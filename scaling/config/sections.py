@@ -106,6 +106,8 @@ class ParallelConfig:
     """AutoTP degree."""
     pipeline_stages: int = 1
     """Pipeline-parallel degree."""
+    sequence_parallel: int = 1
+    """Ulysses sequence-parallel degree: consecutive ranks that split every sequence (causal LMs)."""
     gpus_per_node: int | None = None
     """Ranks per node, when known at resolution (for hierarchical ZeRO++ partitions)."""
     partition_method: str = "parameters"

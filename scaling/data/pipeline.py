@@ -32,6 +32,13 @@ def encode_texts(tokenizer, texts: list[str]) -> list[list[int]]:
     """
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None and hasattr(backend, "encode_batch_fast"):
+        # A tokenizer.json may switch on padding/truncation in the backend (sentence-transformers models pad
+        # every text to 128): the chunker frames, truncates and pads itself, so the ids must be the bare text.
+        # `tokenizer(...)` switches them off the same way before each call.
+        if backend.padding is not None:
+            backend.no_padding()
+        if backend.truncation is not None:
+            backend.no_truncation()
         return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
     return tokenizer(texts, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
 

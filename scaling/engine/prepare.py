@@ -50,15 +50,17 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
     from scaling.models.load import hidden_size_of
 
     problems: list[Problem] = []
-    hidden = heads = None
+    hidden = heads = kv_heads = None
     try:
         hf_config = hf_config_for(describe_source(request.model.source))
         hidden = hidden_size_of(hf_config)
         heads = getattr(hf_config, "num_attention_heads", None) or getattr(hf_config, "n_head", None)
+        kv_heads = getattr(hf_config, "num_key_value_heads", None)
     except ConfigError as err:
         problems.extend(err.problems)
     else:
-        if request.parallel.pipeline_stages > 1 or request.parallel.tensor_parallel > 1:
+        parallel = request.parallel
+        if parallel.pipeline_stages > 1 or parallel.tensor_parallel > 1 or parallel.sequence_parallel > 1:
             from scaling.models.pipe import parallel_problems
 
             problems.extend(
@@ -67,6 +69,7 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
                     task=request.model.task,
                     pipeline_stages=request.parallel.pipeline_stages,
                     tensor_parallel=request.parallel.tensor_parallel,
+                    sequence_parallel=request.parallel.sequence_parallel,
                     partition=request.parallel.partition_method,
                     on_nan=request.optim.on_nan,
                 )
@@ -87,6 +90,7 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
             explicit=request.explicit,
             hidden_size=hidden,
             num_heads=heads,
+            kv_heads=kv_heads,
             total_steps=steps,
             cpu_only=not _cuda_available(),
         )
@@ -128,6 +132,7 @@ def materialize(request: RunRequest) -> RunConfig:
         world_size=run.world_size,
         tensor_parallel=run.parallel.tensor_parallel,
         pipeline_stages=run.parallel.pipeline_stages,
+        sequence_parallel=run.parallel.sequence_parallel,
     )
     stream = build_train_stream(
         run.data,

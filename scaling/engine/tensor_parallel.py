@@ -16,7 +16,7 @@ from typing import Any
 from scaling.checkpoint.export import TP_CONSOLIDATED as CONSOLIDATED
 from scaling.checkpoint.store import CheckpointRef
 from scaling.engine.schedule import build_lr_scheduler
-from scaling.engine.trainer import TrainingRun, _SigtermFlag, _Window
+from scaling.engine.trainer import TrainingRun
 
 
 class TensorParallelRun(TrainingRun):
@@ -48,14 +48,6 @@ class TensorParallelRun(TrainingRun):
             dist_init_required=False,
         )
         return engine, model.config
-
-    def train_step(self, step: int, window: _Window, sigterm: _SigtermFlag) -> bool:
-        stop = super().train_step(step, window, sigterm)
-        if self.rank % self.run.parallel.tensor_parallel:
-            # Tensor-parallel peers consumed the same batch: count its tokens on the first peer only.
-            window._tokens -= window.last_tokens_local
-            window.last_tokens_local = 0
-        return stop
 
     def before_commit(self, ref: CheckpointRef) -> None:
         save_consolidated(self.engine, ref.ours / CONSOLIDATED, rank=self.rank)

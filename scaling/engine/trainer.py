@@ -153,6 +153,10 @@ def run_class_for(run: RunConfig) -> type[TrainingRun]:
         from scaling.engine.tensor_parallel import TensorParallelRun
 
         return TensorParallelRun
+    if run.parallel.sequence_parallel > 1:
+        from scaling.engine.sequence_parallel import SequenceParallelRun
+
+        return SequenceParallelRun
     return TrainingRun
 
 
@@ -167,8 +171,10 @@ class TrainingRun:
             world_size=env.world_size,
             tensor_parallel=run.parallel.tensor_parallel,
             pipeline_stages=run.parallel.pipeline_stages,
+            sequence_parallel=run.parallel.sequence_parallel,
         )
         self.dp_rank = self.topology.data_rank(self.rank)
+        self.counts_data = self.topology.counts_data(self.rank)
         self.output = run.output
         self.ckpt = CheckpointManager(self.output / "checkpoints", self.rank, run.checkpoint.keep_last)
         self.skipped_nonfinite = 0
@@ -352,7 +358,8 @@ class TrainingRun:
             engine.backward(loss)
             engine.step()
             window.add_micro(loss.detach())
-            tokens += _count_tokens(batch)
+            if self.counts_data:  # tensor and sequence peers hold the same batch: count it once
+                tokens += _count_tokens(batch)
             micro += 1
         window.end_step(time.perf_counter() - started, data_wait, tokens)
         return stop_requested
@@ -484,12 +491,41 @@ class TrainingRun:
         ref = resolve_resume(self.run.checkpoint.resume, self.ckpt.root)
         if ref is None:
             return 0, 0
+        self._check_layout(ref)
         state = self.ckpt.load(self.engine, ref)
         self.resume_changes = run_config_changes(saved_run_config(ref), self.run.to_dict())
         self.stream.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         self.skipped_nonfinite = state["skipped_nonfinite"]
         return int(state["step"]), int(state["tokens_seen"])
+
+    def _check_layout(self, ref: CheckpointRef) -> None:
+        """Refuse, on every rank alike, a checkpoint saved for other process counts or degrees: DeepSpeed may
+        load its shards anyway (same ZeRO world) while the data positions belong to other data ranks."""
+        from scaling.checkpoint.reshape import Layout, reshape_record, source_layout
+        from scaling.errors import CheckpointError
+
+        record = reshape_record(ref)
+        saved = Layout(**record["target"]) if record else source_layout(saved_run_config(ref))
+        parallel = self.run.parallel
+        current = Layout(
+            world_size=self.env.world_size,
+            pipeline_stages=parallel.pipeline_stages,
+            tensor_parallel=parallel.tensor_parallel,
+            sequence_parallel=parallel.sequence_parallel,
+        )
+        if not saved.same_processes(current):
+            raise CheckpointError(
+                f"{ref.path} was saved for {saved.describe()}, this run is {current.describe()}; convert it "
+                f"first: scaling checkpoint reshape {ref.path} --output NEW_DIR --world-size {current.world_size}"
+                + (f" --pipeline-stages {current.pipeline_stages}" if current.pipeline_stages > 1 else "")
+                + (
+                    f" --sequence-parallel {current.sequence_parallel}"
+                    if current.sequence_parallel > 1
+                    else ""
+                )
+                + ", then --resume NEW_DIR"
+            )
 
     def _export_final(self, ref: CheckpointRef) -> Path | None:
         from scaling.checkpoint.export import export_checkpoint

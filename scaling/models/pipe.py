@@ -299,10 +299,13 @@ def parallel_problems(
     tensor_parallel: int,
     partition: str,
     on_nan: str,
+    sequence_parallel: int = 1,
 ) -> list[Problem]:
-    """Model/option combinations the pipeline and AutoTP engines cannot run, each with its reason."""
+    """Model/option combinations the pipeline, AutoTP and Ulysses engines cannot run, each with its reason."""
     problems: list[Problem] = []
     model_type = getattr(config, "model_type", None)
+    if sequence_parallel > 1:
+        problems.extend(sequence_parallel_problems(config, task=task, sequence_parallel=sequence_parallel))
     if pipeline_stages > 1:
         if tensor_parallel > 1:
             problems.append(
@@ -353,6 +356,37 @@ def parallel_problems(
                 AUTOTP_UNSUPPORTED[model_type],
                 tensor_parallel,
                 fix="use a Llama-family model",
+            )
+        )
+    return problems
+
+
+def sequence_parallel_problems(
+    config: PretrainedConfig, *, task: str, sequence_parallel: int
+) -> list[Problem]:
+    """Ulysses splits causal decoders whose attention goes through transformers' attention interface."""
+    problems: list[Problem] = []
+    if task != "clm":
+        problems.append(
+            Problem(
+                "--task",
+                "sequence parallelism trains causal LMs (clm) only: it drops the padding mask, which causal "
+                "attention with right padding does not need",
+                task,
+            )
+        )
+        return problems
+    from transformers import AutoModelForCausalLM
+
+    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
+    if model_class is None or not getattr(model_class, "_supports_attention_backend", False):
+        problems.append(
+            Problem(
+                "--sequence-parallel",
+                f"{getattr(config, 'model_type', None)} does not route attention through transformers' "
+                "attention interface, which Ulysses replaces",
+                sequence_parallel,
+                fix="use a Llama-, Qwen-, Mistral- or GPT-2-family model",
             )
         )
     return problems

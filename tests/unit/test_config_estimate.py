@@ -64,6 +64,20 @@ def test_activations_follow_korthikanti() -> None:
     assert recompute == 24 * 2 * s * b * h
     tp = activation_bytes(shape, Layout(seq_len=s, micro_batch=b, tensor_parallel=4, gpus_per_node=4), "bf16")
     assert tp == 24 * s * b * h * (10 + 24 / 4 + 5 * a * s / (h * 4))
+    # Ulysses: token-local tensors hold s/sp tokens, attention scores cover s positions for a/sp heads
+    sp = activation_bytes(shape, Layout(seq_len=s, micro_batch=b, sequence_parallel=4, gpus_per_node=4), "bf16")
+    assert sp == int(plain) // 4
+
+
+def test_sequence_peers_share_one_copy_of_the_model_states() -> None:
+    shape = ModelShape(name="x", params=8 * PSI, hidden=64, layers=1, heads=8, vocab=0)
+    layout = Layout(gpus_per_node=8, sequence_parallel=4)
+    assert layout.data_parallel == 2 and layout.zero_partitions == 8
+    config = {"zero_optimization": {"stage": 3}}
+    with_sp = estimate(shape, layout, config, "bf16")
+    plain_dp8 = estimate(shape, Layout(gpus_per_node=8), config, "bf16")
+    assert with_sp.gpu_params == plain_dp8.gpu_params == 2 * PSI  # params 2Ψ/N over all 8 ranks
+    assert with_sp.data_parallel == 8
 
 
 def test_logits_and_cpu_per_node() -> None:

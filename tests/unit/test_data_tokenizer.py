@@ -76,3 +76,38 @@ def test_mlm_needs_a_mask_token(tmp_path):
         build_tokenizer(
             "x", str(tmp_path / "t"), DataConfig(), task="mlm", vocab_size=10, save_dir=tmp_path / "s"
         )
+
+
+def test_padding_and_truncation_saved_in_tokenizer_json_do_not_leak_into_batches(tmp_path, clm_tokenizer):
+    """sentence-transformers checkpoints (all-MiniLM-L6-v2) save tokenizer.json with padding to 128 and
+    truncation on: the batched fast path must still see the bare text, or every seq-cls sample becomes
+    `[CLS] text [PAD]... [SEP]` with the pads attended."""
+    from transformers import AutoTokenizer
+
+    from scaling.data import build_eval_batches
+
+    tok = AutoTokenizer.from_pretrained(clm_tokenizer)
+    tok.backend_tokenizer.enable_padding(length=48, pad_id=tok.pad_token_id, pad_token=tok.pad_token)
+    tok.backend_tokenizer.enable_truncation(max_length=40)
+    saved = tmp_path / "padded"
+    tok.save_pretrained(saved)
+    tok = AutoTokenizer.from_pretrained(saved)
+    assert tok.backend_tokenizer.padding is not None  # the trap is in the saved file
+    lines = ["a short line", "a somewhat longer line of text " * 12]
+    assert encode_texts(tok, lines) == tok(lines, add_special_tokens=False)["input_ids"]
+    assert len(encode_texts(tok, lines)[0]) < 10
+
+    data_file = tmp_path / "cls.tsv"
+    data_file.write_text("sentence\tlabel\na short line\t1\nanother short one\t0\n", encoding="utf-8")
+    (batch,) = build_eval_batches(
+        DataConfig(eval=[f"{data_file}:sentence"], seq_len=64),
+        tok,
+        task="seq-cls",
+        micro_batch=2,
+        dp_rank=0,
+        dp_size=1,
+        max_batches=1,
+    )
+    attended = batch["input_ids"][batch["attention_mask"].bool()]
+    assert tok.pad_token_id not in attended.tolist()
+    assert batch["input_ids"].shape[1] < 20

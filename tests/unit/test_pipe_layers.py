@@ -111,6 +111,12 @@ def _validate(args: list[str], world_size: int):
         (["--model", "tiny-llama", "--ds-config", "zero2", "--pipeline-stages", "2"], "ZeRO-2/3 cannot be combined"),
         (["--model", "tiny-llama", "--ds-config", "pipeline", "--pipeline-stages", "2",
           "--partition-method", "type:GPT2Block"], "no layer type GPT2Block"),
+        (["--model", "tiny-bert", "--task", "mlm", "--sequence-parallel", "2"], "causal LMs \\(clm\\) only"),
+        (["--model", "tiny-llama", "--ds-config", "autotp", "--tensor-parallel", "2", "--sequence-parallel", "2"],
+         "not with tensor or pipeline parallelism"),
+        (["--model", "tiny-llama", "--sequence-parallel", "3"], "does not divide the model's 4 attention heads"),
+        (["--model", "tiny-llama", "--ds-config", "zero3", "--sequence-parallel", "2",
+          "--set", "zero_optimization.reduce_scatter=false"], "must stay true"),
     ],
 )  # fmt: skip
 def test_unsupported_layouts_are_refused_before_launch(tmp_path, small_corpus, extra, message):
