@@ -65,7 +65,9 @@ def test_activations_follow_korthikanti() -> None:
     tp = activation_bytes(shape, Layout(seq_len=s, micro_batch=b, tensor_parallel=4, gpus_per_node=4), "bf16")
     assert tp == 24 * s * b * h * (10 + 24 / 4 + 5 * a * s / (h * 4))
     # Ulysses: token-local tensors hold s/sp tokens, attention scores cover s positions for a/sp heads
-    sp = activation_bytes(shape, Layout(seq_len=s, micro_batch=b, sequence_parallel=4, gpus_per_node=4), "bf16")
+    sp = activation_bytes(
+        shape, Layout(seq_len=s, micro_batch=b, sequence_parallel=4, gpus_per_node=4), "bf16"
+    )
     assert sp == int(plain) // 4
 
 

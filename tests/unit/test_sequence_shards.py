@@ -13,7 +13,9 @@ def test_shards_cover_the_sequence_with_labels_shifted_before_the_cut():
     first, first_labels = shard_batch(batch, 0, 2)
     second, second_labels = shard_batch(batch, 1, 2)
     assert first["input_ids"].tolist() == [[1, 2, 3, 4]] and second["input_ids"].tolist() == [[5, 6, 7, 8]]
-    assert first["position_ids"].tolist() == [[0, 1, 2, 3]] and second["position_ids"].tolist() == [[4, 5, 6, 7]]
+    assert first["position_ids"].tolist() == [[0, 1, 2, 3]] and second["position_ids"].tolist() == [
+        [4, 5, 6, 7]
+    ]
     # token 4's target (5) lives in the other shard: the shift happens on the whole row
     assert first_labels.tolist() == [[2, 3, 4, 5]] and second_labels.tolist() == [[6, 7, 8, IGNORE]]
     assert "attention_mask" not in first
