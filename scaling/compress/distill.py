@@ -38,6 +38,7 @@ from scaling.engine.trainer import TrainingRun
 from scaling.errors import ConfigError, Problem, UserError
 
 if TYPE_CHECKING:
+    from scaling.checkpoint.store import CheckpointRef
     from scaling.config.run import RunConfig
     from scaling.distributed.env import LaunchEnv
     from scaling.engine.prepare import RunRequest
@@ -781,6 +782,15 @@ class DistillRun(TrainingRun):
         engine.train()
         metrics["eval_kd_loss"] = (totals[0] / totals[1].clamp(min=1)).item()
         return metrics
+
+    def before_commit(self, ref: CheckpointRef) -> None:
+        """The distillation settings beside run_config.json in every checkpoint, readable without torch (the
+        rank states keep a copy for the resume check)."""
+        super().before_commit(ref)
+        if self.rank == 0:
+            from scaling.checkpoint.store import atomic_write_text
+
+            atomic_write_text(ref.ours / DISTILL_CONFIG_FILE, self.distill.to_json())
 
     def _rank_state(self, step: int, tokens_seen: int) -> dict[str, Any]:
         state = super()._rank_state(step, tokens_seen)

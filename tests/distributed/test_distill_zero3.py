@@ -3,6 +3,8 @@ across the ranks, and a resumed distillation continues exactly (every loss bit-i
 
 from __future__ import annotations
 
+import json
+
 from harness import run_ranks
 from ranks_distill import distill_cli, held_out_kl, make_model, teacher_partitioning
 
@@ -46,6 +48,11 @@ def test_zero3_teacher_partitioned_and_resume_exact(tmp_path, small_corpus, clm_
     first = run_ranks(distill_cli, 2, args_for(tmp_path / "b", "--halt-at-step", str(N), "--no-export"))[0]
     second = run_ranks(distill_cli, 2, args_for(tmp_path / "b", "--resume", "auto", "--no-export"))[0]
     assert first["exit"] == second["exit"] == 0
+    # every checkpoint names its objective in plain JSON, beside run_config.json
+    saved = json.loads(
+        (tmp_path / "b" / "checkpoints" / f"step-{N:08d}" / "scaling" / "distill_config.json").read_text()
+    )
+    assert (saved["alpha"], saved["hidden_loss"], saved["teacher"]) == (0.5, 0.05, str(teacher))
     full, resumed = loss_hex(straight[0]["records"]), loss_hex(second["records"])
     assert sorted(full) == list(range(1, 2 * N + 1))
     assert {s: full[s] for s in range(1, N + 1)} == loss_hex(first["records"])

@@ -59,3 +59,31 @@ def test_deepspeed_launcher_runs_launchers_train(tmp_path, small_corpus, clm_tok
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "--resolved-config" in proc.stderr
     assert losses(out2) == losses(out)  # same data, seed and world: the same run, bit for bit
+
+
+def test_deepspeed_launcher_runs_launchers_distill(tmp_path, small_corpus, clm_tokenizer):
+    from ranks_distill import make_model
+
+    teacher = make_model("llama", "clm", clm_tokenizer, tmp_path / "teacher", layers=4)
+    distill_args = [
+        "--teacher", str(teacher), "--student-layers", "2", "--task", "clm", "--data", str(small_corpus),
+        "--precision", "fp32", "--seq-len", "32", "--micro-batch", "2", "--lr", "3e-3", "--max-steps", "6",
+        "--log-every", "3", "--save-every", "3", "--ds-config", "zero2", "--no-progress", "--no-tensorboard",
+    ]  # fmt: skip
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", str(free_port()),
+           "launchers/distill.py", *distill_args, "--output", str(out)]  # fmt: skip
+    proc = run(cmd)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "--local_rank=1" in proc.stdout + proc.stderr
+    assert len(losses(out)) == 2
+    student = json.loads((out / "final" / "config.json").read_text())
+    assert student["num_hidden_layers"] == 2
+    assert (out / "checkpoints" / "step-00000006" / "scaling" / "distill_config.json").is_file()
+
+    # `scaling compress distill --num-gpus 2` resolves here and hands the same run to the launcher
+    out2 = tmp_path / "scaling"
+    proc = run([sys.executable, "-m", "scaling", "compress", "distill", "--num-gpus", "2", *distill_args,
+                "--output", str(out2)])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert losses(out2) == losses(out)
