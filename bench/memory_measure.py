@@ -3,8 +3,9 @@
     python bench/memory_measure.py --world-size 2 [--stages 0 1 2 3] [--precision bf16 fp32] [--json]
 
 Each rank trains a tiny GPT-2 (2 layers, h=64) for one step on CPU/gloo, runs the next step's forward and
-backward, and then - before that optimizer step, when parameters, gradients and optimizer states all exist -
-sums the bytes of every distinct tensor storage alive in the process (all tensors the garbage collector tracks,
+backward, and then - before that optimizer step, when parameters, gradients and optimizer states all exist, and
+also just before the end-of-backward gradient reduction (where ZeRO-1 still holds every full gradient) - sums the
+bytes of every distinct tensor storage alive in the process (all tensors the garbage collector tracks,
 plus each parameter's `.grad`, deduplicated by storage, so flat buffers and the views into them count once).
 Tensors alive before the model was built (earlier cases' engines, which `destroy()` does not all free) are
 subtracted, and so is the batch; activations are gone after backward. What remains is params + grads + optimizer states + DeepSpeed's buckets, which is the
@@ -98,7 +99,19 @@ def measure(stage: int, precision: str, world: int, offload: bool = False) -> di
         model=model, config=resolved.config, model_parameters=model.parameters()
     )
     del model
-    losses = []
+    # ZeRO-1 holds every full gradient until the end of backward and only then reduces them into its
+    # partition and frees them; ZeRO-2 does that bucket by bucket during backward. So the peak is the larger
+    # of "before the end-of-backward reduction" and "after backward".
+    before_reduce: list[int] = []
+    reduce = engine.allreduce_gradients
+
+    def measured_reduce(*args: Any, **kwargs: Any) -> Any:
+        if losses:  # the measured (second) micro-step
+            before_reduce.append(live_tensor_bytes(exclude=[ids]) - baseline)
+        return reduce(*args, **kwargs)
+
+    engine.allreduce_gradients = measured_reduce
+    losses: list[float] = []
     for _ in range(2):
         loss = engine(input_ids=ids, labels=ids).loss
         engine.backward(loss)
@@ -107,7 +120,7 @@ def measure(stage: int, precision: str, world: int, offload: bool = False) -> di
             break
         engine.step()
     loss = None
-    measured = live_tensor_bytes(exclude=[ids]) - baseline
+    measured = max([live_tensor_bytes(exclude=[ids]) - baseline, *before_reduce])
     engine.step()
     out = {
         "stage": stage,

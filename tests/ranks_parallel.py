@@ -369,7 +369,7 @@ def reference_losses(
 
 def sp_parity(
     model_name: str, tokenizer_dir: str, sp: int, zero: int, steps: int, micro: int, accum: int, seq: int,
-    packed: bool,
+    packed: bool, checkpointing: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Train with Ulysses sequence parallelism on fixed batches; return step losses, the first step's global
     gradient norm and (rank 0) the full weights."""
@@ -390,6 +390,10 @@ def sp_parity(
     make = packed_batches if packed else fixed_batches
     try:
         model = tiny_model(model_name, tokenizer_dir)
+        if (
+            checkpointing
+        ):  # recomputation replays the all-to-alls in backward, in the same order on every rank
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         mpu = install_ulysses(model, sp_size=sp, micro_batch=micro)
         group, sp_rank = mpu.get_sequence_parallel_group(), mpu.get_sequence_parallel_rank()
         config = ds_config(micro, accum, topo.data_parallel, zero, sequence_parallel_size=sp)
@@ -406,12 +410,17 @@ def sp_parity(
                 local_sum, count = token_loss_sum(engine(**inputs, use_cache=False).logits, shift_labels)
                 loss = group_mean_loss(local_sum, count, group, grad_factor=gradient_factor(zero, sp))
                 engine.backward(loss)
+                if zero == 0 and engine.is_gradient_accumulation_boundary():
+                    # ZeRO-0 fp32 keeps no global norm; its gradients are whole and reduced by now
+                    grads = [p.grad.norm() for p in model.parameters() if p.grad is not None]
+                    norms.append(float(torch.stack(grads).norm()))
                 engine.step()
                 total += loss.item() / accum
             summed = torch.tensor([total], dtype=torch.float64)
             torch.distributed.all_reduce(summed)  # sequence peers hold the same loss: average over the world
             losses.append(float(summed) / env.world_size)
-            norms.append(float(engine.get_global_grad_norm()))
+            if zero > 0:
+                norms.append(float(engine.get_global_grad_norm()))
         weights = None
         if zero == 3:
             full = engine._zero3_consolidated_16bit_state_dict()

@@ -94,21 +94,24 @@ class PipelineRun(TrainingRun):
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Mean of the per-batch eval losses (every batch is one pipeline micro-batch)."""
+        """Token-weighted eval loss, as the other engines report it: one pipeline pass per batch, so each
+        batch's mean loss can be weighted by its own number of targets."""
         import math
 
         from scaling.models.pipe import pipe_inputs
 
         engine = self.engine
-        batches = [pipe_inputs(b) for b in self.eval_batches]
-        loss = engine.eval_batch(iter(batches), num_micro_batches=len(batches), reduce_output="avg")
-        total = torch.tensor([float(loss)], dtype=torch.float64)
-        # The engine averages over this pipeline's micro-batches; average over the data-parallel replicas.
+        totals = torch.zeros(2, dtype=torch.float64)  # summed token loss, targets
+        for batch in self.eval_batches:
+            loss = engine.eval_batch(iter([pipe_inputs(batch)]), num_micro_batches=1)
+            targets = int((batch["labels"][:, 1:] != -100).sum())
+            totals += torch.tensor([float(loss) * targets, targets], dtype=torch.float64)
+        # Every stage of a replica adds the same figures (the engine broadcasts the loss); the ratio is
+        # unchanged by that, and the all-reduce brings in the other data-parallel replicas.
         if dist.is_initialized():
-            dist.all_reduce(total)
-            total /= dist.get_world_size()
+            dist.all_reduce(totals)
         engine.train()
-        value = float(total[0])
+        value = float(totals[0] / totals[1].clamp(min=1))
         return {"eval_loss": value, "eval_perplexity": math.exp(min(value, 50.0))}
 
 

@@ -14,12 +14,19 @@ NORM_RTOL = 1e-4
 
 
 @pytest.mark.parametrize(
-    ("model_name", "zero", "packed"),
-    [("tiny-llama", 2, False), ("tiny-llama", 3, True), ("tiny-gpt2", 1, True)],
+    ("model_name", "zero", "packed", "checkpointing"),
+    [
+        ("tiny-llama", 2, False, False),
+        ("tiny-llama", 3, True, False),
+        ("tiny-gpt2", 1, True, False),
+        ("tiny-llama", 0, False, True),
+    ],
 )
-def test_two_way_sequence_parallel_matches_plain_model(clm_tokenizer, model_name, zero, packed):
+def test_two_way_sequence_parallel_matches_plain_model(
+    clm_tokenizer, model_name, zero, packed, checkpointing
+):
     results = run_ranks(
-        sp_parity, 2, model_name, str(clm_tokenizer), 2, zero, STEPS, MICRO, ACCUM, SEQ, packed
+        sp_parity, 2, model_name, str(clm_tokenizer), 2, zero, STEPS, MICRO, ACCUM, SEQ, packed, checkpointing
     )
     ref = reference_losses(tiny_model(model_name, str(clm_tokenizer)), STEPS, ACCUM, MICRO, SEQ, packed)
     ref_weights = ref["weights"]
