@@ -44,6 +44,7 @@ class PipelineRun(TrainingRun):
             num_stages=run.parallel.pipeline_stages,
             partition=run.parallel.partition_method,
             activation_checkpoint_interval=interval,
+            variable_length=not run.data.packing,
         )
         own_schedule = None
         if "scheduler" not in run.deepspeed:

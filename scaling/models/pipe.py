@@ -242,8 +242,12 @@ def build_pipeline_module(
     num_stages: int,
     partition: str,
     activation_checkpoint_interval: int,
+    variable_length: bool = False,
 ) -> Any:
-    """The PipelineModule for `model`, split into `num_stages` stages."""
+    """The PipelineModule for `model`, split into `num_stages` stages.
+
+    `variable_length`: micro-batches differ in length (padded, unpacked data). The engine then sends each
+    activation's shape along with it; by default it sends shapes once and reuses the first buffers."""
     from deepspeed.pipe import PipelineModule
 
     if getattr(model.config, "use_cache", None):
@@ -257,6 +261,7 @@ def build_pipeline_module(
         # Only the blocks: checkpointing the embedding (reentrant, integer inputs) has nothing to
         # differentiate and fails in backward.
         checkpointable_layers=[BLOCK_TYPE],
+        dynamic_shape=variable_length,
     )
 
 
