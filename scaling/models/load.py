@@ -142,6 +142,10 @@ def build_model(
         model.resize_token_embeddings(len(tokenizer))
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # training never reuses past key/values; caching only costs memory
+    if task == "clm" and getattr(model, "loss_type", None) is None:
+        # transformers infers the loss from the class name; GPT2LMHeadModel matches none and warns on every
+        # run before falling back to this same causal-LM loss.
+        model.loss_type = "ForCausalLM"
     return model
 
 
