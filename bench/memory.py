@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "setup": {
             "precision": args.precision,
             "model": "GPT-2 2 layers h=64 (memory_measure.py)",
-            "method": "live tensor storages after backward, before step (memory_measure.py)",
+            "method": "live tensor storages (memory_measure.py): ZeRO-1 just before its end-of-backward gradient "
+            "reduction (its full gradients are alive until then), ZeRO-2/3 after backward; both points are in rows",
         },
         "cases": table,
         "rows": rows,

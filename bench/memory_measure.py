@@ -99,9 +99,10 @@ def measure(stage: int, precision: str, world: int, offload: bool = False) -> di
         model=model, config=resolved.config, model_parameters=model.parameters()
     )
     del model
-    # ZeRO-1 holds every full gradient until the end of backward and only then reduces them into its
-    # partition and frees them; ZeRO-2 does that bucket by bucket during backward. So the peak is the larger
-    # of "before the end-of-backward reduction" and "after backward".
+    # Where the ZeRO formulas hold: ZeRO-1 keeps every full gradient (2Ψ) until the end of backward and only
+    # then reduces them into its partition and frees them, so its model states peak just before that
+    # reduction. ZeRO-2/3 reduce bucket by bucket during backward; before their final flush the last bucket's
+    # unreduced gradients are alive too, a transient the estimate counts as a buffer, not as model states.
     before_reduce: list[int] = []
     reduce = engine.allreduce_gradients
 
@@ -120,7 +121,8 @@ def measure(stage: int, precision: str, world: int, offload: bool = False) -> di
             break
         engine.step()
     loss = None
-    measured = max([live_tensor_bytes(exclude=[ids]) - baseline, *before_reduce])
+    after_backward = live_tensor_bytes(exclude=[ids]) - baseline
+    measured = max(after_backward, *before_reduce) if stage <= 1 else after_backward
     engine.step()
     out = {
         "stage": stage,
@@ -130,6 +132,8 @@ def measure(stage: int, precision: str, world: int, offload: bool = False) -> di
         "rank": int(os.environ["RANK"]),
         "params": psi,
         "measured": measured,
+        "after_backward": after_backward,
+        "before_final_reduction": before_reduce[0] if before_reduce else None,
         "losses": losses,
     }
     engine.destroy()
