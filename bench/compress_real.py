@@ -24,7 +24,7 @@ def smollm_fp32(work: Path) -> Path:
     return smollm2_135m(work / "smollm2-135m-fp32")
 
 
-def run_smollm(work: Path, rows: list[dict[str, Any]]) -> None:
+def run_smollm(work: Path, rows: list[dict[str, Any]], methods: set[str] | None = None) -> None:
     from scaling.compress.config import EvalConfig, QuantizeConfig
     from scaling.compress.evaluate import evaluate_path
     from scaling.compress.quantize import quantize
@@ -42,6 +42,8 @@ def run_smollm(work: Path, rows: list[dict[str, Any]]) -> None:
         ("gptq", 4, 32),
         ("awq", 4, 32),
     ]:
+        if methods and method not in methods:
+            continue
         out = work / f"smollm-{method}-int{bits}-g{group}"
         t = time.time()
         extra = calib if method != "rtn" else {}
@@ -121,13 +123,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", type=Path, default=Path("/tmp/compress-bench"))
     parser.add_argument("--only", choices=["smollm", "minilm"])
+    parser.add_argument(
+        "--methods", nargs="+", choices=["rtn", "gptq", "awq"], help="SmolLM2 methods to run."
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     if args.only in (None, "minilm"):
         run_minilm(args.work, rows)
     if args.only in (None, "smollm"):
-        run_smollm(args.work, rows)
+        run_smollm(args.work, rows, set(args.methods or []))
     (args.work / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
     for r in rows:
         print(r)

@@ -143,3 +143,17 @@ def test_supported_layouts_validate(tmp_path, small_corpus):
     )  # micro x accum x dp 2
     tp = _validate([*base, "--model", "tiny-llama", "--ds-config", "autotp", "--tensor-parallel", "2"], 4)
     assert tp.deepspeed["tensor_parallel"]["autotp_size"] == 2
+
+
+def test_degrees_written_in_the_json_lay_out_the_run(tmp_path, small_corpus):
+    args = ["--data", str(small_corpus), "--output", str(tmp_path / "o"), "--max-steps", "2", "--grad-accum", "2",
+            "--model", "tiny-llama"]  # fmt: skip
+    pp = _validate([*args, "--ds-config", "pipeline", "--set", "pipeline.stages=2"], world_size=4)
+    assert (
+        pp.parallel.pipeline_stages == 2 and pp.deepspeed["train_batch_size"] == pp.optim.micro_batch * 2 * 2
+    )
+    sp = _validate([*args, "--ds-config", "zero2", "--set", "sequence_parallel_size=2"], world_size=4)
+    assert (
+        sp.parallel.sequence_parallel == 2
+        and sp.deepspeed["train_batch_size"] == sp.optim.micro_batch * 2 * 2
+    )
