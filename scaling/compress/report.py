@@ -19,6 +19,24 @@ def quality_key(rows: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def display_names(models: list[str]) -> list[str]:
+    """Short labels that still tell the models apart: the directory name, with parents added only where names
+    collide (`teacher/final` and `student/final` rather than `final` twice)."""
+    parts = [Path(m).parts for m in models]
+    depth = [1] * len(parts)
+
+    def label(i: int) -> str:
+        return "/".join(parts[i][-depth[i] :])
+
+    while True:
+        names = [label(i) for i in range(len(parts))]
+        clashing = [i for i, n in enumerate(names) if names.count(n) > 1 and depth[i] < len(parts[i])]
+        if not clashing:
+            return names
+        for i in clashing:
+            depth[i] += 1
+
+
 def evaluate_all(paths: list[Path], cfg: EvalConfig) -> list[dict[str, Any]]:
     from scaling.compress.evaluate import evaluate_path
 
@@ -36,9 +54,9 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     if timed:
         head += ["latency ms", "tokens/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
+    for r, name in zip(rows, display_names([r["model"] for r in rows]), strict=True):
         cells = [
-            Path(r["model"]).name,
+            name,
             str(r.get("method", "float")),
             f"{r['size_bytes'] / 1e6:.2f}",
             f"{r['size_bytes'] / max(base['size_bytes'], 1):.3f}",
@@ -77,13 +95,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     panels = [("size_bytes", "on-disk weights (MB)", 1e-6)]
     if have_latency:
         panels.append(("latency_ms", "CPU latency (ms)", 1.0))
+    names = display_names([r["model"] for r in rows])
     for ax, (key, label, scale) in zip(axes[0], panels, strict=True):
-        for r in rows:
+        for r, name in zip(rows, names, strict=True):
             x = r[key] * scale
             ax.scatter([x], [r[q]])
-            ax.annotate(
-                Path(r["model"]).name, (x, r[q]), fontsize=8, xytext=(4, 4), textcoords="offset points"
-            )
+            ax.annotate(name, (x, r[q]), fontsize=8, xytext=(4, 4), textcoords="offset points")
         ax.set_xlabel(label)
         ax.set_ylabel(q + (" (lower is better)" if q == "perplexity" else " (higher is better)"))
         ax.grid(alpha=0.3)

@@ -89,3 +89,15 @@ def test_report_writes_table_json_and_plot(models: dict[str, Path], tmp_path: Pa
     data = json.loads(files["json"].read_text())
     assert data[1]["size_bytes"] < data[0]["size_bytes"]
     assert files["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_labels_tell_exported_runs_apart() -> None:
+    from scaling.compress.report import display_names
+
+    three_finals = display_names(["/r/teacher/final", "/r/student/final", "/r/student-int8", "/x/final"])
+    assert three_finals == ["teacher/final", "student/final", "student-int8", "x/final"]
+    assert display_names(["/r/teacher/final", "/r/student/final", "/r/student-int8"]) == [
+        "teacher/final",
+        "student/final",
+        "student-int8",
+    ]
