@@ -121,6 +121,9 @@ def main() -> None:
             "control": last_eval(work / "control"),
         },
         "report": rows,
+        "quantized": {
+            name: json.loads((work / name / "compression.json").read_text()).get("results", {}) for name in quantized
+        },
         "stage_seconds": seconds,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
