@@ -122,7 +122,8 @@ def main() -> None:
         },
         "report": rows,
         "quantized": {
-            name: json.loads((work / name / "compression.json").read_text()).get("results", {}) for name in quantized
+            name: json.loads((work / name / "compression.json").read_text()).get("results", {})
+            for name in quantized
         },
         "stage_seconds": seconds,
     }
