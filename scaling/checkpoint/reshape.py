@@ -119,6 +119,10 @@ def check_reshape(source: Layout, target: Layout, zero_stage: int) -> list[str]:
             f"pipeline_stages({target.pipeline_stages}) x tensor_parallel({target.tensor_parallel}) x "
             f"sequence_parallel({target.sequence_parallel}) must divide the target world size {target.world_size}"
         )
+    if target.sequence_parallel > 1 and (target.pipeline_stages > 1 or target.tensor_parallel > 1):
+        reasons.append(
+            "sequence parallelism combines with data parallelism only, not with pipeline or tensor"
+        )
     if source.tensor_parallel > 1 or target.tensor_parallel > 1:
         reasons.append(
             "tensor-parallel checkpoints cannot be reshaped (resume with the same --tensor-parallel)"

@@ -359,12 +359,7 @@ def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, Distill
 
     problems = cfg.problems()
     # DistillRun is the data-parallel (ZeRO) trainer; the pipeline and AutoTP engines are other subclasses.
-    for option, value in (
-        ("--pipeline-stages", request.parallel.pipeline_stages),
-        ("--tensor-parallel", request.parallel.tensor_parallel),
-    ):
-        if value > 1:
-            problems.append(Problem(option, "distillation runs data-parallel with ZeRO only", value))
+    problems.extend(_parallel_problems(request.parallel))
     if problems:
         raise ConfigError(problems, header="cannot start this distillation")
     task = request.model.task
@@ -476,7 +471,10 @@ def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, Distill
         num_labels=num_labels if task == "seq-cls" else request.model.num_labels,
     )
     # The options and the DeepSpeed JSON are checked against the teacher's shape before anything is written.
-    validate(dataclasses.replace(request, model=model))
+    checked = validate(dataclasses.replace(request, model=model))
+    layout = _parallel_problems(checked.parallel)  # degrees the JSON itself sets
+    if layout:
+        raise ConfigError(layout, header="cannot start this distillation")
 
     if (student_dir / "config.json").is_file():
         pass  # a given student, or one built by an earlier start of this run (resume)
@@ -502,6 +500,20 @@ def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, Distill
 
     atomic_write_text(run.output / DISTILL_CONFIG_FILE, resolved.to_json())
     return run, resolved
+
+
+def _parallel_problems(parallel: Any) -> list[Problem]:
+    """DistillRun is the data-parallel (ZeRO) trainer; the pipeline, AutoTP and Ulysses engines are other
+    TrainingRun subclasses."""
+    return [
+        Problem(option, "distillation runs data-parallel with ZeRO only", value)
+        for option, value in (
+            ("--pipeline-stages", parallel.pipeline_stages),
+            ("--tensor-parallel", parallel.tensor_parallel),
+            ("--sequence-parallel", parallel.sequence_parallel),
+        )
+        if value > 1
+    ]
 
 
 def _check_same_objective(output: Path, cfg: DistillConfig, *, resuming: bool) -> None:

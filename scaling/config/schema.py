@@ -720,6 +720,23 @@ def _sequence_parallel_problems(
                 fix="remove the key",
             )
         )
+    low_precision = _get(config, "bf16.enabled") is True or _get(config, "fp16.enabled") is True
+    bf16_fp32_accumulation = _get(config, "bf16.enabled") is True and _get(
+        config, "data_types.grad_accum_dtype"
+    ) in ("fp32", "float32")
+    if (stage == 0 and low_precision) or (stage == 1 and bf16_fp32_accumulation):
+        # DeepSpeed's FP16_Optimizer / BF16_Optimizer sum gradient norms over the "model-parallel" group,
+        # which Ulysses aliases to the sequence group, where gradients are replicas: the norm (and clipping)
+        # would come out sqrt(sp) too large. ZeRO-1/2/3's own optimizers and fp32 ZeRO-0 count them once.
+        out.append(
+            Problem(
+                "zero_optimization.stage",
+                "with bf16/fp16 and sequence parallelism use ZeRO-1, 2 or 3 (and no fp32 grad_accum_dtype at "
+                "stage 1): DeepSpeed's mixed-precision wrappers miscount the gradient norm under Ulysses",
+                stage,
+                fix="use the zero1, zero2 or zero3 preset",
+            )
+        )
     if _get(config, "zero_optimization.zero_quantized_gradients") is True:
         out.append(
             Problem(

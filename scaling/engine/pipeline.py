@@ -102,13 +102,18 @@ class PipelineRun(TrainingRun):
         from scaling.models.pipe import pipe_inputs
 
         engine = self.engine
-        totals = torch.zeros(2, dtype=torch.float64)  # summed token loss, targets
+        totals = torch.zeros(2, dtype=torch.float64, device=engine.device)  # summed token loss, targets
         for batch in self.eval_batches:
-            loss = engine.eval_batch(iter([pipe_inputs(batch)]), num_micro_batches=1)
-            targets = int((batch["labels"][:, 1:] != -100).sum())
-            totals += torch.tensor([float(loss) * targets, targets], dtype=torch.float64)
-        # Every stage of a replica adds the same figures (the engine broadcasts the loss); the ratio is
-        # unchanged by that, and the all-reduce brings in the other data-parallel replicas.
+            # Unreduced and not broadcast: the default averages each batch's loss over the data-parallel
+            # replicas before we could weight it by this replica's own targets.
+            outputs = engine.eval_batch(
+                iter([pipe_inputs(batch)]), num_micro_batches=1, reduce_output=None, bcast_loss=False
+            )
+            if self.is_last_stage:
+                targets = int((batch["labels"][:, 1:] != -100).sum())
+                totals[0] += float(outputs[0]) * targets
+                totals[1] += targets
+        # Each replica's last stage holds its figures; the all-reduce adds the replicas.
         if dist.is_initialized():
             dist.all_reduce(totals)
         engine.train()

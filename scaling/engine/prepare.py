@@ -11,6 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scaling.config.run import RUN_CONFIG_FILE, RunConfig, resolve_run
 from scaling.config.sections import (
@@ -50,7 +51,7 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
     from scaling.models.load import hidden_size_of
 
     problems: list[Problem] = []
-    hidden = heads = kv_heads = None
+    hidden = heads = kv_heads = hf_config = None
     try:
         hf_config = hf_config_for(describe_source(request.model.source))
         hidden = hidden_size_of(hf_config)
@@ -58,22 +59,6 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
         kv_heads = getattr(hf_config, "num_key_value_heads", None)
     except ConfigError as err:
         problems.extend(err.problems)
-    else:
-        parallel = request.parallel
-        if parallel.pipeline_stages > 1 or parallel.tensor_parallel > 1 or parallel.sequence_parallel > 1:
-            from scaling.models.pipe import parallel_problems
-
-            problems.extend(
-                parallel_problems(
-                    hf_config,
-                    task=request.model.task,
-                    pipeline_stages=request.parallel.pipeline_stages,
-                    tensor_parallel=request.parallel.tensor_parallel,
-                    sequence_parallel=request.parallel.sequence_parallel,
-                    partition=request.parallel.partition_method,
-                    on_nan=request.optim.on_nan,
-                )
-            )
     if request.model.tokenizer is not None and not Path(request.model.tokenizer).is_dir():
         problems.append(Problem("--tokenizer", "no such tokenizer directory", request.model.tokenizer))
     steps = total_steps or request.optim.max_steps or 1
@@ -96,10 +81,32 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
         )
     except ConfigError as err:
         problems.extend(err.problems)
+        problems.extend(_layout_problems(hf_config, request, request.parallel))
         raise ConfigError(problems, header="cannot start this run") from None
+    # The resolved degrees: the DeepSpeed JSON may set them where the options were left at their defaults.
+    problems.extend(_layout_problems(hf_config, request, run.parallel))
     if problems:
         raise ConfigError(problems, header="cannot start this run")
     return run
+
+
+def _layout_problems(hf_config: Any, request: RunRequest, parallel: Any) -> list[Problem]:
+    """What the pipeline, AutoTP and Ulysses engines cannot do with this model and task."""
+    if hf_config is None or (
+        parallel.pipeline_stages == 1 and parallel.tensor_parallel == 1 and parallel.sequence_parallel == 1
+    ):
+        return []
+    from scaling.models.pipe import parallel_problems
+
+    return parallel_problems(
+        hf_config,
+        task=request.model.task,
+        pipeline_stages=parallel.pipeline_stages,
+        tensor_parallel=parallel.tensor_parallel,
+        sequence_parallel=parallel.sequence_parallel,
+        partition=parallel.partition_method,
+        on_nan=request.optim.on_nan,
+    )
 
 
 def materialize(request: RunRequest) -> RunConfig:

@@ -383,6 +383,22 @@ def sequence_parallel_problems(
         return problems
     from transformers import AutoModelForCausalLM
 
+    text_config = config.get_text_config()
+    layer_types = getattr(text_config, "layer_types", None) or []
+    windowed = "sliding_attention" in layer_types or (
+        not layer_types
+        and getattr(text_config, "sliding_window", None)
+        and getattr(text_config, "use_sliding_window", True)
+    )
+    if windowed:
+        problems.append(
+            Problem(
+                "--sequence-parallel",
+                "the model uses sliding-window attention, which the Ulysses attention here does not apply "
+                "(it attends causally over the whole sequence)",
+                sequence_parallel,
+            )
+        )
     model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
     if model_class is None or not getattr(model_class, "_supports_attention_backend", False):
         problems.append(

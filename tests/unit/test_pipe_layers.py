@@ -117,6 +117,10 @@ def _validate(args: list[str], world_size: int):
         (["--model", "tiny-llama", "--sequence-parallel", "3"], "does not divide the model's 4 attention heads"),
         (["--model", "tiny-llama", "--ds-config", "zero3", "--sequence-parallel", "2",
           "--set", "zero_optimization.reduce_scatter=false"], "must stay true"),
+        (["--model", "tiny-llama", "--ds-config", "zero0", "--precision", "bf16", "--sequence-parallel", "2"],
+         "miscount the gradient norm"),
+        # a degree only the JSON sets is checked against the model and task too
+        (["--model", "tiny-bert", "--task", "mlm", "--set", "sequence_parallel_size=2"], "causal LMs \\(clm\\) only"),
     ],
 )  # fmt: skip
 def test_unsupported_layouts_are_refused_before_launch(tmp_path, small_corpus, extra, message):
@@ -157,3 +161,20 @@ def test_degrees_written_in_the_json_lay_out_the_run(tmp_path, small_corpus):
         sp.parallel.sequence_parallel == 2
         and sp.deepspeed["train_batch_size"] == sp.optim.micro_batch * 2 * 2
     )
+
+
+def test_sliding_window_models_are_refused_for_sequence_parallelism(tmp_path, small_corpus):
+    from transformers import MistralConfig
+
+    config = MistralConfig(
+        hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=2, vocab_size=512, sliding_window=16,
+    )  # fmt: skip
+    config.save_pretrained(tmp_path / "mistral")
+    args = ["--data", str(small_corpus), "--output", str(tmp_path / "o"), "--max-steps", "2",
+            "--model", str(tmp_path / "mistral" / "config.json"), "--sequence-parallel", "2"]  # fmt: skip
+    with pytest.raises(ConfigError, match="sliding-window attention"):
+        _validate(list(args), world_size=2)
+    config.sliding_window = None
+    config.save_pretrained(tmp_path / "mistral")
+    assert _validate(args, world_size=2).parallel.sequence_parallel == 2
