@@ -10,6 +10,7 @@ from scaling.config.run import RunConfig
 from scaling.models import build_model, describe_source
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
@@ -54,7 +55,7 @@ def _zero3_construction(run: RunConfig) -> Iterator[None]:
         unset_hf_deepspeed_config()
 
 
-def param_groups(model: PreTrainedModel, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no decay on biases and norm weights (1-D tensors), as HF Trainer and Megatron do."""
     decay, no_decay = [], []
     for _, param in model.named_parameters():

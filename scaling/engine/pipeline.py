@@ -8,13 +8,11 @@ the last stage consumes labels; middle stages read no data at all.
 from __future__ import annotations
 
 import time
-from functools import partial
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from scaling.engine.schedule import build_lr_scheduler
 from scaling.engine.trainer import NonFiniteLoss, TrainingRun, _count_tokens, _SigtermFlag, _Window
 
 
@@ -22,8 +20,6 @@ class PipelineRun(TrainingRun):
     """A TrainingRun whose engine is a PipelineEngine over `run.parallel.pipeline_stages` stages."""
 
     def build_engine(self) -> tuple[Any, Any]:
-        import deepspeed
-
         from scaling.engine.build import make_model
         from scaling.models.pipe import build_pipeline_module
 
@@ -46,16 +42,7 @@ class PipelineRun(TrainingRun):
             activation_checkpoint_interval=interval,
             variable_length=not run.data.packing,
         )
-        own_schedule = None
-        if "scheduler" not in run.deepspeed:
-            own_schedule = partial(build_lr_scheduler, optim=run.optim, total_steps=run.total_steps)
-        engine, _, _, _ = deepspeed.initialize(
-            model=module,
-            model_parameters=_param_groups(module, run.optim.weight_decay),
-            config=run.deepspeed,
-            lr_scheduler=own_schedule,
-            dist_init_required=False,
-        )
+        engine = self.initialize_engine(module)
         if run.zero_stage == 0:
             fix_pipeline_clip_norm(module, self.rank)
         self.is_first_stage = engine.is_first_stage()
@@ -119,15 +106,6 @@ class PipelineRun(TrainingRun):
         engine.train()
         value = float(totals[0] / totals[1].clamp(min=1))
         return {"eval_loss": value, "eval_perplexity": math.exp(min(value, 50.0))}
-
-
-def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay = [p for p in module.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in module.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
 
 
 def fix_pipeline_clip_norm(module: Any, rank: int) -> None:

@@ -202,12 +202,8 @@ class SequenceParallelRun(TrainingRun):
 
     def build_engine(self) -> tuple[Any, Any]:
         import copy
-        from functools import partial
 
-        import deepspeed
-
-        from scaling.engine.build import make_model, param_groups
-        from scaling.engine.schedule import build_lr_scheduler
+        from scaling.engine.build import make_model
 
         run = self.run
         model = make_model(run, self.tokenizer)
@@ -217,20 +213,8 @@ class SequenceParallelRun(TrainingRun):
         )
         self.sp_group = self.mpu.get_sequence_parallel_group()
         self.sp_rank = self.mpu.get_sequence_parallel_rank()
-        config = dict(run.deepspeed)
-        config["sequence_parallel_size"] = run.parallel.sequence_parallel
-        own_schedule = None
-        if "scheduler" not in config:
-            own_schedule = partial(build_lr_scheduler, optim=run.optim, total_steps=run.total_steps)
-        engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            model_parameters=param_groups(model, run.optim.weight_decay),
-            config=config,
-            lr_scheduler=own_schedule,
-            mpu=self.mpu,
-            dist_init_required=False,
-        )
-        return engine, export_config
+        config = {**run.deepspeed, "sequence_parallel_size": run.parallel.sequence_parallel}
+        return self.initialize_engine(model, config=config, mpu=self.mpu), export_config
 
     def _shard_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, shift_labels = shard_batch(batch, self.sp_rank, self.run.parallel.sequence_parallel)

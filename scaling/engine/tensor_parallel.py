@@ -9,13 +9,11 @@ that on the first forward).
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 from scaling.checkpoint.export import TP_CONSOLIDATED as CONSOLIDATED
 from scaling.checkpoint.store import CheckpointRef
-from scaling.engine.schedule import build_lr_scheduler
 from scaling.engine.trainer import TrainingRun
 
 
@@ -23,10 +21,9 @@ class TensorParallelRun(TrainingRun):
     """A TrainingRun whose model is sharded by AutoTP over `run.parallel.tensor_parallel` ranks."""
 
     def build_engine(self) -> tuple[Any, Any]:
-        import deepspeed
         from deepspeed.utils import groups
 
-        from scaling.engine.build import make_model, param_groups
+        from scaling.engine.build import make_model
 
         run = self.run
         config = dict(run.deepspeed)
@@ -36,18 +33,7 @@ class TensorParallelRun(TrainingRun):
         }
         groups._init_tp_mesh_device(tensor_model_parallel_size=run.parallel.tensor_parallel)
         model = make_model(run, self.tokenizer)
-        own_schedule = None
-        if "scheduler" not in config:
-            own_schedule = partial(build_lr_scheduler, optim=run.optim, total_steps=run.total_steps)
-        engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            model_parameters=param_groups(model, run.optim.weight_decay),
-            config=config,
-            lr_scheduler=own_schedule,
-            mpu=groups,
-            dist_init_required=False,
-        )
-        return engine, model.config
+        return self.initialize_engine(model, config=config, mpu=groups), model.config
 
     def before_commit(self, ref: CheckpointRef) -> None:
         save_consolidated(self.engine, ref.ours / CONSOLIDATED, rank=self.rank)

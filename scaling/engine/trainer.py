@@ -219,25 +219,34 @@ class TrainingRun:
         """The DeepSpeed engine around the model, and the HF config an export needs.
 
         Subclasses swap in other engines (the pipeline engine) or models (a distillation student)."""
+        from scaling.engine.build import make_model
+
+        model = make_model(self.run, self.tokenizer)
+        return self.initialize_engine(model), model.config
+
+    def initialize_engine(self, model: Any, *, config: dict[str, Any] | None = None, mpu: Any = None) -> Any:
+        """deepspeed.initialize over `model` with our AdamW parameter groups and the run's JSON (or `config`).
+
+        Without a `scheduler` section in the JSON the schedule is ours (HF semantics); DeepSpeed still steps it
+        at each boundary and saves it in checkpoints."""
         import deepspeed
 
-        from scaling.engine.build import make_model, param_groups
+        from scaling.engine.build import param_groups
 
         run = self.run
-        model = make_model(run, self.tokenizer)
-        # Without a `scheduler` section in the JSON the schedule is ours (HF semantics); DeepSpeed still
-        # steps it at each boundary and saves it in checkpoints.
+        config = run.deepspeed if config is None else config
         own_schedule = None
-        if "scheduler" not in run.deepspeed:
+        if "scheduler" not in config:
             own_schedule = partial(build_lr_scheduler, optim=run.optim, total_steps=run.total_steps)
         engine, _, _, _ = deepspeed.initialize(
             model=model,
             model_parameters=param_groups(model, run.optim.weight_decay),
-            config=run.deepspeed,
+            config=config,
             lr_scheduler=own_schedule,
+            mpu=mpu,
             dist_init_required=False,
         )
-        return engine, model.config
+        return engine
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training objective of one micro-batch (distillation overrides it)."""
