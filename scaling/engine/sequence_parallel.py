@@ -21,6 +21,7 @@ What we add around DeepSpeed's pieces:
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -115,19 +116,35 @@ def _block_causal_mask(positions: torch.Tensor) -> torch.Tensor | None:
     return (same_document & causal)[:, None]
 
 
+class _DocumentMasks:
+    """The mask of the batch in flight, built once for all layers: every layer gathers the same positions, so
+    a packed batch costs one s x s mask per forward instead of one per layer, and autograd keeps one copy."""
+
+    def __init__(self) -> None:
+        self._positions: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
+
+    def __call__(self, positions: torch.Tensor) -> torch.Tensor | None:
+        known = self._positions
+        if known is None or known.shape != positions.shape or not torch.equal(known, positions):
+            self._positions, self._mask = positions, _block_causal_mask(positions)
+        return self._mask
+
+
 def _core_attention(
     module: Any,
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: Any,
+    *,
+    masks: _DocumentMasks,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
     """sdpa over the full (gathered) sequence for this rank's heads."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    mask = _block_causal_mask(kwargs["position_ids"])
-    return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+    return sdpa_attention_forward(module, query, key, value, masks(kwargs["position_ids"]), **kwargs)
 
 
 class SequenceParallelUnit:
@@ -173,7 +190,7 @@ def install_ulysses(model: Any, *, sp_size: int, micro_batch: int) -> SequencePa
     config = model.config.get_text_config()
     heads = config.num_attention_heads
     ulysses = _AnyBatchUlysses(
-        attn=_core_attention,
+        attn=partial(_core_attention, masks=_DocumentMasks()),
         batch_size=micro_batch,
         attn_head_count=heads,
         attn_head_size=getattr(config, "head_dim", None) or config.hidden_size // heads,

@@ -48,3 +48,14 @@ def test_token_loss_sum_counts_only_targets():
     loss, count = token_loss_sum(logits, torch.tensor([[1, IGNORE, 2]]))
     assert int(count) == 2
     assert abs(float(loss) - 2 * float(torch.log(torch.tensor(4.0)))) < 1e-6
+
+
+def test_one_mask_serves_every_layer_of_a_batch():
+    from scaling.engine.sequence_parallel import _DocumentMasks
+
+    masks = _DocumentMasks()
+    packed = torch.tensor([[0, 1, 2, 0, 1, 0]])
+    first = masks(packed)
+    assert masks(packed.clone()) is first  # the next layer gathers equal positions: no second s x s mask
+    assert masks(torch.tensor([[0, 1, 0, 1, 2, 3]])) is not first  # the next batch gets its own
+    assert masks(torch.arange(6).reshape(1, 6)) is None
