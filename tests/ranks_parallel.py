@@ -52,19 +52,8 @@ def ds_config(micro: int, accum: int, dp: int, zero: int, **extra: Any) -> dict[
 
 def reference_run(model: Any, steps: int, count: int, micro: int, seq: int) -> tuple[list[float], dict]:
     """Plain torch: AdamW + clipping, each step's loss the mean over its `count` micro-batches."""
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
-    losses = []
-    for step in range(steps):
-        opt.zero_grad()
-        total = 0.0
-        for batch in fixed_batches(step, count, micro, seq, model.config.vocab_size):
-            loss = model(**batch).loss / count
-            loss.backward()
-            total += loss.item()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-        opt.step()
-        losses.append(total)
-    return losses, {k: v.detach().clone() for k, v in model.state_dict().items()}
+    ref = reference_losses(model, steps, count, micro, seq, packed=False)
+    return ref["losses"], ref["weights"]
 
 
 def _init() -> Any:
@@ -348,8 +337,9 @@ def packed_batches(step: int, count: int, micro: int, seq: int, vocab: int) -> l
 def reference_losses(
     model: Any, steps: int, count: int, micro: int, seq: int, packed: bool
 ) -> dict[str, Any]:
-    """reference_run on the batches an SP test uses (padded or packed), with each step's gradient norm: Adam
-    hides a constant gradient scale from the weights, the norm does not."""
+    """Plain torch on the fixed (padded) or packed batches: AdamW + clipping, each step's loss the mean over its
+    `count` micro-batches, and each step's gradient norm (Adam hides a constant gradient scale from the
+    weights, the norm does not)."""
     make = packed_batches if packed else fixed_batches
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
     losses, norms = [], []
