@@ -236,20 +236,15 @@ def _universal_from_zero3(source_dir: Path, out_dir: Path, zero3_ranks: int = 0)
     """
     import deepspeed
     import torch
-    from deepspeed.utils import zero_to_fp32 as z2f
 
-    model_files = z2f.get_model_state_files(str(source_dir))
-    optim_files = z2f.get_optim_files(str(source_dir))
-    model_states = z2f.parse_model_states(model_files)
+    from scaling.compat.deepspeed import Zero3Checkpoint
+
+    checkpoint = Zero3Checkpoint.read(source_dir)
     optim = [
-        torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"] for f in optim_files
+        torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        for f in checkpoint.optim_files
     ]
-    world = len(optim)
-
-    def gathered(flat_per_rank: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
-        merged: dict[str, Any] = {}
-        z2f._zero3_merge_trainable_params(merged, world, flat_per_rank, model_states)
-        return {k: v.contiguous().clone() for k, v in z2f.to_torch_tensor(merged).items()}
+    gathered = checkpoint.merge
 
     fp32 = gathered([o["fp32_flat_groups"] for o in optim])
     inner = [o["optimizer_state_dict"] for o in optim]
@@ -280,9 +275,9 @@ def _universal_from_zero3(source_dir: Path, out_dir: Path, zero3_ranks: int = 0)
         },
         zero / "optimizer_state.pt",
     )
-    states = torch.load(model_files[0], map_location="cpu", weights_only=False)
+    states = torch.load(checkpoint.model_files[0], map_location="cpu", weights_only=False)
     module = dict(fp32)
-    for tied, source in model_states[0].shared_params:
+    for tied, source in checkpoint.shared_params:
         if source in module:
             module[tied] = module[source]
     states["module"] = module

@@ -288,7 +288,9 @@ def rebuild(model: Any) -> Any:
     """A fresh model of the (edited) config carrying the pruned weights: proves the config describes them."""
     import torch
 
-    fresh = model_class(model.config)._from_config(model.config, dtype=torch.float32)
+    from scaling.compat.transformers import model_from_config
+
+    fresh = model_from_config(model_class(model.config), model.config, dtype=torch.float32)
     fresh.load_state_dict(model.state_dict(), strict=True)
     return fresh.eval()
 

@@ -381,7 +381,7 @@ def sequence_parallel_problems(
             )
         )
         return problems
-    from transformers import AutoModelForCausalLM
+    from scaling.compat.transformers import causal_lm_class, supports_attention_backend
 
     text_config = config.get_text_config()
     layer_types = getattr(text_config, "layer_types", None) or []
@@ -399,8 +399,8 @@ def sequence_parallel_problems(
                 sequence_parallel,
             )
         )
-    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
-    if model_class is None or not getattr(model_class, "_supports_attention_backend", False):
+    model_class = causal_lm_class(config)
+    if model_class is None or not supports_attention_backend(model_class):
         problems.append(
             Problem(
                 "--sequence-parallel",
