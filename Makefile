@@ -30,3 +30,4 @@ test: setup
 lint: setup
 	$(BIN)/ruff check scaling tests launchers bench
 	$(BIN)/ruff format --check scaling tests launchers bench
+	$(BIN)/mypy scaling

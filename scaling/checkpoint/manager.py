@@ -103,8 +103,8 @@ class CheckpointManager:
             )
         # A reshaped checkpoint (scaling checkpoint reshape) may be in DeepSpeed's universal format, which the
         # engine loads only with its load_universal switch on; the switch is read at load time.
-        record = _reshape_record(ref)
-        universal = bool(record and record.get("universal"))
+        record = _reshape_record(ref) or {}
+        universal = bool(record.get("universal"))
         stage = engine.zero_optimization_stage()
         if universal and (stage == 0 or (stage == 3 and record.get("zero_stage") != 3)):
             raise CheckpointError(

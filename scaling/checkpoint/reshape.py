@@ -325,10 +325,11 @@ def _write_rank_states(
     for state in saved:
         by_dp.setdefault(int(state["dp_rank"]), state)
     consumed_samples = sum(int(s["data"]["batches"]) for s in by_dp.values()) * int(source.micro_batch or 1)
-    assert target.micro_batch is not None
-    per_rank_batches = math.ceil(consumed_samples / (target.data_parallel * target.micro_batch))
+    micro_batch = target.micro_batch
+    assert micro_batch is not None  # reshape() fills it from the source
+    per_rank_batches = math.ceil(consumed_samples / (target.data_parallel * micro_batch))
     tokens = sum(int(s["tokens_seen"]) for s in by_dp.values())
-    data_states = _advanced_streams(ref, run, target, per_rank_batches)
+    data_states = _advanced_streams(ref, run, target, per_rank_batches, micro_batch)
     base = saved[0]
     from scaling.distributed.topology import Topology
 
@@ -351,7 +352,9 @@ def _write_rank_states(
         torch.save(state, ours / f"rank{rank:05d}.pt")
 
 
-def _advanced_streams(ref: CheckpointRef, run: dict[str, Any], target: Layout, batches: int) -> list[dict]:
+def _advanced_streams(
+    ref: CheckpointRef, run: dict[str, Any], target: Layout, batches: int, micro_batch: int
+) -> list[dict]:
     """The data-stream state of each new data-parallel rank after `batches` micro-batches."""
     from transformers import AutoTokenizer
 
@@ -366,7 +369,7 @@ def _advanced_streams(ref: CheckpointRef, run: dict[str, Any], target: Layout, b
             config.data,
             tokenizer,
             task=config.model.task,
-            micro_batch=target.micro_batch,
+            micro_batch=micro_batch,
             dp_rank=dp_rank,
             dp_size=target.data_parallel,
             seed=config.optim.seed,

@@ -94,7 +94,7 @@ class Zero3Checkpoint:
     @property
     def shared_params(self) -> list[tuple[str, str]]:
         """(tied name, source name) pairs: parameters stored once and shared."""
-        return [tuple(pair) for pair in self.model_states[0].shared_params]  # type: ignore[misc]
+        return [(tied, source) for tied, source in self.model_states[0].shared_params]
 
     def merge(self, flat_per_rank: list[list[Any]]) -> dict[str, Any]:
         """Whole parameters from per-rank lists of flat fp32 partitions (one flat tensor per sub-group), laid
@@ -117,6 +117,8 @@ def any_batch_ulysses(**kwargs: Any) -> Any:
     from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
 
     class AnyBatchUlysses(UlyssesSPAttentionHF):
+        batch_size: int  # set by DeepSpeed's __init__, rewritten here
+
         def forward(self, module: Any, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             rows = query.shape[0]
             if rows != self.batch_size:

@@ -90,7 +90,7 @@ def woq_config(method: str, bits: int, group_size: int, sym: bool, work_dir: Pat
         cfg = q.AWQConfig(bits=bits, group_size=group_size, use_sym=sym)
     else:
         raise UnsupportedError(f"not a weight-only method: {method}")
-    extra = {"use_layer_wise": False} if method != "awq" else {}
+    extra: dict[str, Any] = {"use_layer_wise": False} if method != "awq" else {}
     if method == "gptq":
         extra["model_path"] = str(work_dir)
     for name in skip:
@@ -154,7 +154,7 @@ def autotune_woq(
         return q.autotune(model, tune_config=tc, eval_fn=eval_fn, run_fn=calibrate, example_inputs=example)
 
 
-def woq_module_types() -> tuple[type, ...]:
+def woq_module_types() -> tuple[type[Any], ...]:
     from neural_compressor.torch.algorithms.weight_only.modules import WeightOnlyLinear
 
     return (WeightOnlyLinear,)

@@ -105,7 +105,7 @@ def ssh_runner(ssh_port: int | None = None) -> Runner:
 
 
 def default_resolver(host: str) -> list[str]:
-    return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
+    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None)})
 
 
 @dataclass(frozen=True)
@@ -247,7 +247,12 @@ def run_doctor(
     baseline = dict(local) if local is not None else _probe_here(output, python)
     results: dict[str, dict[str, Any]] = {}
     for host, index in probed.items():
-        args = {"repo": str(REPO), "output": str(output), "token_path": str(token_path), "token": token}
+        args: dict[str, Any] = {
+            "repo": str(REPO),
+            "output": str(output),
+            "token_path": str(token_path),
+            "token": token,
+        }
         if index == 0 and (spec.master_port and _is_master(host, master)):
             args["port"] = spec.master_port
         started = time.monotonic()

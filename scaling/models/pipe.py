@@ -211,6 +211,7 @@ def build_pipeline_layers(model: PreTrainedModel) -> list[Any]:
     config = model.config
     family = family_of(config)
     tied = _tied(config)
+    base: Any  # the HF backbone; nn.Module's __getattr__ types submodules as Tensor | Module
     if family == "gpt2":
         base = model.transformer
         embed, blocks, norm = base.wte, list(base.h), base.ln_f
