@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from scaling.config.cli_options import explicit_options, from_params, section_options, with_options
 from scaling.config.deepspeed import (
     PRESET_DIR,
     ResolvedDeepSpeed,
@@ -25,101 +26,47 @@ from scaling.config.deepspeed import (
     locate,
     resolve_deepspeed,
 )
-from scaling.config.sections import LR_SCHEDULES, PRECISIONS
+from scaling.config.fields import option_fields
+from scaling.config.run import DEEPSPEED_OPTIM_FIELDS, DEEPSPEED_PARALLEL_FIELDS
+from scaling.config.run import run_values as values_for_run
+from scaling.config.sections import DeepSpeedSource, ModelConfig, OptimConfig, ParallelConfig
+from scaling.data.config import DataConfig
 from scaling.errors import ConfigError, Problem, UserError
 
-# option name -> RunValues field
-_RUN_FIELDS = {
-    "world_size": "world_size",
-    "micro_batch": "micro_batch",
-    "grad_accum": "grad_accum",
-    "precision": "precision",
-    "tensor_parallel": "tensor_parallel",
-    "pipeline_stages": "pipeline_stages",
-    "sequence_parallel": "sequence_parallel",
-    "lr": "lr",
-    "weight_decay": "weight_decay",
-    "warmup_steps": "warmup_steps",
-    "max_steps": "total_steps",
-    "lr_schedule": "lr_schedule",
-    "clip_grad": "clip_grad",
-    "gpus_per_node": "gpus_per_node",
-}
-_DEFAULTS = RunValues()
+RESOLVE_OPTIM_FIELDS = tuple(
+    f.name for f in option_fields(OptimConfig) if f.name in (*DEEPSPEED_OPTIM_FIELDS, "max_steps")
+)
+"""The optimisation options a DeepSpeed JSON is resolved against: the ones it binds, and the run length."""
+_UNSET_RUN_LENGTH = RunValues.total_steps  # schedules need a length; without --max-steps, an assumed one
 
 
 def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The run options a DeepSpeed config is resolved against (same names and meaning as `scaling train`)."""
-    options = [
-        click.option(
-            "--world-size", type=click.IntRange(min=1), default=1, show_default=True, help="Ranks in the job."
-        ),
-        click.option(
-            "--micro-batch", type=click.IntRange(min=1), default=_DEFAULTS.micro_batch, show_default=True
-        ),
-        click.option(
-            "--grad-accum", type=click.IntRange(min=1), default=_DEFAULTS.grad_accum, show_default=True
-        ),
-        click.option(
-            "--precision", type=click.Choice(PRECISIONS), default=_DEFAULTS.precision, show_default=True
-        ),
-        click.option("--tensor-parallel", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option("--pipeline-stages", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option("--sequence-parallel", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option(
-            "--gpus-per-node", type=click.IntRange(min=1), default=None, help="For ZeRO++ hpZ 'auto'."
-        ),
-        click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True),
-        click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay, show_default=True),
-        click.option(
-            "--warmup-steps", type=click.IntRange(min=0), default=_DEFAULTS.warmup_steps, show_default=True
-        ),
-        click.option(
-            "--max-steps", type=click.IntRange(min=1), default=_DEFAULTS.total_steps, show_default=True
-        ),
-        click.option(
-            "--lr-schedule", type=click.Choice(LR_SCHEDULES), default=_DEFAULTS.lr_schedule, show_default=True
-        ),
-        click.option("--clip-grad", type=float, default=_DEFAULTS.clip_grad, show_default=True),
-        click.option(
-            "--model",
-            "model",
-            default=None,
-            metavar="DIR|CONFIG|PRESET",
-            help="Model, for hidden-size 'auto' values, the TP/heads check and the memory estimate.",
-        ),
-        click.option(
-            "--set",
-            "overrides",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="Override a dotted key after the file (repeatable).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    """The run options a DeepSpeed config is resolved against: `scaling train`'s own (same generated options,
+    defaults and help), plus the world size a launcher would give."""
+    world = click.Option(
+        ["--world-size"], type=click.IntRange(min=1), default=1, show_default=True, help="Ranks in the job."
+    )
+    return with_options(
+        [world],
+        section_options(OptimConfig, only=RESOLVE_OPTIM_FIELDS),
+        section_options(ParallelConfig, only=DEEPSPEED_PARALLEL_FIELDS),
+        section_options(ModelConfig, only=("source",)),
+        section_options(DeepSpeedSource, only=("overrides",)),
+    )(func)
 
 
 def run_values(ctx: click.Context, params: dict[str, Any], shape: Any = None) -> RunValues:
-    explicit = frozenset(
-        field
-        for name, field in _RUN_FIELDS.items()
-        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-    )
-    values = {field: params[name] for name, field in _RUN_FIELDS.items()}
-    return RunValues(
-        **values,
+    """What `scaling train` would resolve the JSON against for the same options (scaling.config.run)."""
+    optim = from_params(OptimConfig, params)
+    return values_for_run(
+        optim,
+        from_params(ParallelConfig, params),
+        world_size=params["world_size"],
+        explicit=explicit_options(ctx),
+        total_steps=optim.max_steps or _UNSET_RUN_LENGTH,
         hidden_size=shape.hidden if shape else None,
         num_heads=shape.heads if shape else None,
-        cpu_only=not _has_cuda_device(),
-        explicit=explicit,
     )
-
-
-def _has_cuda_device() -> bool:
-    # A device node is a cheap proxy for torch.cuda.is_available(), which would cost a torch import.
-    return Path("/dev/nvidiactl").exists()
 
 
 def model_shape_or_none(model: str | None) -> Any:
@@ -226,14 +173,15 @@ def resolve(ctx: click.Context, spec: str, **params: Any) -> None:
 @config.command()
 @click.argument("spec", metavar="FILE|PRESET")
 @run_options
-@click.option("--seq-len", type=click.IntRange(min=1), default=None, help="For the memory estimate.")
-@click.option("--activation-checkpointing", is_flag=True, help="For the memory estimate.")
+@with_options(section_options(DataConfig, only=("seq_len",)))
+@with_options(section_options(ModelConfig, only=("activation_checkpointing",)))
 @click.pass_context
 @user_errors
 def explain(
-    ctx: click.Context, spec: str, seq_len: int | None, activation_checkpointing: bool, **params: Any
+    ctx: click.Context, spec: str, seq_len: int, activation_checkpointing: bool, **params: Any
 ) -> None:
-    """Print every value with its source, then a plain-words summary and the memory estimate."""
+    """Print every value with its source, then a plain-words summary and the memory estimate (with a
+    --model; for --seq-len and --activation-checkpointing as `scaling train` takes them)."""
     from scaling.config.explain import render
 
     resolved, shape = _resolve(ctx, params, spec)
@@ -249,7 +197,7 @@ def explain(
             tensor_parallel=run.tensor_parallel,
             pipeline_stages=run.pipeline_stages,
             sequence_parallel=run.sequence_parallel,
-            seq_len=seq_len or shape.max_positions or 2048,
+            seq_len=seq_len,
             micro_batch=run.micro_batch,
             activation_checkpointing=activation_checkpointing,
         )

@@ -33,40 +33,11 @@ plus optional hidden-state and attention-map MSE. OUTPUT/final is the student as
 
 
 def _distill_options(func: Any) -> Any:
-    options = [
-        click.option(
-            "--teacher",
-            required=False,
-            default=None,
-            help="Teacher: HF model directory with weights, or a training checkpoint (run dir or step dir).",
-        ),
-        click.option("--student", default=None, help="Student: HF model directory, config.json or preset."),
-        click.option(
-            "--student-layers",
-            type=int,
-            default=None,
-            help="Build the student from the teacher with K layers (every other layer by default).",
-        ),
-        click.option(
-            "--student-layer-map",
-            default=None,
-            metavar="I,J,...",
-            help="Teacher layers the --student-layers student keeps, e.g. 0,2,4.",
-        ),
-        click.option("--alpha", type=float, default=0.5, help="Weight of the task loss, in [0, 1]."),
-        click.option("--temperature", type=float, default=2.0, help="Softmax temperature T of the KL term."),
-        click.option("--hidden-loss", type=float, default=0.0, help="Weight of the hidden-state MSE."),
-        click.option("--attention-loss", type=float, default=0.0, help="Weight of the attention-map MSE."),
-        click.option(
-            "--layer-map",
-            default=None,
-            metavar="I,J,...",
-            help="Teacher layer matched by each student layer (hidden/attention losses).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    """The objective's options, generated from DistillConfig (defaults and help are its fields')."""
+    from scaling.compress.distill import DistillConfig
+    from scaling.config.cli_options import section_options, with_options
+
+    return with_options(section_options(DistillConfig))(func)
 
 
 def _build_command() -> click.Command:
@@ -80,7 +51,12 @@ def _build_command() -> click.Command:
     )
     @click.option("--num-nodes", type=click.IntRange(min=1), default=None, help="Nodes (with --hostfile).")
     @click.option("--hostfile", type=click.Path(dir_okay=False), default=None, help="DeepSpeed hostfile.")
-    @click.option("--master-port", type=click.IntRange(1, 65535), default=None)
+    @click.option(
+        "--master-port",
+        type=click.IntRange(1, 65535),
+        default=None,
+        help="Rendezvous port of rank 0 (default: a free one).",
+    )
     @click.option(
         "--resolved-config", type=click.Path(dir_okay=False, exists=True), default=None, hidden=True
     )
@@ -154,19 +130,10 @@ def _main(ctx: click.Context, params: dict[str, Any]) -> None:
 
 
 def _distill_config(params: dict[str, Any]) -> Any:
-    from scaling.compress.distill import DistillConfig, parse_layers
+    from scaling.compress.distill import DistillConfig
+    from scaling.config.cli_options import from_params
 
-    return DistillConfig(
-        teacher=params["teacher"],
-        student=params["student"],
-        student_layers=params["student_layers"],
-        student_layer_map=parse_layers(params["student_layer_map"], "--student-layer-map"),
-        alpha=params["alpha"],
-        temperature=params["temperature"],
-        hidden_loss=params["hidden_loss"],
-        attention_loss=params["attention_loss"],
-        layer_map=parse_layers(params["layer_map"], "--layer-map"),
-    )
+    return from_params(DistillConfig, params)
 
 
 def _run_single(request: Any, cfg: Any) -> None:

@@ -33,7 +33,12 @@ from scaling.errors import UserError
 @click.option(
     "--hostfile", type=click.Path(dir_okay=False), default=None, help="DeepSpeed hostfile for multi-node."
 )
-@click.option("--master-port", type=click.IntRange(1, 65535), default=None)
+@click.option(
+    "--master-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Rendezvous port of rank 0 (default: a free one).",
+)
 # Only rank 0 reads the file (see _run_rank_from_file): other nodes need not see it yet.
 @click.option("--resolved-config", type=click.Path(dir_okay=False), default=None, hidden=True)
 @click.option("--init-timeout", type=click.FloatRange(min=1), default=None, hidden=True)

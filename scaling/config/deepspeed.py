@@ -68,8 +68,9 @@ class RunValues:
     """Attention heads of the model, when known: the tensor- and sequence-parallel degrees must divide them."""
     kv_heads: int | None = None
     """Key/value heads of the model, when known (grouped-query attention)."""
-    cpu_only: bool = True
-    """No CUDA device: use torch's AdamW instead of JIT-built fused/CPU Adam ops."""
+    cpu_only: bool | None = True
+    """No CUDA device: use torch's AdamW instead of JIT-built fused/CPU Adam ops. None: ask this machine
+    (scaling.config.device), only once the config is otherwise valid."""
     explicit: frozenset[str] = frozenset()
     """Names of the fields above that the user set on the command line (others yield to the JSON)."""
 
@@ -319,6 +320,7 @@ def resolve_deepspeed(
     )
     if problems:
         raise ConfigError(problems, header=f"DeepSpeed config ({origin})")
+    _prefer_torch_adam(r)  # last: the machine probe may import torch, which a broken config need not pay
     return ResolvedDeepSpeed(config=r.config, sources=r.sources, run=final_run, origin=origin, notes=notes)
 
 
@@ -435,8 +437,18 @@ def _bind_optimizer(r: _Resolver) -> None:
     r.bind("optimizer.params.eps", "eps", run.eps, option="--eps")
     if isinstance(r.adopted.get("betas"), list):
         r.adopted["betas"] = tuple(r.adopted["betas"])
+
+
+def _prefer_torch_adam(r: _Resolver) -> None:
     kind = str(r.get("optimizer.type") or "").lower()
-    if run.cpu_only and kind in {"adam", "adamw"} and r.get("optimizer.params.torch_adam") is None:
+    if kind not in {"adam", "adamw"} or r.get("optimizer.params.torch_adam") is not None:
+        return
+    cpu_only = r.run.cpu_only
+    if cpu_only is None:
+        from scaling.config.device import cuda_available
+
+        cpu_only = not cuda_available()
+    if cpu_only:
         # DeepSpeed would JIT-compile a fused CPU Adam (~50 s on 2 cores); torch's AdamW is the same maths.
         r.put("optimizer.params.torch_adam", True, "derived (no CUDA: torch AdamW instead of a JIT-built op)")
         if kind == "adamw":
