@@ -844,6 +844,7 @@ def distill_train(run: RunConfig, distill: DistillConfig, env: LaunchEnv) -> Tra
 
 # -- the pipeline's distill stage ------------------------------------------------------------------------
 
+
 def _pipeline_options() -> dict[str, Any]:
     from scaling.config.sections import OptimConfig
     from scaling.data.config import DataConfig
