@@ -26,8 +26,7 @@ CASES = [
     (
         "every-bound-option",
         "zero3",
-        "--micro-batch 2 --grad-accum 3 --lr 1e-3 --precision fp32 --betas 0.8,0.9 --lr-schedule cosine "
-        "--min-lr-ratio 0.1 --warmup-steps 2 --clip-grad 0.5 --weight-decay 0.01".split(),
+        ["--micro-batch", "2", "--grad-accum", "3", "--lr", "1e-3", "--precision", "fp32", "--betas", "0.8,0.9", "--lr-schedule", "cosine", "--min-lr-ratio", "0.1", "--warmup-steps", "2", "--clip-grad", "0.5", "--weight-decay", "0.01"],
         2,
         None,
     ),
