@@ -21,12 +21,15 @@ CUSTOM = {
     "scheduler": {"type": "WarmupDecayLR", "params": {"warmup_num_steps": "auto", "total_num_steps": "auto"}},
 }
 
+EVERY_BOUND_OPTION = ["--micro-batch", "2", "--grad-accum", "3", "--lr", "1e-3", "--precision", "fp32",
+                      "--betas", "0.8,0.9", "--lr-schedule", "cosine", "--min-lr-ratio", "0.1", "--warmup-steps",
+                      "2", "--clip-grad", "0.5", "--weight-decay", "0.01"]  # fmt: skip
 CASES = [
     ("defaults", "zero2", [], 1, None),
     (
         "every-bound-option",
         "zero3",
-        ["--micro-batch", "2", "--grad-accum", "3", "--lr", "1e-3", "--precision", "fp32", "--betas", "0.8,0.9", "--lr-schedule", "cosine", "--min-lr-ratio", "0.1", "--warmup-steps", "2", "--clip-grad", "0.5", "--weight-decay", "0.01"],
+        EVERY_BOUND_OPTION,
         2,
         None,
     ),
