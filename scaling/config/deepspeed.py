@@ -436,11 +436,23 @@ def _bind_optimizer(r: _Resolver) -> None:
     if isinstance(r.adopted.get("betas"), list):
         r.adopted["betas"] = tuple(r.adopted["betas"])
     kind = str(r.get("optimizer.type") or "").lower()
-    if run.cpu_only and kind in {"adam", "adamw"} and r.get("optimizer.params.torch_adam") is None:
-        # DeepSpeed would JIT-compile a fused CPU Adam (~50 s on 2 cores); torch's AdamW is the same maths.
-        r.put("optimizer.params.torch_adam", True, "derived (no CUDA: torch AdamW instead of a JIT-built op)")
+    host_adam = not run.cpu_only and _offloads_optimizer(r)  # DeepSpeedCPUAdam is what offload is for
+    if kind in {"adam", "adamw"} and r.get("optimizer.params.torch_adam") is None and not host_adam:
+        # DeepSpeed would JIT-compile its own Adam: ~50 s on 2 CPU cores, and on CUDA a FusedAdam build that
+        # fails outright where TORCH_CUDA_ARCH_LIST names an arch-specific target such as "9.0a" (H200 image,
+        # DeepSpeed 0.19.8). torch's AdamW is the same maths; on an H200 it ran at 1.003x a plain torch loop.
+        why = "torch AdamW instead of a JIT-built op"
+        r.put("optimizer.params.torch_adam", True, f"derived ({why})")
+        if not run.cpu_only and r.get("optimizer.params.fused") is None:
+            r.put("optimizer.params.fused", True, "derived (CUDA: torch's fused AdamW kernel)")
         if kind == "adamw":
             r.put("optimizer.params.adam_w_mode", True, "derived (AdamW)")
+
+
+def _offloads_optimizer(r: _Resolver) -> bool:
+    """Whether ZeRO-Offload steps the optimizer on the host (with DeepSpeedCPUAdam unless torch_adam)."""
+    device = r.get("zero_optimization.offload_optimizer.device")
+    return str(device or "none").lower() in {"cpu", "nvme"}
 
 
 SCHEDULERS = {"linear": "WarmupDecayLR", "cosine": "WarmupCosineLR", "constant": "WarmupLR"}
