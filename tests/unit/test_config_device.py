@@ -34,5 +34,5 @@ def test_resolution_asks_the_probe_when_the_machine_is_not_stated(monkeypatch) -
 
     for gpu in (True, False):
         monkeypatch.setattr(device, "cuda_available", lambda gpu=gpu: gpu)
-        resolved = resolve_deepspeed("zero2", [], RunValues(cpu_only=None))
-        assert ("torch_adam" in resolved.config["optimizer"]["params"]) is not gpu
+        params = resolve_deepspeed("zero2", [], RunValues(cpu_only=None)).config["optimizer"]["params"]
+        assert params["torch_adam"] is True and ("fused" in params) is gpu  # fused: torch's CUDA kernel

@@ -227,3 +227,23 @@ def test_list_and_show_presets() -> None:
     missing = runner.invoke(cli, ["config", "show", "zero9"])
     assert missing.exit_code == 2
     assert "--ds-config = 'zero9': neither a file nor a preset" in missing.output
+
+
+@pytest.mark.parametrize("preset", ["zero1", "zero2", "zero3"])
+def test_cuda_runs_take_torch_fused_adamw_instead_of_a_jit_build(preset: str) -> None:
+    # DeepSpeed 0.19.8's JIT FusedAdam build fails where TORCH_CUDA_ARCH_LIST names "9.0a" (seen on an H200).
+    run = RunValues(world_size=8, micro_batch=2, hidden_size=64, cpu_only=False)
+    params = resolve_deepspeed(preset, [], run).config["optimizer"]["params"]
+    assert params["torch_adam"] is True and params["fused"] is True and params["adam_w_mode"] is True
+
+
+def test_cuda_offload_keeps_deepspeeds_host_adam_and_explicit_choices_win() -> None:
+    run = RunValues(world_size=8, micro_batch=2, hidden_size=64, cpu_only=False)
+    offload = resolve_deepspeed("zero2_offload", [], run).config["optimizer"]["params"]
+    assert "torch_adam" not in offload
+    kept = resolve_deepspeed(
+        "zero2", ["optimizer.type=AdamW", "optimizer.params.torch_adam=false"], run
+    ).config
+    assert kept["optimizer"]["params"]["torch_adam"] is False and "fused" not in kept["optimizer"]["params"]
+    cpu = resolve_deepspeed("zero2_offload", [], RunValues(world_size=2, micro_batch=2, hidden_size=64))
+    assert cpu.config["optimizer"]["params"]["torch_adam"] is True  # no CUDA: never a 50 s CPU Adam build
