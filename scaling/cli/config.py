@@ -143,9 +143,9 @@ def deepspeed_check(resolved: ResolvedDeepSpeed) -> None:
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     # DeepSpeed checks the batch against the data-parallel size its mpu reports; with no mpu it asks the
     # world size, so report dp there (shared/notes/deepspeed-on-cpu.md §6).
-    dp = resolved.run.data_parallel
-    if "sequence_parallel_size" in resolved.config:
-        dp *= resolved.run.sequence_parallel  # DeepSpeed divides the world by it itself when there is no mpu
+    topology = resolved.run.topology
+    # DeepSpeed divides the world by sequence_parallel_size itself when there is no mpu.
+    dp = topology.zero_partition if "sequence_parallel_size" in resolved.config else topology.data_parallel
     try:
         with (
             mock.patch.object(deepspeed.comm, "get_rank", return_value=0),

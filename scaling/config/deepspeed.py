@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from scaling.config.schema import Degrees, check_cross, check_schema
+from scaling.config.schema import Heads, check_cross, check_schema
 from scaling.config.sections import LR_SCHEDULES, PRECISIONS
+from scaling.distributed.topology import Topology
 from scaling.errors import ConfigError, Problem
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
@@ -75,10 +76,19 @@ class RunValues:
     """Names of the fields above that the user set on the command line (others yield to the JSON)."""
 
     @property
-    def data_parallel(self) -> int:
-        return max(
-            1, self.world_size // (self.tensor_parallel * self.pipeline_stages * self.sequence_parallel)
+    def topology(self) -> Topology:
+        """The layout of these degrees, unchecked (the resolver reports what is wrong with it)."""
+        return Topology(
+            world_size=self.world_size,
+            tensor_parallel=self.tensor_parallel,
+            pipeline_stages=self.pipeline_stages,
+            sequence_parallel=self.sequence_parallel,
+            check=False,
         )
+
+    @property
+    def data_parallel(self) -> int:
+        return self.topology.data_parallel
 
 
 @dataclass
@@ -304,15 +314,8 @@ def resolve_deepspeed(
     problems.extend(p for p in r.problems if p.path not in flagged)
     flagged |= {p.path for p in problems}
     final_run = replace(run, **r.adopted) if r.adopted else run
-    degrees = Degrees(
-        world_size=final_run.world_size,
-        tensor_parallel=final_run.tensor_parallel,
-        pipeline_stages=final_run.pipeline_stages,
-        sequence_parallel=final_run.sequence_parallel,
-        num_heads=final_run.num_heads,
-        kv_heads=final_run.kv_heads,
-    )
-    problems.extend(check_cross(r.config, degrees, skip=flagged))
+    heads = Heads(num_heads=final_run.num_heads, kv_heads=final_run.kv_heads)
+    problems.extend(check_cross(r.config, final_run.topology, heads, skip=flagged))
     problems.extend(
         Problem(path, "still 'auto' after resolution", AUTO, fix="give a value")
         for path in _autos_left(r.config)
@@ -372,8 +375,9 @@ def _bind_batch(r: _Resolver) -> None:
     r.bind("gradient_accumulation_steps", "grad_accum", run.grad_accum, option="--grad-accum")
     micro = _as_int(r.adopted.get("micro_batch", run.micro_batch))
     accum = _as_int(r.adopted.get("grad_accum", run.grad_accum))
-    dp = replace(run, **layout).data_parallel if layout else run.data_parallel
-    expected = None if micro is None or accum is None else micro * accum * dp
+    topology = replace(run, **layout).topology if layout else run.topology
+    dp = topology.data_parallel
+    expected = None if micro is None or accum is None else topology.global_batch(micro, accum)
     current = r.get("train_batch_size")
     if current is None or current == AUTO:
         if expected is not None:

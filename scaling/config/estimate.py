@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.config.schema import offload_device, zero_stage
+from scaling.distributed.topology import Topology
 from scaling.errors import ConfigError, Problem
 
 GIB = 1024**3
@@ -85,15 +86,23 @@ class Layout:
         return self.nodes * self.gpus_per_node
 
     @property
-    def data_parallel(self) -> int:
-        return max(
-            1, self.world_size // (self.tensor_parallel * self.pipeline_stages * self.sequence_parallel)
+    def topology(self) -> Topology:
+        return Topology(
+            world_size=self.world_size,
+            tensor_parallel=self.tensor_parallel,
+            pipeline_stages=self.pipeline_stages,
+            sequence_parallel=self.sequence_parallel,
+            check=False,  # an estimate describes any layout; resolution reports what is wrong with it
         )
+
+    @property
+    def data_parallel(self) -> int:
+        return self.topology.data_parallel
 
     @property
     def zero_partitions(self) -> int:
         """Ranks that share one copy of the model states: data-parallel ranks, and sequence peers with them."""
-        return self.data_parallel * self.sequence_parallel
+        return self.topology.zero_partition
 
 
 @dataclass(frozen=True)

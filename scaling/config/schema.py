@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from scaling.distributed.topology import SEQUENCE_PARALLEL_RULE, Topology
 from scaling.errors import Problem
 
 AUTO = "auto"
@@ -617,24 +618,6 @@ def _check_scheduler(c: _Checker, section: Any) -> None:
 # -- cross-field checks ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Degrees:
-    """The parallel layout a config is checked against."""
-
-    world_size: int = 1
-    """Processes in the job."""
-    tensor_parallel: int = 1
-    """AutoTP degree."""
-    pipeline_stages: int = 1
-    """Pipeline degree."""
-    sequence_parallel: int = 1
-    """Ulysses sequence-parallel degree."""
-    num_heads: int | None = None
-    """Attention heads of the model, when one is given (TP and SP must divide them)."""
-    kv_heads: int | None = None
-    """Key/value heads of the model, when one is given (SP must divide them, or they it)."""
-
-
 def _get(config: dict[str, Any], path: str) -> Any:
     node: Any = config
     for part in path.split("."):
@@ -668,30 +651,26 @@ def offload_device(config: dict[str, Any], what: str) -> str:
 
 
 def _sequence_parallel_problems(
-    config: dict[str, Any], degrees: Degrees, stage: int, world: int, tp: int, pp: int
+    config: dict[str, Any], model_heads: Heads, stage: int, world: int, tp: int, pp: int, sp: int
 ) -> list[Problem]:
-    sp = degrees.sequence_parallel
     json_sp = _int(_get(config, "sequence_parallel_size"))
     if json_sp and json_sp > 1 and sp == 1:
         sp = json_sp
     if sp <= 1:
         return []
     out: list[Problem] = []
-    if tp > 1 or pp > 1:
-        out.append(
-            Problem(
-                "--sequence-parallel",
-                "combines with data parallelism and ZeRO only, not with tensor or pipeline parallelism",
-                sp,
-            )
-        )
+    topology = Topology(
+        world_size=world, tensor_parallel=tp, pipeline_stages=pp, sequence_parallel=sp, check=False
+    )
+    if topology.mixes_sequence_with_model_parallel:
+        out.append(Problem("--sequence-parallel", SEQUENCE_PARALLEL_RULE, sp))
     elif world % sp:
         out.append(
             Problem(
                 "--sequence-parallel", f"does not divide the world size {world}", sp, fix="pick a divisor"
             )
         )
-    heads, kv_heads = degrees.num_heads, degrees.kv_heads or degrees.num_heads
+    heads, kv_heads = model_heads.num_heads, model_heads.kv_heads or model_heads.num_heads
     if heads and heads % sp:
         out.append(
             Problem(
@@ -748,12 +727,25 @@ def _sequence_parallel_problems(
     return out
 
 
-def check_cross(config: dict[str, Any], degrees: Degrees, skip: Iterable[str] = ()) -> list[Problem]:
-    """Checks that involve several keys, or keys and the parallel layout. `skip`: paths already reported."""
+@dataclass(frozen=True)
+class Heads:
+    """The model's attention heads, when a model is given: tensor and sequence degrees must divide them."""
+
+    num_heads: int | None = None
+    """Attention (query) heads."""
+    kv_heads: int | None = None
+    """Key/value heads (grouped-query attention); None: as many as num_heads."""
+
+
+def check_cross(
+    config: dict[str, Any], topology: Topology, heads: Heads = Heads(), skip: Iterable[str] = ()
+) -> list[Problem]:
+    """Checks that involve several keys, or keys and the parallel layout (the options' degrees; where an
+    option is 1 the JSON's own degree counts). `skip`: paths already reported."""
     skipped = set(skip)
     out: list[Problem] = []
     stage = zero_stage(config)
-    world, tp, pp = degrees.world_size, degrees.tensor_parallel, degrees.pipeline_stages
+    world, tp, pp = topology.world_size, topology.tensor_parallel, topology.pipeline_stages
     json_pp = _int(_get(config, "pipeline.stages"))
     if json_pp and json_pp > 1 and pp == 1:
         pp = json_pp
@@ -774,11 +766,11 @@ def check_cross(config: dict[str, Any], degrees: Degrees, skip: Iterable[str] = 
                 fix="pick a divisor",
             )
         )
-    if tp > 1 and world % tp == 0 and degrees.num_heads and degrees.num_heads % tp:
+    if tp > 1 and world % tp == 0 and heads.num_heads and heads.num_heads % tp:
         out.append(
             Problem(
                 "tensor_parallel.autotp_size",
-                f"does not divide the model's {degrees.num_heads} attention heads",
+                f"does not divide the model's {heads.num_heads} attention heads",
                 tp,
                 fix="pick a divisor of the head count",
             )
@@ -812,7 +804,7 @@ def check_cross(config: dict[str, Any], degrees: Degrees, skip: Iterable[str] = 
                 fix="use stage 1 or 2 with tensor parallelism",
             )
         )
-    out.extend(_sequence_parallel_problems(config, degrees, stage, world, tp, pp))
+    out.extend(_sequence_parallel_problems(config, heads, stage, world, tp, pp, topology.sequence_parallel))
 
     opt_dev, param_dev = offload_device(config, "optimizer"), offload_device(config, "param")
     if opt_dev != "none" and stage == 0:
