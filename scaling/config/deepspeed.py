@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from scaling.config.schema import Heads, check_cross, check_schema
-from scaling.config.sections import LR_SCHEDULES, PRECISIONS
+from scaling.config.sections import (
+    ASSUMED_GPUS_PER_NODE,
+    LR_SCHEDULES,
+    PRECISIONS,
+    OptimConfig,
+    ParallelConfig,
+)
 from scaling.distributed.topology import Topology
 from scaling.errors import ConfigError, Problem
 
@@ -27,43 +33,46 @@ AUTO = "auto"
 
 @dataclass(kw_only=True, frozen=True)
 class RunValues:
-    """The run options that DeepSpeed JSON values must agree with (or are filled from, where `"auto"`)."""
+    """The run options that DeepSpeed JSON values must agree with (or are filled from, where `"auto"`).
 
-    micro_batch: int = 8
+    Built from the sections by `scaling.config.run.run_values`; its defaults are theirs.
+    """
+
+    micro_batch: int = OptimConfig.micro_batch
     """Samples per rank per forward pass."""
-    grad_accum: int = 1
+    grad_accum: int = OptimConfig.grad_accum
     """Micro-batches per optimizer step."""
-    lr: float = 5e-4
+    lr: float = OptimConfig.lr
     """Peak learning rate."""
-    weight_decay: float = 0.0
+    weight_decay: float = OptimConfig.weight_decay
     """AdamW weight decay."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = OptimConfig.betas
     """Adam betas."""
-    eps: float = 1e-8
+    eps: float = OptimConfig.eps
     """Adam epsilon."""
-    warmup_steps: int = 0
+    warmup_steps: int = OptimConfig.warmup_steps
     """Linear warmup steps."""
     total_steps: int = 1000
     """Optimizer steps of the whole run (for decay schedules)."""
-    lr_schedule: str = "linear"
+    lr_schedule: str = OptimConfig.lr_schedule
     """linear, cosine or constant."""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = OptimConfig.min_lr_ratio
     """Cosine floor as a fraction of lr."""
-    clip_grad: float = 1.0
+    clip_grad: float = OptimConfig.clip_grad
     """Gradient-norm clip (0: off)."""
-    precision: str = "bf16"
+    precision: str = OptimConfig.precision
     """fp32, bf16 or fp16."""
     world_size: int = 1
     """Processes in the job."""
-    tensor_parallel: int = 1
+    tensor_parallel: int = ParallelConfig.tensor_parallel
     """AutoTP degree."""
-    pipeline_stages: int = 1
+    pipeline_stages: int = ParallelConfig.pipeline_stages
     """Pipeline degree."""
-    sequence_parallel: int = 1
+    sequence_parallel: int = ParallelConfig.sequence_parallel
     """Ulysses sequence-parallel degree."""
     hidden_size: int | None = None
     """Model width, for the bucket sizes HF fills for `"auto"` ZeRO knobs."""
-    gpus_per_node: int | None = None
+    gpus_per_node: int | None = ParallelConfig.gpus_per_node
     """Ranks per node, when known (ZeRO++ hpZ keeps a secondary parameter copy within each node)."""
     num_heads: int | None = None
     """Attention heads of the model, when known: the tensor- and sequence-parallel degrees must divide them."""
@@ -538,7 +547,7 @@ def _fill_zero_autos(r: _Resolver) -> None:
     }
     if r.get("zero_optimization.zero_hpz_partition_size") == AUTO:
         # hpZ's secondary partition spans one node; unknown node size: a single-node job's whole world.
-        per_node = r.run.gpus_per_node or min(r.run.world_size, 8)
+        per_node = r.run.gpus_per_node or min(r.run.world_size, ASSUMED_GPUS_PER_NODE)
         r.put(
             "zero_optimization.zero_hpz_partition_size",
             per_node,

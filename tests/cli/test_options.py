@@ -117,3 +117,14 @@ def test_explicit_means_typed_or_from_the_environment() -> None:
 
     result = CliRunner().invoke(show, ["--a", "1"], env={"SCALING_TEST_B": "5"})
     assert result.output.strip() == "a,b"
+
+
+def test_run_values_default_to_the_sections() -> None:
+    from scaling.config.deepspeed import RunValues
+    from scaling.config.run import run_values
+    from scaling.config.sections import ParallelConfig
+
+    built = run_values(
+        OptimConfig(), ParallelConfig(), world_size=1, explicit=frozenset(), total_steps=RunValues.total_steps
+    )
+    assert built == RunValues(cpu_only=None)
