@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -54,6 +55,19 @@ def _restore_functional_linear():
     linear = functional.linear
     yield
     functional.linear = linear
+
+
+@pytest.fixture(autouse=True)
+def _restore_scaling_logger():
+    """setup_logging (run by every CLI invocation) reconfigures the `scaling` logger process-wide; later tests
+    in this process must see the logger as they would in a fresh one (propagating, e.g. to caplog)."""
+    logger = logging.getLogger("scaling")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    for handler in logger.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    logger.handlers[:], logger.level, logger.propagate = saved
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
 """`scaling compress`: quantize, prune, evaluate, report, pipeline (distill joins later).
 
 Heavy imports happen inside each command. User mistakes (scaling.errors.UserError) become one message and
-exit code 2 (in scaling.cli.main, as for every command); a compression whose result fails its sanity check exits 1 with one message; nothing is written
-half-way in either case (outputs are assembled in a temporary sibling directory).
+exit code 2 (scaling.cli.main does that for every command); a compression whose result fails its sanity
+check exits 1 with one message; nothing is written half-way in either case (outputs are assembled in a
+temporary sibling directory).
 """
 
 from __future__ import annotations

@@ -1,0 +1,48 @@
+"""scaling.logs.setup_logging: rank prefix, only the main process's info on the console, a file per rank."""
+
+from __future__ import annotations
+
+import logging
+
+from scaling.logs import log_file, setup_logging
+
+
+def test_main_rank_shows_info_with_its_prefix_and_writes_its_file(tmp_path, capsys):
+    setup_logging(rank=0, run_dir=tmp_path, world_size=2)
+    logging.getLogger("scaling.data.pipeline").info("step 10 loss 2.5")
+    err = capsys.readouterr().err
+    assert err == "[rank 0] step 10 loss 2.5\n"
+    assert log_file(tmp_path, 0) == tmp_path / "logs" / "rank-0.log"
+    text = log_file(tmp_path, 0).read_text()
+    assert "INFO scaling.data.pipeline: step 10 loss 2.5" in text
+
+
+def test_other_ranks_show_only_warnings_but_log_everything_to_their_file(tmp_path, capsys):
+    setup_logging(rank=1, run_dir=tmp_path, world_size=2)
+    log = logging.getLogger("scaling.checkpoint.manager")
+    log.info("saved step 4")
+    log.warning("disk almost full")
+    err = capsys.readouterr().err
+    assert err == "[rank 1] disk almost full\n"
+    text = (tmp_path / "logs" / "rank-1.log").read_text()
+    assert "saved step 4" in text and "WARNING scaling.checkpoint.manager: disk almost full" in text
+    assert not (tmp_path / "logs" / "rank-0.log").exists()
+
+
+def test_single_process_has_no_prefix_and_a_second_setup_replaces_the_first(tmp_path, capsys):
+    setup_logging(rank=0, run_dir=tmp_path / "a")
+    setup_logging(rank=0, level=logging.WARNING)
+    log = logging.getLogger("scaling.x")
+    log.info("hidden")
+    log.warning("shown once")
+    assert capsys.readouterr().err == "shown once\n"
+    assert (
+        "shown once" not in (tmp_path / "a" / "logs" / "rank-0.log").read_text()
+    )  # the old file handler is gone
+
+
+def test_records_go_to_the_current_stderr(capsys):
+    setup_logging(rank=0)
+    capsys.readouterr()
+    logging.getLogger("scaling").info("after a stderr swap")
+    assert capsys.readouterr().err == "after a stderr swap\n"
