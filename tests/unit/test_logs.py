@@ -46,3 +46,29 @@ def test_records_go_to_the_current_stderr(capsys):
     capsys.readouterr()
     logging.getLogger("scaling").info("after a stderr swap")
     assert capsys.readouterr().err == "after a stderr swap\n"
+
+
+SUPERVISOR = r"""
+import sys
+from pathlib import Path
+from scaling.launch.command import LaunchPlan, LaunchSpec
+from scaling.launch.supervise import run_plan
+from scaling.logs import setup_logging
+out = Path(sys.argv[1])
+setup_logging(rank=0, run_dir=out)
+plan = LaunchPlan(spec=LaunchSpec(), resources={"localhost": [0]}, master_addr="127.0.0.1",
+                  local=[[sys.executable, "-c", "pass"]], nodes=[], exports={}, env_file=None)
+sys.exit(run_plan(plan, output=out))
+"""
+
+
+def test_the_launching_process_logs_its_commands_to_console_and_file(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", SUPERVISOR, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"+ {sys.executable} -c pass" in proc.stderr
+    assert f"INFO scaling.launch.supervise: + {sys.executable} -c pass" in log_file(tmp_path, 0).read_text()
