@@ -1,4 +1,5 @@
-"""Shared fixtures: real text from ../shared/data, offline hub, a tokenizer trained once per session."""
+"""Shared fixtures: real text from ../shared/data, offline hub, a tokenizer trained once per session, the tiny
+compression models built once per machine (cached across sessions)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from tiny_cache import build_tiny_models, tiny_models_cache
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -82,3 +84,9 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return smollm2_135m(tmp_path_factory.mktemp("smollm2") / "fp32")
     except FileNotFoundError as err:
         pytest.fail(str(err))
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    """gpt2, llama, bert-mlm and bert-cls tiny models with trained tokenizers (read-only: copy to change)."""
+    return build_tiny_models(tiny_models_cache())
