@@ -72,3 +72,21 @@ def test_the_launching_process_logs_its_commands_to_console_and_file(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"+ {sys.executable} -c pass" in proc.stderr
     assert f"INFO scaling.launch.supervise: + {sys.executable} -c pass" in log_file(tmp_path, 0).read_text()
+
+
+def test_every_scaling_command_logs_info_on_rank_0_only(monkeypatch):
+    import click
+    from click.testing import CliRunner
+
+    from scaling.cli import main
+
+    def say() -> None:
+        logging.getLogger("scaling.checkpoint.store").info("checkpoint step 2 committed")
+
+    monkeypatch.setattr(
+        main.LazyGroup, "get_command", lambda self, ctx, name: click.Command(name, callback=say)
+    )
+    result = CliRunner().invoke(main.cli, ["export"], env={"RANK": "0", "WORLD_SIZE": "1"})
+    assert result.exit_code == 0 and result.output == "checkpoint step 2 committed\n"
+    other = CliRunner().invoke(main.cli, ["export"], env={"RANK": "1", "WORLD_SIZE": "2"})
+    assert other.exit_code == 0 and other.output == ""
