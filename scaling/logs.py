@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import IO
 
 ROOT = "scaling"
 LOGS_DIR = "logs"
@@ -24,17 +23,16 @@ def log_file(run_dir: Path, rank: int) -> Path:
     return Path(run_dir) / LOGS_DIR / f"rank-{rank}.log"
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _StderrHandler(logging.Handler):
     """Writes to whatever `sys.stderr` is at the time of the record (click's test runner and pytest swap
     it), not to the stream that was current when logging was set up."""
 
-    @property  # type: ignore[override]
-    def stream(self) -> IO[str]:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: IO[str]) -> None:
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # logging must never take the run down; report it the way logging does
+            self.handleError(record)
 
 
 class _RankPrefix(logging.Filter):
