@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-from scaling.cli.config import user_errors
 from scaling.cli.launch import launch_options, parse_train_args, spec_from_options
 from scaling.errors import ConfigError, Problem
 
@@ -22,7 +21,6 @@ from scaling.errors import ConfigError, Problem
 )
 @click.option("--timeout", type=click.FloatRange(min=1), default=15.0, help="Per-host probe timeout (s).")
 @click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
-@user_errors
 def doctor(train_args: tuple[str, ...], output: Path | None, timeout: float, **params: Any) -> None:
     """Check the hosts of a run before launching it: hostfile syntax, name resolution, reachability (ssh for
     the pdsh/ssh launchers), the master port, python/torch/deepspeed/scaling versions and the git commit on
