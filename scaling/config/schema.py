@@ -13,6 +13,7 @@ profiling/constants.py, runtime/swap_tensor/constants.py, runtime/lr_schedules.p
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,6 +38,12 @@ class Key:
     """Compare string choices case-insensitively (DeepSpeed lower-cases optimizer names)."""
     minimum: float | None = None
     """Smallest allowed number."""
+    exclusive: bool = False
+    """Whether `minimum` itself is excluded (pydantic's gt)."""
+    maximum: float | None = None
+    """Largest allowed number."""
+    canonical: str = ""
+    """For an alias DeepSpeed accepts as well as the field name: that field name (diffs fold the two)."""
     children: dict[str, Key] | None = None
     """Keys of a nested section; None with kind obj means any keys are accepted."""
     old: str = ""
@@ -77,77 +84,6 @@ DTYPE = Key(
     nullable=True,
 )
 
-OFFLOAD_DEVICES = ("none", "cpu", "nvme")
-
-_OFFLOAD_PARAM = {
-    "device": Key("str", choices=OFFLOAD_DEVICES),
-    "nvme_path": Key("str", nullable=True),
-    "buffer_count": I1,
-    "buffer_size": Key("int", minimum=1),
-    "max_in_cpu": I0,
-    "pin_memory": B,
-}
-_OFFLOAD_OPTIMIZER = {
-    "device": Key("str", choices=OFFLOAD_DEVICES),
-    "nvme_path": Key("str", nullable=True),
-    "buffer_count": I1,
-    "pin_memory": B,
-    "pipeline_read": B,
-    "pipeline_write": B,
-    "fast_init": B,
-    "ratio": Key("number", minimum=0),
-    "super_offload": B,
-    "cpuadam_cores_perc": Key("number", minimum=0),
-}
-
-ZERO = {
-    "stage": Key("int", choices=(0, 1, 2, 3)),
-    "contiguous_gradients": B,
-    "reduce_scatter": B,
-    "reduce_bucket_size": Key("int", auto=True, minimum=1),
-    "use_multi_rank_bucket_allreduce": B,
-    "allgather_partitions": B,
-    "allgather_bucket_size": Key("int", minimum=1),
-    "overlap_comm": Key("bool", nullable=True),
-    "compute_grad_norm": B,
-    "load_from_fp32_weights": B,
-    "elastic_checkpoint": B,
-    "offload_param": _obj(_OFFLOAD_PARAM, nullable=True),
-    "offload_optimizer": _obj(_OFFLOAD_OPTIMIZER, nullable=True),
-    "zenflow": _obj(None, nullable=True),
-    "sub_group_size": Key("int", minimum=1),
-    "cpu_offload_param": Key("bool", old="zero_optimization.offload_param"),
-    "cpu_offload_use_pin_memory": Key("bool", old="offload_param/offload_optimizer.pin_memory"),
-    "cpu_offload": Key("bool", old="zero_optimization.offload_optimizer"),
-    "stage3_prefetch_bucket_size": Key("int", auto=True, minimum=0),
-    "stage3_param_persistence_threshold": Key("int", auto=True, minimum=0),
-    "stage3_model_persistence_threshold": Key("int", minimum=0),
-    "stage3_max_live_parameters": Key("int", minimum=0),
-    "stage3_max_reuse_distance": Key("int", minimum=0),
-    "stage3_gather_16bit_weights_on_model_save": B,
-    "stage3_gather_fp16_weights_on_model_save": Key(
-        "bool", old="zero_optimization.stage3_gather_16bit_weights_on_model_save"
-    ),
-    "stage3_module_granularity_threshold": I0,
-    "stage3_use_all_reduce_for_fetch_params": B,
-    "stage3_allgather_sequential": B,
-    "ignore_unused_parameters": B,
-    "legacy_stage1": B,
-    "round_robin_gradients": B,
-    "parameter_alignment": B,
-    # ZeRO++: hierarchical partitioning (hpZ), quantized weights (qwZ) and gradients (qgZ).
-    "zero_hpz_partition_size": Key("int", auto=True, minimum=1),
-    "zero_quantized_weights": B,
-    "zero_quantized_nontrainable_weights": B,
-    "zero_quantized_gradients": B,
-    "memory_efficient_linear": B,
-    "pipeline_loading_checkpoint": B,
-    "override_module_apply": B,
-    "log_trace_cache_warnings": B,
-    "enable_sanity_checks": B,
-    "save_muon_momentum_buffer_in_memory": B,
-    "leaf_module": _obj(None),
-}
 REMOVED_ZERO = {
     "mics_shard_size": "MiCS was removed from DeepSpeed",
     "mics_hierarchical_params_gather": "MiCS was removed from DeepSpeed",
@@ -195,7 +131,6 @@ OPTIMIZER_PARAMS: dict[str, dict[str, Key]] = {
         "ns_method": S,
     },
 }
-DEEPSPEED_OPTIMIZERS = ("Adam", "AdamW", "Lamb", "Lion", "Adagrad", "Muon", "MuAdam", "MuAdamW", "MuSGD")
 
 _WARMUP = {
     "warmup_min_lr": NA0,
@@ -239,9 +174,7 @@ SCHEDULER_PARAMS: dict[str, dict[str, Key]] = {
     },
 }
 
-_MONITOR = {"enabled": B, "output_path": S, "job_name": S}
-
-TOP: dict[str, Key] = {
+_HAND_WRITTEN_TOP: dict[str, Key] = {
     "train_batch_size": IA1,
     "train_micro_batch_size_per_gpu": IA1,
     "gradient_accumulation_steps": IA1,
@@ -265,32 +198,8 @@ TOP: dict[str, Key] = {
     "sequence_parallel_size": I1,
     "use_data_before_expert_parallelism": B,
     "log_level": Key("str", choices=("debug", "info", "warning", "error", "critical")),
-    "zero_optimization": _obj(ZERO),
     "optimizer": _obj({"type": S, "params": _obj(None), "legacy_fusion": B}),
     "scheduler": _obj({"type": Key("str", choices=tuple(SCHEDULER_PARAMS)), "params": _obj(None)}),
-    "bf16": _obj(
-        {
-            "enabled": BA,
-            "immediate_grad_update": B,
-            "check_grad_overflow": B,
-            "bf16_master_weights_and_grads": B,
-            "bf16_optimizer_states": B,
-        }
-    ),
-    "bfloat16": _obj({"enabled": BA, "immediate_grad_update": B}, old="bf16"),
-    "fp16": _obj(
-        {
-            "enabled": BA,
-            "auto_cast": B,
-            "loss_scale": N0,
-            "initial_scale_power": I0,
-            "loss_scale_window": I1,
-            "hysteresis": I1,
-            "consecutive_hysteresis": B,
-            "min_loss_scale": N0,
-            "fp16_master_weights_and_grads": B,
-        }
-    ),
     "torch_autocast": _obj({"enabled": B, "dtype": DTYPE, "lower_precision_safe_modules": Key("list")}),
     "data_types": _obj(
         {"grad_accum_dtype": DTYPE, "param_dtype": DTYPE, "buffer_dtype": DTYPE, "keep_in_fp32_modules": ANY}
@@ -316,19 +225,6 @@ TOP: dict[str, Key] = {
             "use_reentrant": B,
         }
     ),
-    "tensor_parallel": _obj(
-        {
-            "autotp_size": Key("int", auto=True, minimum=0),
-            "tp_overlap_comm": B,
-            "dtype": ANY,
-            "vocab_parallel_lm_head": Key("bool", nullable=True),
-            "vocab_parallel_ce_backend": Key("str", choices=("torch", "liger")),
-            "tp": _obj({"tp_size": I1, "tp_grain_size": I1}),
-            "partition_config": _obj(None, nullable=True),
-            "preset_model": Key("str", nullable=True),
-            "keep_module_on_host": B,
-        }
-    ),
     "flops_profiler": _obj(
         {
             "enabled": B,
@@ -340,25 +236,6 @@ TOP: dict[str, Key] = {
             "output_file": Key("str", nullable=True),
         }
     ),
-    "tensorboard": _obj(_MONITOR),
-    "csv_monitor": _obj(_MONITOR),
-    "wandb": _obj(
-        {"enabled": B, "group": Key("str", nullable=True), "team": Key("str", nullable=True), "project": S}
-    ),
-    "comet": _obj(
-        {
-            "enabled": B,
-            "samples_log_interval": I1,
-            "project": S,
-            "workspace": S,
-            "api_key": S,
-            "experiment_name": S,
-            "experiment_key": S,
-            "online": B,
-            "mode": S,
-        }
-    ),
-    "comms_logger": _obj({"enabled": B, "prof_all": B, "prof_ops": Key("list"), "verbose": B, "debug": B}),
     "checkpoint": _obj(
         {
             "tag_validation": Key(
@@ -382,11 +259,9 @@ TOP: dict[str, Key] = {
             "use_gds": B,
         }
     ),
-    "compile": _obj(None),
     "timers": _obj(None),
     "autotuning": _obj(None),
     "data_efficiency": _obj(None),
-    "hybrid_engine": _obj(None),
     "weight_quantization": _obj(None),
     "expert_parallel": _obj(None),
     "datastates_ckpt": _obj(None),
@@ -406,16 +281,82 @@ REMOVED_TOP = {
 }
 
 
+# Bounds DeepSpeed does not declare but whose violation only fails later, inside the engine.
+_EXTRA_BOUNDS = {
+    "fp16": {"loss_scale": 0, "initial_scale_power": 0, "loss_scale_window": 1, "hysteresis": 1},
+}
+
+
+def _key_from_model(field_spec: dict[str, Any], canonical: str = "", extra_min: float | None = None) -> Key:
+    children = field_spec.get("children")
+    minimum = field_spec.get("minimum", field_spec.get("exclusive_minimum", extra_min))
+    return Key(
+        field_spec["kind"],
+        auto=True,  # DeepSpeedConfigModel drops "auto" values: the field keeps DeepSpeed's default
+        choices=tuple(field_spec.get("choices", ())),
+        minimum=minimum,
+        exclusive="exclusive_minimum" in field_spec,
+        maximum=field_spec.get("maximum"),
+        children=_section_from_model(children) if children is not None else None,
+        old=field_spec.get("new_param", "") if field_spec.get("deprecated") else "",
+        nullable=field_spec.get("nullable", False),
+        canonical=canonical,
+    )
+
+
+def _section_from_model(fields: dict[str, dict[str, Any]], section: str = "") -> dict[str, Key]:
+    """Keys of one pydantic-modelled section: every field under its name and under its alias."""
+    extra = _EXTRA_BOUNDS.get(section, {})
+    out: dict[str, Key] = {}
+    for name, spec in fields.items():
+        out[name] = _key_from_model(spec, extra_min=extra.get(name))
+        if "alias" in spec:
+            out[spec["alias"]] = _key_from_model(spec, canonical=name, extra_min=extra.get(name))
+    return out
+
+
+@functools.cache
+def top_spec() -> dict[str, Key]:
+    """The whole schema: DeepSpeed's modelled sections (from its pydantic models) and the hand-written rest."""
+    from scaling.config.deepspeed_models import model_fields_spec
+
+    top = dict(_HAND_WRITTEN_TOP)
+    for section, fields in model_fields_spec().items():
+        top[section] = _obj(_section_from_model(fields, section), old="bf16" if section == "bfloat16" else "")
+    return top
+
+
+def canonical_path(path: str) -> str:
+    """`zero_optimization.stage3_max_live_parameters` -> `zero_optimization.max_live_parameters`: the name
+    DeepSpeed's model uses for a key written under its alias (both mean the same field)."""
+    spec: dict[str, Key] | None = top_spec()
+    out = []
+    for part in path.split("."):
+        key = spec.get(part) if spec is not None else None
+        out.append(key.canonical if key is not None and key.canonical else part)
+        spec = key.children if key is not None else None
+    return ".".join(out)
+
+
+def is_comment(key: str) -> bool:
+    """Keys starting with `_` are annotations (`"_comment": "..."`): kept in the file, ignored."""
+    return key.startswith("_")
+
+
 @dataclass
 class _Checker:
     problems: list[Problem] = field(default_factory=list)
     deprecated: list[Problem] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
 
     def section(
         self, node: Any, spec: dict[str, Key], prefix: str, removed: dict[str, str] | None = None
     ) -> None:
         for key, value in node.items():
             path = f"{prefix}.{key}" if prefix else key
+            if is_comment(key):
+                self.comments.append(path)
+                continue
             if removed and key in removed:
                 self.problems.append(Problem(path, f"no longer supported: {removed[key]}", fix="remove it"))
                 continue
@@ -424,7 +365,8 @@ class _Checker:
                 self.problems.append(_unknown(path, key, spec, value))
                 continue
             if child.old:
-                self.deprecated.append(Problem(path, "deprecated", value, fix=f"use {child.old}"))
+                new = f"{prefix}.{child.old}" if prefix else child.old
+                self.deprecated.append(Problem(path, "deprecated", value, fix=f"use {new}"))
             self.value(value, child, path)
 
     def value(self, value: Any, spec: Key, path: str) -> None:
@@ -450,7 +392,9 @@ class _Checker:
             return
         if spec.kind == "obj":
             if spec.children is not None:
-                self.section(value, spec.children, path)
+                self.section(
+                    value, spec.children, path, REMOVED_ZERO if path == "zero_optimization" else None
+                )
             return
         if spec.choices and not _in_choices(value, spec):
             hint = _did_you_mean(str(value), [str(c) for c in spec.choices])
@@ -458,10 +402,17 @@ class _Checker:
                 Problem(path, f"must be one of {', '.join(map(str, spec.choices))}", value, fix=hint)
             )
             return
-        if spec.minimum is not None and isinstance(value, int | float) and value < spec.minimum:
-            self.problems.append(Problem(path, f"must be >= {spec.minimum:g}", value))
+        if isinstance(value, int | float):
+            self._bounds(value, spec, path)
         if isinstance(value, float) and not math.isfinite(value):
             self.problems.append(Problem(path, "must be finite", value))
+
+    def _bounds(self, value: float, spec: Key, path: str) -> None:
+        low, high = spec.minimum, spec.maximum
+        if low is not None and (value <= low if spec.exclusive else value < low):
+            self.problems.append(Problem(path, f"must be {'>' if spec.exclusive else '>='} {low:g}", value))
+        elif high is not None and value > high:
+            self.problems.append(Problem(path, f"must be <= {high:g}", value))
 
 
 def _type_ok(value: Any, kind: str) -> bool:
@@ -558,14 +509,35 @@ def _unknown(path: str, key: str, spec: dict[str, Key], value: Any) -> Problem:
 def check_schema(config: dict[str, Any]) -> tuple[list[Problem], list[Problem]]:
     """Check key names, types and allowed values at every level.
 
-    Returns (problems, deprecations): problems make the config invalid; deprecations are keys DeepSpeed 0.19.8
-    still accepts under an old name, reported as advice.
+    Returns (problems, notes): problems make the config invalid; notes are advice (keys DeepSpeed still
+    accepts under an old name, `_comment` keys that are ignored).
     """
     c = _Checker()
-    c.section(config, TOP, "", REMOVED_TOP)
+    c.section(config, top_spec(), "", REMOVED_TOP)
     _check_optimizer(c, config.get("optimizer"))
     _check_scheduler(c, config.get("scheduler"))
-    return c.problems, c.deprecated
+    notes = list(c.deprecated)
+    if c.comments:
+        notes.append(
+            Problem(
+                ", ".join(c.comments),
+                "keys starting with '_' are comments: kept in the file, left out of the config DeepSpeed gets",
+            )
+        )
+    return c.problems, notes
+
+
+def deepspeed_optimizers() -> list[str]:
+    """Optimizer `type` names DeepSpeed builds itself (any other name must be a torch.optim class)."""
+    from scaling.config.deepspeed_models import optimizer_names
+
+    return optimizer_names()
+
+
+def _torch_optimizers() -> list[str]:
+    import torch.optim  # deferred: only a type that is not DeepSpeed's own needs torch's list
+
+    return [n for n in dir(torch.optim) if n[:1].isupper() and n != "Optimizer"]
 
 
 def _check_optimizer(c: _Checker, section: Any) -> None:
@@ -573,32 +545,45 @@ def _check_optimizer(c: _Checker, section: Any) -> None:
         return
     kind = section.get("type")
     params = section.get("params")
+    own = deepspeed_optimizers()
     if kind is None:
-        c.problems.append(
-            Problem("optimizer.type", "missing", fix=f"one of {', '.join(DEEPSPEED_OPTIMIZERS)}")
-        )
+        c.problems.append(Problem("optimizer.type", "missing", fix=f"one of {', '.join(own)}"))
         return
     if not isinstance(kind, str) or not isinstance(params, dict):
         return
     spec = OPTIMIZER_PARAMS.get(kind.lower())
-    if spec is None:
-        if kind.lower() in {o.lower() for o in DEEPSPEED_OPTIMIZERS}:
-            return  # a DeepSpeed optimizer whose params we do not model (MuAdam...): accept them as given
-        if not kind[:1].isupper():  # torch.optim classes are CamelCase; anything else is a typo
-            hint = _did_you_mean(kind, DEEPSPEED_OPTIMIZERS)
+    if kind.lower() not in own:
+        # DeepSpeed looks any other name up in torch.optim, case-sensitively, only inside initialize().
+        torch_names = _torch_optimizers()
+        if kind not in torch_names:
+            hint = _did_you_mean(kind, [*own, *torch_names]) or _did_you_mean(kind.lower(), own)
             c.problems.append(
                 Problem(
                     "optimizer.type",
-                    "unknown optimizer",
+                    "neither a DeepSpeed optimizer nor a torch.optim class",
                     kind,
-                    fix=hint or f"one of {', '.join(DEEPSPEED_OPTIMIZERS)} or a torch.optim class",
+                    fix=hint or f"one of {', '.join(own)} or a torch.optim class such as SGD",
                 )
             )
         return
+    if spec is None:
+        return  # a DeepSpeed optimizer whose params we do not model (MuAdam...): accept them as given
     c.section(params, spec, "optimizer.params")
     betas = params.get("betas")
-    if isinstance(betas, list) and (len(betas) != 2 or not all(_type_ok(b, "number") for b in betas)):
-        c.problems.append(Problem("optimizer.params.betas", "expected two numbers [beta1, beta2]", betas))
+    if isinstance(betas, list):
+        if len(betas) != 2 or not all(_type_ok(b, "number") for b in betas):
+            c.problems.append(Problem("optimizer.params.betas", "expected two numbers [beta1, beta2]", betas))
+        elif not all(0 <= b < 1 for b in betas):
+            c.problems.append(
+                Problem(
+                    "optimizer.params.betas", "each beta must be in [0, 1)", betas, fix="e.g. [0.9, 0.999]"
+                )
+            )
+    eps = params.get("eps")
+    if _type_ok(eps, "number") and eps <= 0:
+        c.problems.append(
+            Problem("optimizer.params.eps", "must be > 0 (it guards a division)", eps, fix="1e-8")
+        )
 
 
 def _check_scheduler(c: _Checker, section: Any) -> None:
