@@ -266,6 +266,12 @@ _HAND_WRITTEN_TOP: dict[str, Key] = {
     "expert_parallel": _obj(None),
     "datastates_ckpt": _obj(None),
 }
+# Keys real projects write (LLaMA-Factory's fp8 example) that DeepSpeed 0.19.8 ignores without a word: they
+# name DeepSpeedConfig attributes, not JSON keys. Accepted like DeepSpeed accepts them, with a note.
+IGNORED_TOP = {
+    "comms_config": "comms_logger",
+    "monitor_config": "tensorboard, wandb, csv_monitor or comet at the top level",
+}
 REMOVED_TOP = {
     "nebula": "Nebula checkpointing was removed from DeepSpeed",
     "compression_training": "the DeepSpeed compression library was removed (use `scaling compress`)",
@@ -356,6 +362,10 @@ class _Checker:
             path = f"{prefix}.{key}" if prefix else key
             if is_comment(key):
                 self.comments.append(path)
+                continue
+            if not prefix and key in IGNORED_TOP:
+                fix = f"use {IGNORED_TOP[key]}"
+                self.deprecated.append(Problem(path, "DeepSpeed ignores this key: it has no effect", fix=fix))
                 continue
             if removed and key in removed:
                 self.problems.append(Problem(path, f"no longer supported: {removed[key]}", fix="remove it"))
