@@ -260,7 +260,19 @@ _HAND_WRITTEN_TOP: dict[str, Key] = {
         }
     ),
     "timers": _obj(None),
-    "autotuning": _obj(None),
+    # deepspeed/autotuning/constants.py (a plain class: DeepSpeed ignores misspelt keys here).
+    "autotuning": _obj(
+        {
+            **dict.fromkeys(("enabled", "fast", "overwrite", "tuner_early_stopping"), ANY),
+            **dict.fromkeys(("results_dir", "exps_dir", "metric_path", "model_info_path", "tuner_type"), ANY),
+            **dict.fromkeys(("start_profile_step", "end_profile_step", "tuner_num_trials", "mp_size"), ANY),
+            **dict.fromkeys(("max_train_batch_size", "min_train_batch_size", "metric"), ANY),
+            **dict.fromkeys(("max_train_micro_batch_size_per_gpu", "min_train_micro_batch_size_per_gpu"), ANY),
+            "num_tuning_micro_batch_sizes": ANY,
+            "arg_mappings": _obj(None),
+            "model_info": _obj(None),
+        }
+    ),
     "data_efficiency": _obj(None),
     "weight_quantization": _obj(None),
     "expert_parallel": _obj(None),
@@ -372,7 +384,8 @@ class _Checker:
                 continue
             child = spec.get(key)
             if child is None:
-                self.problems.append(_unknown(path, key, spec, value))
+                candidates = {**spec, **dict.fromkeys(IGNORED_TOP, ANY)} if not prefix else spec
+                self.problems.append(_unknown(path, key, candidates, value))
                 continue
             if child.old:
                 new = f"{prefix}.{child.old}" if prefix else child.old
@@ -505,9 +518,10 @@ def _in_choices(value: Any, spec: Key) -> bool:
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    if not close:
-        close = [o for o in options if o.lower() == word.lower()]
+    options = list(options)
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if not close:  # short names ("rl" for "lr") are too short for difflib's ratio
+        close = [o for o in options if o.lower() == word.lower() or sorted(o) == sorted(word)]
     return f"did you mean {close[0]!r}?" if close else ""
 
 
