@@ -260,14 +260,16 @@ def explain(
 @config.command(name="set")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
+@click.option("--force", is_flag=True, help="Write even when the edited key is unknown or of the wrong type.")
 @user_errors
-def set_command(path: Path, assignments: tuple[str, ...]) -> None:
-    """Edit a JSON file in place, keeping its key order, indentation and layout."""
+def set_command(path: Path, assignments: tuple[str, ...], force: bool) -> None:
+    """Edit a JSON file in place, keeping its key order, indentation, line endings and layout. The edited
+    config is validated first: an unknown key or a wrong type is refused (exit 2, file untouched)."""
     from scaling.config.edit import set_keys
 
     if not path.is_file():
         raise ConfigError([Problem(str(path), "no such file")])
-    changes = set_keys(path, list(assignments))
+    changes = set_keys(path, list(assignments), force=force)
     for key, old, new in changes:
         click.echo(f"{key}: {json.dumps(old)} -> {json.dumps(new)}")
 
@@ -280,9 +282,10 @@ def diff(a: str, b: str) -> None:
     """Semantic difference of two configs (files or presets): key order and formatting do not count.
     Exit code 1 when they differ, 0 when equal."""
     from scaling.config.edit import diff as semantic_diff
+    from scaling.config.edit import fold_aliases
 
     left, right = load_json(locate(a)[0]), load_json(locate(b)[0])
-    changes = semantic_diff(left, right)
+    changes = semantic_diff(fold_aliases(left), fold_aliases(right))
     for change in changes:
         click.echo(change.render())
     if not changes:

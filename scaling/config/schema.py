@@ -267,7 +267,9 @@ _HAND_WRITTEN_TOP: dict[str, Key] = {
             **dict.fromkeys(("results_dir", "exps_dir", "metric_path", "model_info_path", "tuner_type"), ANY),
             **dict.fromkeys(("start_profile_step", "end_profile_step", "tuner_num_trials", "mp_size"), ANY),
             **dict.fromkeys(("max_train_batch_size", "min_train_batch_size", "metric"), ANY),
-            **dict.fromkeys(("max_train_micro_batch_size_per_gpu", "min_train_micro_batch_size_per_gpu"), ANY),
+            **dict.fromkeys(
+                ("max_train_micro_batch_size_per_gpu", "min_train_micro_batch_size_per_gpu"), ANY
+            ),
             "num_tuning_micro_batch_sizes": ANY,
             "arg_mappings": _obj(None),
             "model_info": _obj(None),

@@ -80,4 +80,6 @@ def test_at_least_99_percent_of_one_key_misspellings_are_refused_with_the_right_
             missed.append(f"{name}: {where}")
     print(f"typo corpus: {caught}/{total} refused with the right suggestion")
     assert total >= 500
-    assert caught / total >= 0.99, f"{caught}/{total}; missed: {sorted(set(m.split(': ')[1] for m in missed))}"
+    assert caught / total >= 0.99, (
+        f"{caught}/{total}; missed: {sorted(set(m.split(': ')[1] for m in missed))}"
+    )
