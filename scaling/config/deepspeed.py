@@ -22,6 +22,8 @@ from scaling.errors import ConfigError, Problem
 
 __all__ = ["DEFAULT_PRESET", "PRESET_DIR", "list_presets", "load_json", "locate"]  # their old home
 AUTO = "auto"
+# Run values no command has an option for: sources must not cite an option that does not exist.
+OPTIONLESS = frozenset({"--eps"})
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -126,6 +128,10 @@ class _Resolver:
         current = self.get(path)
         explicit = run_field in self.run.explicit
         label = f"{'option' if explicit else 'default of'} {option}"
+        if option in OPTIONLESS:
+            label = (
+                f"scaling's default {run_field} (no command-line option; write it in the JSON to change it)"
+            )
         if current is None or current == AUTO:
             self.put(path, run_value, f"{label} (filled 'auto')" if current == AUTO else label)
             return
@@ -340,7 +346,12 @@ def _bind_batch(r: _Resolver) -> None:
     if current is None or current == AUTO:
         if expected is not None:
             r.put("train_batch_size", expected, f"derived: micro {micro} x accum {accum} x dp {dp}")
-    elif expected is not None and _as_int(current) is not None and current != expected:
+    elif (
+        expected is not None
+        and _as_int(current) is not None
+        and current != expected
+        and not any(p.path == "train_batch_size" for p in r.problems)  # already reported as unsplittable
+    ):
         r.problems.append(
             Problem(
                 "train_batch_size",
