@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from scaling.config.autos import fill_model_autos
+from scaling.config.keys import is_comment
 from scaling.config.loading import DEFAULT_PRESET, PRESET_DIR, list_presets, load_config, load_json, locate
-from scaling.config.schema import Degrees, check_cross, check_schema, is_comment
+from scaling.config.schema import Degrees, check_cross, check_schema
 from scaling.config.sections import LR_SCHEDULES, PRECISIONS
 from scaling.errors import ConfigError, Problem
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from scaling.config.deepspeed import parse_override
+from scaling.config.keys import canonical_path
 from scaling.config.loading import load_config, read_text
-from scaling.config.schema import canonical_path, check_schema
+from scaling.config.schema import check_schema
 from scaling.errors import ConfigError, Problem
 
 _WS = re.compile(r"[ \t\r\n]*")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 from scaling.config import deepspeed_models
-from scaling.config.schema import canonical_path, check_schema, top_spec
+from scaling.config.keys import canonical_path, top_spec
+from scaling.config.schema import check_schema
 
 
 def test_snapshot_matches_the_installed_deepspeed_models() -> None:

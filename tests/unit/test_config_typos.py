@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from scaling.config.schema import check_schema, is_comment, top_spec
+from scaling.config.keys import is_comment, top_spec
+from scaling.config.schema import check_schema
 
 CORPUS = Path(__file__).parents[1] / "fixtures" / "ds" / "corpus"
 VERDICTS = json.loads((CORPUS.parent / "corpus_verdicts.json").read_text(encoding="utf-8"))["verdicts"]
