@@ -277,14 +277,23 @@ def set_command(path: Path, assignments: tuple[str, ...], force: bool) -> None:
 @config.command()
 @click.argument("a", metavar="A")
 @click.argument("b", metavar="B")
+@click.option(
+    "--resolved", is_flag=True, help='Compare the configs after "auto" resolution for the given run options.'
+)
+@run_options
+@click.pass_context
 @user_errors
-def diff(a: str, b: str) -> None:
-    """Semantic difference of two configs (files or presets): key order and formatting do not count.
-    Exit code 1 when they differ, 0 when equal."""
+def diff(ctx: click.Context, a: str, b: str, resolved: bool, **params: Any) -> None:
+    """Semantic difference of two configs (files or presets): key order, formatting and DeepSpeed's aliases
+    (`stage3_max_live_parameters` = `max_live_parameters`) do not count. Exit code 1 when they differ, 0 when
+    equal."""
     from scaling.config.edit import diff as semantic_diff
     from scaling.config.edit import fold_aliases
 
-    left, right = load_json(locate(a)[0]), load_json(locate(b)[0])
+    if resolved:
+        left, right = _resolve(ctx, params, a)[0].config, _resolve(ctx, params, b)[0].config
+    else:
+        left, right = load_json(locate(a)[0]), load_json(locate(b)[0])
     changes = semantic_diff(fold_aliases(left), fold_aliases(right))
     for change in changes:
         click.echo(change.render())

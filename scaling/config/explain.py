@@ -8,6 +8,7 @@ from typing import Any
 
 from scaling.config.deepspeed import ResolvedDeepSpeed
 from scaling.config.estimate import MemoryEstimate, fmt_bytes
+from scaling.config.keys import canonical_path
 from scaling.config.schema import offload_device, zero_stage
 
 DEEPSPEED_DEFAULT = "DeepSpeed default"
@@ -59,10 +60,10 @@ def rows(resolved: ResolvedDeepSpeed) -> list[Row]:
         Row(path, value, resolved.sources.get(path, resolved.origin))
         for path, value in _leaves(resolved.config)
     ]
-    present = {r.path for r in out}
+    present = {canonical_path(r.path) for r in out}  # an alias and its field name are one key
     stage = zero_stage(resolved.config)
     for path, value, stages in _DEFAULTS:
-        if stage in stages and path not in present:
+        if stage in stages and canonical_path(path) not in present:
             out.append(Row(path, value, DEEPSPEED_DEFAULT))
     if resolved.config.get("fp16", {}).get("enabled") is True:
         out.extend(Row(p, v, DEEPSPEED_DEFAULT) for p, v in _FP16_DEFAULTS if p not in present)

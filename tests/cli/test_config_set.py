@@ -87,3 +87,23 @@ def test_diff_folds_an_alias_and_its_field_name(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["config", "diff", str(a), str(b)])
     assert result.exit_code == 0, result.output
     assert "no differences" in result.output
+
+
+def test_diff_resolved_compares_after_auto_resolution(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text('{"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {"stage": 2}}')
+    b.write_text('{"train_micro_batch_size_per_gpu": 4, "zero_optimization": {"stage": 2}}')
+    plain = CliRunner().invoke(cli, ["config", "diff", str(a), str(b)])
+    assert plain.exit_code == 1 and "train_micro_batch_size_per_gpu" in plain.output
+    resolved = CliRunner().invoke(cli, ["config", "diff", str(a), str(b), "--resolved", "--micro-batch", "4"])
+    assert resolved.exit_code == 0, resolved.output
+
+
+@pytest.mark.parametrize("command", ["validate", "resolve", "explain", "set", "diff"])
+def test_invalid_utf8_is_a_clear_error_in_every_command(tmp_path: Path, command: str) -> None:
+    path = tmp_path / "ds.json"
+    path.write_bytes(b'{"wandb": {"project": "caf\xe9"}}')
+    extra = {"set": ["wandb.enabled=true"], "diff": [str(path)]}.get(command, [])
+    result = CliRunner().invoke(cli, ["config", command, str(path), *extra])
+    assert result.exit_code == 2, result.output
+    assert "byte 0xe9 at offset 26" in result.output and "Traceback" not in result.output

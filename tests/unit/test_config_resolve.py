@@ -297,3 +297,9 @@ def test_comment_keys_are_noted_once_and_left_out_of_the_resolved_config() -> No
     resolved = resolve_deepspeed(config, [], RunValues())
     assert "_comment" not in resolved.config and "_why" not in resolved.config["zero_optimization"]
     assert sum("comments" in n.render() for n in resolved.notes) == 1
+
+
+def test_explain_shows_no_default_for_a_key_written_under_its_field_name() -> None:
+    config = {"zero_optimization": {"stage": 3, "max_live_parameters": 0}}
+    table = rows(resolve_deepspeed(config, [], RunValues()))
+    assert not any(r.path == "zero_optimization.stage3_max_live_parameters" for r in table)
