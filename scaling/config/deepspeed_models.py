@@ -157,6 +157,11 @@ def optimizer_names() -> list[str]:
     return _current()["optimizers"]
 
 
+def clear_cache() -> None:
+    """Forget the loaded description (after the installed DeepSpeed changed within one process)."""
+    _current.cache_clear()
+
+
 def write_snapshot() -> None:
     SNAPSHOT.write_text(json.dumps(derive(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
 

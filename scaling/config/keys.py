@@ -166,9 +166,11 @@ SCHEDULER_PARAMS: dict[str, dict[str, Key]] = {
 }
 
 HAND_WRITTEN_TOP: dict[str, Key] = {
-    "train_batch_size": IA1,
-    "train_micro_batch_size_per_gpu": IA1,
-    "gradient_accumulation_steps": IA1,
+    # Upper bounds far beyond any real run: a value past them is a typo (an extra digit, a token count) that
+    # DeepSpeed would only meet as an out-of-memory error or a data loader that never fills a step.
+    "train_batch_size": Key("int", auto=True, minimum=1, maximum=2**24),
+    "train_micro_batch_size_per_gpu": Key("int", auto=True, minimum=1, maximum=2**20),
+    "gradient_accumulation_steps": Key("int", auto=True, minimum=1, maximum=2**20),
     "managed_gradient_accumulation": B,
     "steps_per_print": I1,
     "dump_state": B,

@@ -177,10 +177,8 @@ def test_broken_config_gives_one_message_naming_key_and_fix(
     path.write_bytes(content)
     result = CliRunner().invoke(cli, ["config", "validate", str(path), "--world-size", "8", "--no-deepspeed"])
     assert result.exit_code == 2, result.output
-    assert (
-        ("Traceback" not in result.output
-        and result.exception is None)
-        or isinstance(result.exception, SystemExit)
+    assert ("Traceback" not in result.output and result.exception is None) or isinstance(
+        result.exception, SystemExit
     )
     lines = [line for line in result.output.splitlines() if line.startswith("  - ")]
     assert len(lines) == 1, result.output

@@ -47,3 +47,14 @@ def test_bounds_come_from_the_models() -> None:
     assert [p.path for p in problems] == ["zero_optimization.reduce_bucket_size"]
     problems, _ = check_schema({"zero_optimization": {"offload_optimizer": {"ratio": 1.5}}})  # le=1
     assert "must be <= 1" in problems[0].render()
+
+
+def test_another_deepspeed_version_is_derived_live(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    live = json.loads(json.dumps(deepspeed_models.derive()["sections"]))
+    monkeypatch.setattr(deepspeed_models, "installed_version", lambda: "0.0.0-other")
+    deepspeed_models.clear_cache()
+    try:
+        assert json.loads(json.dumps(deepspeed_models.model_fields_spec())) == live
+    finally:
+        monkeypatch.undo()
+        deepspeed_models.clear_cache()
