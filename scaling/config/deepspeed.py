@@ -231,6 +231,11 @@ def resolve_deepspeed(
     schema_problems, notes = check_schema(raw)
     notes = [*load_notes, *notes]
     _drop_comments(raw, sources)
+    if isinstance(raw.get("bfloat16"), dict) and "bf16" not in raw:
+        # DeepSpeed reads the old section name only when bf16 is absent; one name keeps precision binding simple.
+        raw["bf16"] = raw.pop("bfloat16")
+        for key in [k for k in sources if k.startswith("bfloat16.")]:
+            sources["bf16" + key[len("bfloat16") :]] = sources.pop(key)
     flagged = {p.path for p in schema_problems}
     problems = [*schema_problems, *validate_run_values(run)]
     r = _Resolver(raw, sources, run)

@@ -303,3 +303,10 @@ def test_explain_shows_no_default_for_a_key_written_under_its_field_name() -> No
     config = {"zero_optimization": {"stage": 3, "max_live_parameters": 0}}
     table = rows(resolve_deepspeed(config, [], RunValues()))
     assert not any(r.path == "zero_optimization.stage3_max_live_parameters" for r in table)
+
+
+def test_old_bfloat16_section_is_read_as_bf16() -> None:
+    resolved = resolve_deepspeed({"bfloat16": {"enabled": False}}, [], RunValues())
+    assert resolved.config["bf16"] == {"enabled": False} and "bfloat16" not in resolved.config
+    assert resolved.run.precision == "fp32"
+    assert any("use bf16" in n.render() for n in resolved.notes)
