@@ -353,7 +353,9 @@ def _bind_batch(r: _Resolver) -> None:
         if expected is not None:
             r.put("train_batch_size", expected, f"derived: micro {micro} x accum {accum} x dp {dp}")
     elif (
-        expected is not None
+        micro is not None
+        and accum is not None
+        and expected is not None
         and _as_int(current) is not None
         and current != expected
         and not any(p.path == "train_batch_size" for p in r.problems)  # already reported as unsplittable

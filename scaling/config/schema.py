@@ -274,7 +274,7 @@ def _check_optimizer(c: _Checker, section: Any) -> None:
                 )
             )
     eps = params.get("eps")
-    if _type_ok(eps, "number") and eps <= 0:
+    if isinstance(eps, int | float) and not isinstance(eps, bool) and eps <= 0:
         c.problems.append(
             Problem("optimizer.params.eps", "must be > 0 (it guards a division)", eps, fix="1e-8")
         )
