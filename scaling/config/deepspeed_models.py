@@ -140,9 +140,10 @@ def derive() -> dict[str, Any]:
 
 @functools.cache
 def _current() -> dict[str, Any]:
-    snapshot = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
-    if snapshot["deepspeed"] == installed_version():
-        return snapshot
+    if SNAPSHOT.is_file():
+        snapshot = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
+        if snapshot["deepspeed"] == installed_version():
+            return snapshot
     return derive()
 
 
