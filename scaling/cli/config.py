@@ -208,14 +208,16 @@ def explain(
 @config.command(name="set")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
+@click.option("--force", is_flag=True, help="Write even when the edited key is unknown or of the wrong type.")
 @user_errors
-def set_command(path: Path, assignments: tuple[str, ...]) -> None:
-    """Edit a JSON file in place, keeping its key order, indentation and layout."""
+def set_command(path: Path, assignments: tuple[str, ...], force: bool) -> None:
+    """Edit a JSON file in place, keeping its key order, indentation, line endings and layout. The edited
+    config is validated first: an unknown key or a wrong type is refused (exit 2, file untouched)."""
     from scaling.config.edit import set_keys
 
     if not path.is_file():
         raise ConfigError([Problem(str(path), "no such file")])
-    changes = set_keys(path, list(assignments))
+    changes = set_keys(path, list(assignments), force=force)
     for key, old, new in changes:
         click.echo(f"{key}: {json.dumps(old)} -> {json.dumps(new)}")
 
@@ -223,14 +225,24 @@ def set_command(path: Path, assignments: tuple[str, ...]) -> None:
 @config.command()
 @click.argument("a", metavar="A")
 @click.argument("b", metavar="B")
+@click.option(
+    "--resolved", is_flag=True, help='Compare the configs after "auto" resolution for the given run options.'
+)
+@run_options
+@click.pass_context
 @user_errors
-def diff(a: str, b: str) -> None:
-    """Semantic difference of two configs (files or presets): key order and formatting do not count.
-    Exit code 1 when they differ, 0 when equal."""
+def diff(ctx: click.Context, a: str, b: str, resolved: bool, **params: Any) -> None:
+    """Semantic difference of two configs (files or presets): key order, formatting and DeepSpeed's aliases
+    (`stage3_max_live_parameters` = `max_live_parameters`) do not count. Exit code 1 when they differ, 0 when
+    equal."""
     from scaling.config.edit import diff as semantic_diff
+    from scaling.config.edit import fold_aliases
 
-    left, right = load_json(locate(a)[0]), load_json(locate(b)[0])
-    changes = semantic_diff(left, right)
+    if resolved:
+        left, right = _resolve(ctx, params, a)[0].config, _resolve(ctx, params, b)[0].config
+    else:
+        left, right = load_json(locate(a)[0]), load_json(locate(b)[0])
+    changes = semantic_diff(fold_aliases(left), fold_aliases(right))
     for change in changes:
         click.echo(change.render())
     if not changes:

@@ -12,9 +12,11 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
+from scaling.config.autos import fill_model_autos
+from scaling.config.keys import is_comment
+from scaling.config.loading import DEFAULT_PRESET, PRESET_DIR, list_presets, load_config, load_json, locate
 from scaling.config.schema import Heads, check_cross, check_schema
 from scaling.config.sections import (
     ASSUMED_GPUS_PER_NODE,
@@ -26,9 +28,10 @@ from scaling.config.sections import (
 from scaling.distributed.topology import Topology
 from scaling.errors import ConfigError, Problem
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
-DEFAULT_PRESET = "zero2"
+__all__ = ["DEFAULT_PRESET", "PRESET_DIR", "list_presets", "load_json", "locate"]  # their old home
 AUTO = "auto"
+# Run values no command has an option for: sources must not cite an option that does not exist.
+OPTIONLESS = frozenset({"--eps"})
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -146,6 +149,10 @@ class _Resolver:
         current = self.get(path)
         explicit = run_field in self.run.explicit
         label = f"{'option' if explicit else 'default of'} {option}"
+        if option in OPTIONLESS:
+            label = (
+                f"scaling's default {run_field} (no command-line option; write it in the JSON to change it)"
+            )
         if current is None or current == AUTO:
             self.put(path, run_value, f"{label} (filled 'auto')" if current == AUTO else label)
             return
@@ -179,70 +186,6 @@ def _fmt(value: Any) -> str:
 
 
 # -- loading -----------------------------------------------------------------------------------------------
-
-
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
-
-
-def locate(spec: str | None) -> tuple[Path, str]:
-    """A preset name or a JSON path -> (file, label used as the source of its values)."""
-    name = spec or DEFAULT_PRESET
-    path = Path(name)
-    if path.suffix == ".json" or path.exists() or "/" in name:
-        if not path.is_file():
-            raise ConfigError([Problem("--ds-config", "no such file", name)])
-        return path, f"file {path}"
-    preset = PRESET_DIR / f"{name}.json"
-    if not preset.is_file():
-        raise ConfigError(
-            [
-                Problem(
-                    "--ds-config",
-                    "neither a file nor a preset",
-                    name,
-                    fix=f"presets: {', '.join(list_presets())}",
-                )
-            ]
-        )
-    return preset, f"preset {name}"
-
-
-def load_json(path: Path) -> dict[str, Any]:
-    """Parse JSON strictly: syntax errors with line and column, duplicate keys named."""
-    text = path.read_text(encoding="utf-8")
-    duplicates: list[Problem] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in items:
-            if key in out:
-                duplicates.append(
-                    Problem(key, f"duplicate key in {path} (the last one would silently win)", value)
-                )
-            out[key] = value
-        return out
-
-    try:
-        data = json.loads(text, object_pairs_hook=pairs)
-    except json.JSONDecodeError as err:
-        raise ConfigError(
-            [Problem(str(path), f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}")]
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(
-            [Problem(str(path), "a DeepSpeed config must be a JSON object", type(data).__name__)]
-        )
-    if duplicates:
-        from scaling.config.edit import duplicate_keys  # deferred: edit imports this module
-
-        raise ConfigError(
-            [
-                Problem(key, f"duplicate key in {path} (the last one would silently win)", value)
-                for key, value in duplicate_keys(text)
-            ]
-        )
-    return data
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -292,11 +235,13 @@ def resolve_deepspeed(
     spec: str | dict[str, Any] | None, overrides: Iterable[str], run: RunValues
 ) -> ResolvedDeepSpeed:
     """Load, override, fill and check. Raises ConfigError listing every problem found."""
+    load_notes: list[Problem] = []
     if isinstance(spec, dict):
         raw, origin = copy.deepcopy(spec), "inline"
     else:
         path, origin = locate(spec)
-        raw = load_json(path)
+        loaded = load_config(path)
+        raw, load_notes = loaded.data, loaded.notes
     sources = {leaf: origin for leaf in _leaves(raw, "")}
     sources = {k.lstrip("."): v for k, v in sources.items()}
     apply_overrides(raw, overrides, sources)
@@ -304,6 +249,13 @@ def resolve_deepspeed(
     # The strict schema runs first, on what the user wrote; the resolver then skips what it has flagged, so one
     # defect is reported once, and every defect in the same run.
     schema_problems, notes = check_schema(raw)
+    notes = [*load_notes, *notes]
+    _drop_comments(raw, sources)
+    if isinstance(raw.get("bfloat16"), dict) and "bf16" not in raw:
+        # DeepSpeed reads the old section name only when bf16 is absent; one name keeps precision binding simple.
+        raw["bf16"] = raw.pop("bfloat16")
+        for key in [k for k in sources if k.startswith("bfloat16.")]:
+            sources["bf16" + key[len("bfloat16") :]] = sources.pop(key)
     flagged = {p.path for p in schema_problems}
     problems = [*schema_problems, *validate_run_values(run)]
     r = _Resolver(raw, sources, run)
@@ -314,6 +266,11 @@ def resolve_deepspeed(
     _bind_optimizer(r)
     _bind_scheduler(r)
     _fill_zero_autos(r)
+    fill_model_autos(r.config, r.sources)
+    if r.get("aio.use_gds") is True and _cpu_only(r):
+        r.problems.append(
+            Problem("aio.use_gds", "GPUDirect Storage needs a CUDA device", True, fix="set it to false")
+        )
     r.config.setdefault("steps_per_print", 10**9)  # our own logger reports; DeepSpeed's would duplicate it
     r.sources.setdefault("steps_per_print", "derived (scaling logs metrics itself)")
     r.config.setdefault("wall_clock_breakdown", False)
@@ -334,6 +291,18 @@ def resolve_deepspeed(
         raise ConfigError(problems, header=f"DeepSpeed config ({origin})")
     _prefer_torch_adam(r)  # last: the machine probe may import torch, which a broken config need not pay
     return ResolvedDeepSpeed(config=r.config, sources=r.sources, run=final_run, origin=origin, notes=notes)
+
+
+def _drop_comments(node: dict[str, Any], sources: dict[str, str], prefix: str = "") -> None:
+    # DeepSpeed's pydantic sections refuse unknown keys, `_comment` included: the config it gets has none.
+    for key in list(node):
+        path = f"{prefix}.{key}" if prefix else key
+        if is_comment(key):
+            del node[key]
+            for stale in [k for k in sources if k == path or k.startswith(path + ".")]:
+                del sources[stale]
+        elif isinstance(node[key], dict):
+            _drop_comments(node[key], sources, path)
 
 
 # "auto" values computed from other keys: when those are wrong, the "auto" left over is not a second defect.
@@ -376,31 +345,90 @@ def _bind_parallel(r: _Resolver) -> None:
 
 
 def _bind_batch(r: _Resolver) -> None:
+    """DeepSpeed's batch arithmetic: train_batch_size = micro x accum x dp. Of the three, the file may give any
+    two and DeepSpeed derives the third; an option the user typed counts as given, a default does not."""
     run = r.run
     layout = {
         k: v for k, v in r.adopted.items() if k in ("pipeline_stages", "tensor_parallel", "sequence_parallel")
     }
+    topology = replace(run, **layout).topology if layout else run.topology
+    dp = topology.data_parallel
+    total = _given(r, "train_batch_size")
+    micro_given = _given(r, "train_micro_batch_size_per_gpu") or ("micro_batch" in run.explicit)
+    accum_given = _given(r, "gradient_accumulation_steps") or ("grad_accum" in run.explicit)
+    if total is not None and not (micro_given and accum_given):
+        _derive_from_total(r, total, dp, micro_given, accum_given)
     r.bind("train_micro_batch_size_per_gpu", "micro_batch", run.micro_batch, option="--micro-batch")
     r.bind("gradient_accumulation_steps", "grad_accum", run.grad_accum, option="--grad-accum")
     micro = _as_int(r.adopted.get("micro_batch", run.micro_batch))
     accum = _as_int(r.adopted.get("grad_accum", run.grad_accum))
-    topology = replace(run, **layout).topology if layout else run.topology
-    dp = topology.data_parallel
     expected = None if micro is None or accum is None else topology.global_batch(micro, accum)
     current = r.get("train_batch_size")
     if current is None or current == AUTO:
         if expected is not None:
             r.put("train_batch_size", expected, f"derived: micro {micro} x accum {accum} x dp {dp}")
-    elif expected is not None and current != expected:
+    elif (
+        micro is not None
+        and accum is not None
+        and expected is not None
+        and _as_int(current) is not None
+        and current != expected
+        and not any(p.path == "train_batch_size" for p in r.problems)  # already reported as unsplittable
+    ):
         r.problems.append(
             Problem(
                 "train_batch_size",
                 f"!= train_micro_batch_size_per_gpu({micro}) * gradient_accumulation_steps({accum})"
                 f" * data_parallel_size({dp}) = {expected}",
                 current,
-                fix='set it to "auto" or to the product',
+                fix=_batch_fix(current, micro, accum, dp, run),
             )
         )
+
+
+def _given(r: _Resolver, path: str) -> Any:
+    value = r.get(path)
+    return None if value == AUTO else _as_int(value)
+
+
+def _derive_from_total(r: _Resolver, total: int, dp: int, micro_given: bool, accum_given: bool) -> None:
+    """Fill the member of (micro, accum) the file leaves out, from train_batch_size (as DeepSpeed does)."""
+    run = r.run
+    if micro_given:
+        micro = _given(r, "train_micro_batch_size_per_gpu") or run.micro_batch
+        path, option, name, per = "gradient_accumulation_steps", "--grad-accum", "grad_accum", micro * dp
+    elif accum_given:
+        accum = _given(r, "gradient_accumulation_steps") or run.grad_accum
+        path, option, name, per = "train_micro_batch_size_per_gpu", "--micro-batch", "micro_batch", accum * dp
+    else:
+        # Only the global batch: DeepSpeed accumulates 1 micro-batch and splits the batch over the ranks.
+        r.put(
+            "gradient_accumulation_steps", 1, "derived (DeepSpeed's rule when only train_batch_size is given)"
+        )
+        r.adopted["grad_accum"] = 1
+        path, option, name, per = "train_micro_batch_size_per_gpu", "--micro-batch", "micro_batch", dp
+    if total % per or total < per:
+        r.problems.append(
+            Problem(
+                "train_batch_size",
+                f"cannot be split: {total} is not a multiple of {per} (the other batch factors x data-parallel "
+                f"size {dp})",
+                total,
+                fix=f"pass {option} or --world-size so that the product is {total}, or set train_batch_size "
+                '"auto"',
+            )
+        )
+        return
+    r.put(path, total // per, f"derived: train_batch_size {total} / {per}")
+    r.adopted[name] = total // per
+
+
+def _batch_fix(total: Any, micro: int, accum: int, dp: int, run: RunValues) -> str:
+    if isinstance(total, int) and total % (micro * dp) == 0 and "grad_accum" not in run.explicit:
+        return f'set gradient_accumulation_steps to {total // (micro * dp)} or train_batch_size to "auto"'
+    if isinstance(total, int) and total % (accum * dp) == 0 and "micro_batch" not in run.explicit:
+        return f'pass --micro-batch {total // (accum * dp)}, or set train_batch_size to "auto"'
+    return 'set train_batch_size to "auto" (derived from the other two), or pass --world-size to match it'
 
 
 def _as_int(value: Any) -> int | None:
@@ -452,15 +480,20 @@ def _bind_optimizer(r: _Resolver) -> None:
         r.adopted["betas"] = tuple(r.adopted["betas"])
 
 
+def _cpu_only(r: _Resolver) -> bool:
+    """The run's device, probed only when a rule needs it (the probe may import torch)."""
+    if r.run.cpu_only is None:
+        from scaling.config.device import cuda_available
+
+        return not cuda_available()
+    return r.run.cpu_only
+
+
 def _prefer_torch_adam(r: _Resolver) -> None:
     kind = str(r.get("optimizer.type") or "").lower()
     if kind not in {"adam", "adamw"} or r.get("optimizer.params.torch_adam") is not None:
         return
-    cpu_only = r.run.cpu_only
-    if cpu_only is None:
-        from scaling.config.device import cuda_available
-
-        cpu_only = not cuda_available()
+    cpu_only = _cpu_only(r)
     if not cpu_only and _offloads_optimizer(r):
         return  # DeepSpeedCPUAdam is what ZeRO-Offload is for
     # DeepSpeed would JIT-compile its own Adam: ~50 s on 2 CPU cores, and on CUDA a FusedAdam build that
@@ -559,12 +592,15 @@ def _fill_zero_autos(r: _Resolver) -> None:
         "zero_optimization.stage3_prefetch_bucket_size": 50_000_000,
         "zero_optimization.stage3_param_persistence_threshold": 100_000,
     }
-    for path, rule in rules.items():
+    for hf_path, rule in rules.items():
+        # DeepSpeed's field name (without stage3_) means the same key as the alias the HF rule names.
+        unprefixed = hf_path.replace(".stage3_", ".")
+        path = unprefixed if r.get(unprefixed) == AUTO else hf_path
         if r.get(path) == AUTO:
             if hidden is None:
                 r.put(
                     path,
-                    fallback[path],
+                    fallback[hf_path],
                     "DeepSpeed default (filled 'auto'; no model hidden size for the HF rule)",
                 )
             else:
