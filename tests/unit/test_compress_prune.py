@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 import transformers
 
-from scaling.compress import tiny
 from scaling.compress.config import PruneConfig
 from scaling.compress.errors import CompressUserError, UnsupportedError
 from scaling.compress.feed import main_output

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import tiny
 from harness import run_ranks
 from ranks_distill import pipeline_cli
 
-from scaling.compress import tiny
 from scaling.compress.distill import run_distillation
 from scaling.compress.errors import CompressUserError
 
