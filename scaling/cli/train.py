@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -58,7 +59,7 @@ def _check(request: JobRequest) -> RunConfig:
     return validate(request.run)
 
 
-def _prepare(request: JobRequest) -> Any:
+def _prepare(request: JobRequest) -> Path:
     from scaling.engine.prepare import materialize
 
     return materialize(request.run).output

@@ -16,6 +16,7 @@ import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -106,24 +107,23 @@ def run_command(kind: JobKind, ctx: click.Context, params: dict[str, Any]) -> No
 
     env = LaunchEnv.from_environ(local_rank=params["local_rank"])
     try:
+        job: Callable[[], TrainResult]
         if params["resolved_config"]:
-            _finish(
-                kind,
-                lambda: rank_from_file(kind, Path(params["resolved_config"]), env, params["init_timeout"]),
-                env,
-            )
-            return
-        launching = bool(params["num_gpus"] or params["hostfile"]) and not env.launched
-        spec = _local_spec(params) if launching else None
-        world = _planned_world(params) if launching else env.world_size
-        per_node = params["num_gpus"] if launching else env.local_world_size
-        request = kind.request(ctx, world, per_node)
-        if spec is not None:
-            sys.exit(launch_prepared(kind, request, spec))
-        if env.world_size > 1:
-            _finish(kind, lambda: rank_from_request(kind, request, env), env)
+            path = Path(params["resolved_config"])
+            job = partial(rank_from_file, kind, path, env, params["init_timeout"])
         else:
-            _finish(kind, lambda: run_single(kind, request), env)
+            launching = bool(params["num_gpus"] or params["hostfile"]) and not env.launched
+            world = _planned_world(params) if launching else env.world_size
+            per_node = params["num_gpus"] if launching else env.local_world_size
+            request = kind.request(ctx, world, per_node)
+            if launching:
+                sys.exit(launch_prepared(kind, request, _local_spec(params)))
+            job = (
+                partial(rank_from_request, kind, request, env)
+                if env.world_size > 1
+                else partial(run_single, kind, request)
+            )
+        _finish(kind, job, env)
     except UserError as err:
         raise click.UsageError(str(err)) from None
 
