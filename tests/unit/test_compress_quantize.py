@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny
 
 pytest.importorskip("neural_compressor")
 
-from scaling.compress import inc, tiny
+from scaling.compress import inc
 from scaling.compress.config import QuantizeConfig
 from scaling.compress.errors import (
     CompressionFailed,
