@@ -115,3 +115,40 @@ def test_bench_outside_a_checkout_says_where_to_run_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(cli, ["bench", "list"])
     assert result.exit_code == 2 and "source checkout" in result.output
+
+
+# import name -> distribution name, where they differ
+_DIST = {"yaml": "pyyaml", "neural_compressor": "neural-compressor", "google": "protobuf"}
+# imported only inside `try: ... except ImportError`, to patch or probe an optional backend
+_OPTIONAL = {"torchao", "intel_extension_for_pytorch"}
+
+
+def test_every_runtime_import_is_declared():
+    """A wheel installed from its metadata must have what the package imports (psutil was missing)."""
+    import ast
+    import re
+
+    import tomllib
+
+    meta = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    specs = meta["dependencies"] + [d for extra in meta["optional-dependencies"].values() for d in extra]
+    declared = {re.split(r"[<>=!~\[ ;]", spec, maxsplit=1)[0].lower() for spec in specs}
+    imported: dict[str, str] = {}
+    for path in (REPO / "scaling").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            for name in names:
+                imported.setdefault(name.split(".")[0], str(path.relative_to(REPO)))
+    third_party = {
+        name: where
+        for name, where in imported.items()
+        if name not in sys.stdlib_module_names and name not in {"scaling", "__future__"} | _OPTIONAL
+    }
+    missing = {
+        n: w for n, w in third_party.items() if _DIST.get(n, n).replace("_", "-").lower() not in declared
+    }
+    assert missing == {}, f"imported but not declared in pyproject.toml: {missing}"
