@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         peak = matmul_peak(dry)
         report["measured_matmul_flops"] = peak
         log(f"measured matmul peak: {peak / 1e12 if peak else float('nan'):.1f} TFLOP/s")
-        from scaling.distributed.spawn import free_port
+        from tests.harness import free_port
 
         env = LaunchEnv(master_port=free_port())
         dist_setup.init_process_group(env, timeout_s=600)

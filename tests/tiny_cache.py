@@ -22,7 +22,7 @@ def _tiny_models_key() -> str:
     Python (its pydoc topics are the training text)."""
     from importlib.metadata import version
 
-    from scaling.compress import tiny
+    import tiny
 
     digest = hashlib.sha256(Path(tiny.__file__).read_bytes())
     digest.update(sys.version.encode())
@@ -32,9 +32,9 @@ def _tiny_models_key() -> str:
 
 
 def build_tiny_models(cache: Path) -> dict[str, Path]:
-    """The four tiny models of `scaling.compress.tiny`, built into `cache` once; a directory appears only
+    """The four tiny models of `tests/tiny.py`, built into `cache` once; a directory appears only
     complete (built aside, then renamed), so concurrent sessions either reuse it or build their own copy."""
-    from scaling.compress import tiny
+    import tiny
 
     root = cache / f"tiny-{_tiny_models_key()}"
     models = {}

@@ -6,7 +6,6 @@ Validation is pure Python and fast; deepspeed is imported only for `validate`'s 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
@@ -31,7 +30,7 @@ from scaling.config.run import DEEPSPEED_OPTIM_FIELDS, DEEPSPEED_PARALLEL_FIELDS
 from scaling.config.run import run_values as values_for_run
 from scaling.config.sections import DeepSpeedSource, ModelConfig, OptimConfig, ParallelConfig
 from scaling.data.config import DataConfig
-from scaling.errors import ConfigError, Problem, UserError
+from scaling.errors import ConfigError, Problem
 
 RESOLVE_OPTIM_FIELDS = tuple(
     f.name for f in option_fields(OptimConfig) if f.name in (*DEEPSPEED_OPTIM_FIELDS, "max_steps")
@@ -77,24 +76,6 @@ def model_shape_or_none(model: str | None) -> Any:
     return model_shape(model)
 
 
-class InvalidInput(click.ClickException):
-    """A UserError as the CLI shows it: `Error: <every problem>` and exit code 2 (click's usage-error code),
-    without the usage banner (the command line was fine; the config was not) and without a traceback."""
-
-    exit_code = 2
-
-
-def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except UserError as err:
-            raise InvalidInput(str(err)) from None
-
-    return wrapper
-
-
 def _resolve(ctx: click.Context, params: dict[str, Any], spec: str) -> tuple[ResolvedDeepSpeed, Any]:
     shape = model_shape_or_none(params["model"])
     resolved = resolve_deepspeed(spec, params["overrides"], run_values(ctx, params, shape))
@@ -117,7 +98,6 @@ def config() -> None:
     help="Finally run DeepSpeed's own DeepSpeedConfig validation (imports deepspeed, ~2 s).",
 )
 @click.pass_context
-@user_errors
 def validate(ctx: click.Context, spec: str, with_deepspeed: bool, **params: Any) -> None:
     """Check a config strictly before launch: JSON syntax, unknown keys, types, cross-field rules, batch
     arithmetic against the world size and parallel degrees. Every problem is reported; exit code 2."""
@@ -163,7 +143,6 @@ def deepspeed_check(resolved: ResolvedDeepSpeed) -> None:
 @click.argument("spec", metavar="FILE|PRESET")
 @run_options
 @click.pass_context
-@user_errors
 def resolve(ctx: click.Context, spec: str, **params: Any) -> None:
     """Print the final JSON every rank gets ("auto" filled, --set applied)."""
     resolved, _ = _resolve(ctx, params, spec)
@@ -176,7 +155,6 @@ def resolve(ctx: click.Context, spec: str, **params: Any) -> None:
 @with_options(section_options(DataConfig, only=("seq_len",)))
 @with_options(section_options(ModelConfig, only=("activation_checkpointing",)))
 @click.pass_context
-@user_errors
 def explain(
     ctx: click.Context, spec: str, seq_len: int, activation_checkpointing: bool, **params: Any
 ) -> None:
@@ -209,7 +187,6 @@ def explain(
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
 @click.option("--force", is_flag=True, help="Write even when the edited key is unknown or of the wrong type.")
-@user_errors
 def set_command(path: Path, assignments: tuple[str, ...], force: bool) -> None:
     """Edit a JSON file in place, keeping its key order, indentation, line endings and layout. The edited
     config is validated first: an unknown key or a wrong type is refused (exit 2, file untouched)."""
@@ -230,7 +207,6 @@ def set_command(path: Path, assignments: tuple[str, ...], force: bool) -> None:
 )
 @run_options
 @click.pass_context
-@user_errors
 def diff(ctx: click.Context, a: str, b: str, resolved: bool, **params: Any) -> None:
     """Semantic difference of two configs (files or presets): key order, formatting and DeepSpeed's aliases
     (`stage3_max_live_parameters` = `max_live_parameters`) do not count. Exit code 1 when they differ, 0 when
@@ -260,7 +236,6 @@ def list_command() -> None:
 
 @config.command()
 @click.argument("name")
-@user_errors
 def show(name: str) -> None:
     """Print a preset's JSON as written."""
     path, _ = locate(name)

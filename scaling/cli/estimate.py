@@ -7,7 +7,6 @@ from typing import Any
 
 import click
 
-from scaling.cli.config import user_errors
 from scaling.config.cli_options import explicit_options, from_params, section_options, with_options
 from scaling.config.deepspeed import RunValues, resolve_deepspeed
 from scaling.config.run import run_values
@@ -40,7 +39,6 @@ from scaling.data.config import DataConfig
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the same figures as JSON (bytes).")
 @click.pass_context
-@user_errors
 def estimate(
     ctx: click.Context,
     model: str,

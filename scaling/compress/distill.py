@@ -882,8 +882,8 @@ def run_distillation(
         ParallelConfig,
     )
     from scaling.data.config import DataConfig
-    from scaling.distributed import LaunchEnv
     from scaling.engine.prepare import RunRequest
+    from scaling.launch.job import JobRequest, job_kind, run_single
 
     unknown = sorted(set(options) - set(PIPELINE_OPTIONS))
     if unknown:
@@ -941,8 +941,8 @@ def run_distillation(
             if isinstance(opts["layer_map"], str)
             else opts["layer_map"],
         )
-        run, cfg = prepare(request, cfg)
-        result = distill_train(run, cfg, LaunchEnv(master_port=_free_port()))
+        # One rank in this process, through the same job dispatch as `scaling compress distill`.
+        result = run_single(job_kind("distill"), JobRequest(run=request, objective=cfg))
         assert result.export_dir is not None
         output_dir = Path(output_dir)
         if output_dir.exists():
@@ -980,11 +980,3 @@ def _parameters(model_dir: Path) -> int:
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 total += math.prod(handle.get_slice(key).get_shape())
     return total
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

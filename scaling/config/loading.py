@@ -10,12 +10,20 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from scaling.errors import ConfigError, Problem
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
+
+def _preset_dir() -> Path:
+    # Package data, so an installed wheel finds the presets without a checkout; wheels install unzipped, so the
+    # resource is a real directory (the top-level ds_configs/ of a checkout is a link to it, not a copy).
+    return Path(str(resources.files("scaling").joinpath("ds_configs")))
+
+
+PRESET_DIR = _preset_dir()
 DEFAULT_PRESET = "zero2"
 
 

@@ -1,5 +1,6 @@
 """The commands that start a run's ranks, built once and shared by `scaling train --num-gpus/--hostfile`,
-`scaling launch` and `scaling launch --dry-run`.
+`scaling compress distill --num-gpus/--hostfile`, `scaling launch` and `scaling launch --dry-run`. Every rank
+runs the module `scaling.rank` (see scaling/rank.py) with the job kind and its arguments.
 
 Hosts and slots are selected with DeepSpeed's own functions (`parse_inclusion_exclusion`,
 `apply_num_nodes_and_gpus`, `encode_world_info`), so the world we validate the config for is, byte for byte,
@@ -22,10 +23,9 @@ from pathlib import Path
 from scaling.errors import ConfigError, Problem
 from scaling.launch.hostfile import parse_hostfile
 
-REPO = Path(__file__).resolve().parents[2]
-TRAIN_SCRIPT = REPO / "launchers" / "train.py"
-RANK_ENTRY = Path(__file__).resolve().with_name("rank_entry.py")
-"""Per-rank script for launchers that start ranks without deepspeed's launch.py (srun, mpirun)."""
+RANK_MODULE = "scaling.rank"
+"""What every rank runs (`python -m scaling.rank KIND ARGS`): a module of the package, so an installed wheel
+launches without a checkout."""
 
 LAUNCHERS = ("pdsh", "ssh", "openmpi", "mvapich", "slurm")
 """`ssh` is ours: one plain ssh per node running deepspeed.launcher.launch (no pdsh needed)."""
@@ -231,7 +231,7 @@ def launch_argv(
     node_rank: int | str,
     master_addr: str,
     master_port: int,
-    script_args: list[str],
+    rank_args: list[str],
     python: str,
     log_level: bool,
 ) -> list[str]:
@@ -245,19 +245,21 @@ def launch_argv(
     argv += [f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}"]
     if log_level:  # the runner's local path adds it; its pdsh path does not
         argv.append("--log_level=info")
-    return [*argv, str(TRAIN_SCRIPT), *script_args]
+    return [*argv, "--module", RANK_MODULE, *rank_args]
 
 
 def build_plan(
     spec: LaunchSpec,
-    script_args: list[str],
+    rank_args: list[str],
     *,
     run_dir: Path,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     python: str | None = None,
 ) -> LaunchPlan:
-    """The commands for `launchers/train.py SCRIPT_ARGS` on every selected rank; starts and writes nothing."""
+    """The commands for `python -m scaling.rank RANK_ARGS` on every selected rank; starts and writes nothing.
+
+    RANK_ARGS are the job kind and its arguments (`train --resolved-config OUTPUT/run_config.json`)."""
     environ = dict(os.environ if environ is None else environ)
     cwd = cwd or Path.cwd()
     python = python or sys.executable
@@ -279,7 +281,6 @@ def build_plan(
     scheduler = spec.launcher in SCHEDULER_LAUNCHERS and not spec.no_ssh
     exports = deepspeed_exports(environ, cwd, file_values) if multi and not spec.no_ssh else {}
 
-    script = str(RANK_ENTRY if scheduler else TRAIN_SCRIPT)
     runner = [python, "-m", "deepspeed.launcher.runner"]
     if spec.hostfile is not None:
         runner += ["--hostfile", str(spec.hostfile)]
@@ -298,7 +299,12 @@ def build_plan(
             runner += ["--ssh_port", str(spec.ssh_port)]
     if spec.no_ssh:
         runner += ["--no_ssh", "--node_rank", str(spec.node_rank)]
-    runner += [script, *script_args]
+    if scheduler:
+        # srun/mpirun run `python -u USER_SCRIPT ARGS` themselves, and DeepSpeed's slurm runner ignores --module:
+        # "-m" as the script (after "--", so the runner does not read it as its own option) works for all three.
+        runner += ["--", "-m", RANK_MODULE, *rank_args]
+    else:
+        runner += ["--module", RANK_MODULE, *rank_args]
 
     ranks = _rank_ranges(resources)
     nodes: list[NodeCommand] = []
@@ -311,7 +317,7 @@ def build_plan(
         local_launch = not multi or spec.no_ssh
         argv = launch_argv(
             resources, node_rank=index, master_addr=master, master_port=spec.master_port,
-            script_args=script_args, python=python, log_level=local_launch,
+            rank_args=rank_args, python=python, log_level=local_launch,
         )  # fmt: skip
         command = shlex.join(argv) if local_launch else f"{export_prefix}cd {cwd}; {shlex.join(argv)}"
         nodes.append(NodeCommand(host=host, node_rank=index, ranks=ranks[host], command=command))
@@ -321,7 +327,7 @@ def build_plan(
         local = [[*ssh, node.host, node.command] for node in nodes]
     if scheduler:
         notes.append(
-            f"{spec.launcher} starts every rank itself with `python -u {RANK_ENTRY.name} ...`; "
+            f"{spec.launcher} starts every rank itself with `python -u -m {RANK_MODULE} ...`; "
             "ranks read their place from the scheduler's variables (SLURM_PROCID, OMPI_COMM_WORLD_RANK, ...)"
         )
     return LaunchPlan(

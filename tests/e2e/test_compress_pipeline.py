@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny
 from click.testing import CliRunner
 
 from scaling.cli.main import cli
-from scaling.compress import tiny
 
 pytest.importorskip("neural_compressor")
 

@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 
-from scaling.compress import tiny
 from scaling.compress.config import EvalConfig, PruneConfig
 from scaling.compress.errors import CompressUserError
 from scaling.compress.evaluate import evaluate_path

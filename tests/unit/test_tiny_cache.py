@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import tiny
 from tiny_cache import build_tiny_models
-
-from scaling.compress import tiny
 
 
 def test_models_are_built_once_then_reused(tmp_path, monkeypatch):
