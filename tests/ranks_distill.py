@@ -83,12 +83,15 @@ def distill_cli(args: list[str]) -> dict[str, Any]:
     import os
 
     from scaling.cli.distill import distill
+    from scaling.errors import UserError
 
     code = 0
     try:
         distill.main(args, prog_name="scaling compress distill", standalone_mode=False)
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
+    except UserError:  # what the scaling group shows as `Error: ...`, exit 2
+        code = 2
     output = Path(args[args.index("--output") + 1])
     return {"exit": code, "records": _records(output) if os.environ.get("RANK") == "0" else []}
 
