@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from scaling.errors import ConfigError, UserError
-from scaling.launch.job import RUN_CONFIG, JobKind, JobRequest, run_config_from, run_job
+from scaling.launch.job import RUN_CONFIG, JobKind, JobRequest, job_launch_options, run_config_from, run_job
 
 if TYPE_CHECKING:
     from scaling.config.run import RunConfig
@@ -52,20 +52,7 @@ def _build_command() -> click.Command:
     @click.command("distill", context_settings={"show_default": True}, help=HELP)
     @_distill_options
     @run_options
-    @click.option(
-        "--num-gpus", type=click.IntRange(min=1), default=None, help="Ranks per node via deepspeed."
-    )
-    @click.option("--num-nodes", type=click.IntRange(min=1), default=None, help="Nodes (with --hostfile).")
-    @click.option("--hostfile", type=click.Path(dir_okay=False), default=None, help="DeepSpeed hostfile.")
-    @click.option(
-        "--master-port",
-        type=click.IntRange(1, 65535),
-        default=None,
-        help="Rendezvous port of rank 0 (default: a free one).",
-    )
-    @click.option("--resolved-config", type=click.Path(dir_okay=False), default=None, hidden=True)
-    @click.option("--init-timeout", type=click.FloatRange(min=1), default=None, hidden=True)
-    @click.option("--local_rank", "--local-rank", "local_rank", type=int, default=-1, hidden=True)
+    @job_launch_options
     @click.pass_context
     def command(ctx: click.Context, **params: Any) -> None:
         run_job(JOB, ctx, params)

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from scaling.errors import ConfigError, Problem
-from scaling.launch.command import DEFAULT_MASTER_PORT, LAUNCHERS, LaunchSpec
+from scaling.launch.command import LaunchSpec
 from scaling.launch.job import KINDS, RUN_CONFIG, JobKind, job_kind
 
 # Options of the job commands that say how to start ranks: `scaling launch` owns those.
@@ -25,60 +25,16 @@ _LAUNCH_ONLY = ("num_gpus", "num_nodes", "hostfile", "master_port", "resolved_co
 
 
 def launch_options(func: Any) -> Any:
-    """The launcher options shared by `scaling launch` and `scaling doctor`."""
-    options = [
-        click.option(
-            "--hostfile",
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=None,
-            help="DeepSpeed hostfile (`HOST slots=N` per line). Without it: this machine only.",
-        ),
-        click.option("--include", default="", help="DeepSpeed host/slot filter, e.g. 'node1@node2:0,1'."),
-        click.option("--exclude", default="", help="DeepSpeed host/slot filter of what not to use."),
-        click.option("--num-nodes", type=click.IntRange(min=1), default=None, help="Use the first N hosts."),
-        click.option("--num-gpus", type=click.IntRange(min=1), default=None, help="Ranks per node."),
-        click.option(
-            "--launcher",
-            type=click.Choice(LAUNCHERS),
-            default="pdsh",
-            show_default=True,
-            help="How to reach nodes.",
-        ),
-        click.option("--no-ssh", is_flag=True, help="Start only this node's ranks (run once per node)."),
-        click.option(
-            "--node-rank", type=click.IntRange(min=0), default=None, help="This node's index (--no-ssh)."
-        ),
-        click.option("--master-addr", default=None, help="Rank 0's address (default: first host)."),
-        click.option(
-            "--master-port",
-            type=click.IntRange(1, 65535),
-            default=DEFAULT_MASTER_PORT,
-            show_default=True,
-            help="Rendezvous port on the master.",
-        ),
-        click.option(
-            "--ssh-port", type=click.IntRange(1, 65535), default=None, help="ssh port of the nodes."
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    """The launcher options shared by `scaling launch` and `scaling doctor` (LaunchSpec's fields)."""
+    from scaling.config.cli_options import section_options, with_options
+
+    return with_options(section_options(LaunchSpec))(func)
 
 
 def spec_from_options(params: dict[str, Any]) -> LaunchSpec:
-    return LaunchSpec(
-        hostfile=params["hostfile"],
-        include=params["include"],
-        exclude=params["exclude"],
-        num_nodes=params["num_nodes"],
-        num_gpus=params["num_gpus"],
-        launcher=params["launcher"],
-        no_ssh=params["no_ssh"],
-        node_rank=params["node_rank"],
-        master_addr=params["master_addr"],
-        master_port=params["master_port"],
-        ssh_port=params["ssh_port"],
-    )
+    from scaling.config.cli_options import from_params
+
+    return from_params(LaunchSpec, params)
 
 
 def parse_job_args(args: tuple[str, ...]) -> tuple[JobKind, click.Context]:

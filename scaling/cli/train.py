@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from scaling.cli.train_options import explicit_options, run_options, run_request_from_options
-from scaling.launch.job import RUN_CONFIG, JobKind, JobRequest, run_config_from, run_job
+from scaling.launch.job import RUN_CONFIG, JobKind, JobRequest, job_launch_options, run_config_from, run_job
 
 if TYPE_CHECKING:
     from scaling.config.run import RunConfig
@@ -25,26 +25,7 @@ if TYPE_CHECKING:
 
 @click.command("train", context_settings={"show_default": True})
 @run_options
-@click.option(
-    "--num-gpus",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Start this many ranks per node via deepspeed.",
-)
-@click.option("--num-nodes", type=click.IntRange(min=1), default=None, help="Nodes (with --hostfile).")
-@click.option(
-    "--hostfile", type=click.Path(dir_okay=False), default=None, help="DeepSpeed hostfile for multi-node."
-)
-@click.option(
-    "--master-port",
-    type=click.IntRange(1, 65535),
-    default=None,
-    help="Rendezvous port of rank 0 (default: a free one).",
-)
-# Only rank 0 reads the file (see scaling.launch.job.rank_from_file): other nodes need not see it yet.
-@click.option("--resolved-config", type=click.Path(dir_okay=False), default=None, hidden=True)
-@click.option("--init-timeout", type=click.FloatRange(min=1), default=None, hidden=True)
-@click.option("--local_rank", "--local-rank", "local_rank", type=int, default=-1, hidden=True)
+@job_launch_options
 @click.pass_context
 def train(ctx: click.Context, **params: Any) -> None:
     """Train an HF model with DeepSpeed."""

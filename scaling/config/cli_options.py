@@ -14,6 +14,7 @@ import types
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import MISSING, Field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -112,7 +113,11 @@ def field_option(section: type, f: Field[Any], *, required: bool = False) -> Fie
     elif base in (int, float):
         kwargs["type"] = _number_type(base, f)
     elif spec.path is not None:
-        kwargs["type"] = click.Path(dir_okay=spec.path == "dir", file_okay=spec.path == "file")
+        kwargs["type"] = click.Path(
+            dir_okay=spec.path == "dir",
+            file_okay=spec.path == "file",
+            path_type=Path if base is Path else None,
+        )
     return FieldOption([decl, param_of(f)], section=section, field_name=f.name, **kwargs)
 
 

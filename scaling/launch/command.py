@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scaling.config.fields import option
 from scaling.errors import ConfigError, Problem
 from scaling.launch.hostfile import parse_hostfile
 
@@ -53,30 +54,37 @@ _SECRET = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS|_KEY)$")
 
 @dataclass(frozen=True)
 class LaunchSpec:
-    """Where and how the ranks of a run are started (the launcher options of `scaling launch`)."""
+    """Where and how the ranks of a run are started: the launcher options of `scaling launch`, `scaling doctor`
+    and (the first four) of the job commands, generated from these fields."""
 
-    hostfile: Path | None = None
-    """DeepSpeed hostfile; None means this machine only."""
-    include: str = ""
-    """DeepSpeed `--include` filter (`host1@host2:0,1`)."""
-    exclude: str = ""
-    """DeepSpeed `--exclude` filter."""
-    num_nodes: int | None = None
+    hostfile: Path | None = option(None, path="file", metavar="FILE")
+    """DeepSpeed hostfile (`HOST slots=N` per line); without it, this machine only."""
+    include: str = option("", metavar="FILTER")
+    """DeepSpeed host/slot filter of what to use, e.g. 'node1@node2:0,1'."""
+    exclude: str = option("", metavar="FILTER")
+    """DeepSpeed host/slot filter of what not to use."""
+    num_nodes: int | None = option(None, min=1)
     """Use only the first N hosts of the hostfile."""
-    num_gpus: int | None = None
-    """Ranks per node (slots 0..N-1 of every host)."""
-    launcher: str = "pdsh"
-    """pdsh, ssh, openmpi, mvapich or slurm."""
-    no_ssh: bool = False
+    num_gpus: int | None = option(None, min=1)
+    """Ranks per node (slots 0..N-1 of every host), started through the deepspeed launcher."""
+    launcher: str = option("pdsh", choices=LAUNCHERS)
+    """How to reach the nodes: pdsh, ssh, openmpi, mvapich or slurm."""
+    no_ssh: bool = option(False, flag="--no-ssh")
     """Start only this node's ranks; every node runs the same command with its own --node-rank."""
-    node_rank: int | None = None
-    """This node's index in the (filtered) hostfile, with no_ssh."""
-    master_addr: str | None = None
+    node_rank: int | None = option(None, min=0)
+    """This node's index in the (filtered) hostfile, with --no-ssh."""
+    master_addr: str | None = option(None, metavar="ADDR")
     """Address of rank 0; default: the first selected host."""
-    master_port: int = DEFAULT_MASTER_PORT
-    """Rendezvous port on the master."""
-    ssh_port: int | None = None
+    master_port: int | None = option(None, min=1, max=65535)
+    """Rendezvous port of rank 0; default: 29500 when a hostfile names the nodes, a free port on this machine
+    alone."""
+    ssh_port: int | None = option(None, min=1, max=65535)
     """ssh port of the workers, for the pdsh and ssh launchers."""
+
+    @property
+    def port(self) -> int:
+        """The rendezvous port this launch uses (DEFAULT_MASTER_PORT where none was chosen)."""
+        return self.master_port or DEFAULT_MASTER_PORT
 
 
 @dataclass(frozen=True)
@@ -206,7 +214,7 @@ def env_file_values(spec: LaunchSpec, master: str, environ: Mapping[str, str], c
         values.update(read_env_file(path))
     if spec.launcher in SCHEDULER_LAUNCHERS and not spec.no_ssh:
         # srun/mpirun start the ranks themselves; they need the rendezvous address like every other rank.
-        values.update(MASTER_ADDR=master, MASTER_PORT=str(spec.master_port))
+        values.update(MASTER_ADDR=master, MASTER_PORT=str(spec.port))
     return values
 
 
@@ -292,7 +300,7 @@ def build_plan(
         runner += ["--num_nodes", str(spec.num_nodes)]
     if spec.num_gpus:
         runner += ["--num_gpus", str(spec.num_gpus)]
-    runner += ["--master_addr", master, "--master_port", str(spec.master_port)]
+    runner += ["--master_addr", master, "--master_port", str(spec.port)]
     if multi and not spec.no_ssh:
         runner += ["--launcher", spec.launcher]
         if spec.ssh_port is not None:
@@ -316,7 +324,7 @@ def build_plan(
             break
         local_launch = not multi or spec.no_ssh
         argv = launch_argv(
-            resources, node_rank=index, master_addr=master, master_port=spec.master_port,
+            resources, node_rank=index, master_addr=master, master_port=spec.port,
             rank_args=rank_args, python=python, log_level=local_launch,
         )  # fmt: skip
         command = shlex.join(argv) if local_launch else f"{export_prefix}cd {cwd}; {shlex.join(argv)}"
@@ -362,7 +370,7 @@ def render_plan(plan: LaunchPlan, *, run_config: Path) -> str:
     """The dry run's text: what runs here, what runs on each node, and the environment it gets."""
     lines = [
         f"# {len(plan.resources)} node(s), {plan.world_size} rank(s); master {plan.master_addr}:"
-        f"{plan.spec.master_port}; launcher {'no-ssh' if plan.spec.no_ssh else plan.spec.launcher}",
+        f"{plan.spec.port}; launcher {'no-ssh' if plan.spec.no_ssh else plan.spec.launcher}",
         f"# every rank reads {run_config}",
         "# on this host:",
         *(shlex.join(argv) for argv in plan.local),

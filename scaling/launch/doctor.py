@@ -256,8 +256,8 @@ def run_doctor(
             "token_path": str(token_path),
             "token": token,
         }
-        if index == 0 and (spec.master_port and _is_master(host, master)):
-            args["port"] = spec.master_port
+        if index == 0 and _is_master(host, master):
+            args["port"] = spec.port
         started = time.monotonic()
         remote = spec.hostfile is not None and not spec.no_ssh
         result = runner(host, [python, "-c", PROBE, json.dumps(args)], timeout)
@@ -283,7 +283,7 @@ def run_doctor(
         for host, probe in results.items():
             _compare_with_other_nodes(report, host, probe, token_dir)
     if master not in probed and not any(_is_master(h, master) for h in probed):
-        report.add("port", master, True, f"{spec.master_port} not checked (master not probed from this node)")
+        report.add("port", master, True, f"{spec.port} not checked (master not probed from this node)")
     return report
 
 

@@ -98,7 +98,26 @@ def with_init_timeout(request: JobRequest, timeout_s: float) -> JobRequest:
     return replace(request, run=replace(request.run, parallel=parallel))
 
 
-# -- the body of every job command --------------------------------------------------------------------------
+# -- the options and the body of every job command --------------------------------------------------------------------------
+
+
+JOB_LAUNCH_FIELDS = ("num_gpus", "num_nodes", "hostfile", "master_port")
+"""The LaunchSpec fields a job command takes itself (`scaling launch` takes them all)."""
+
+
+def job_launch_options(func: Any) -> Any:
+    """The options every job command has besides its run options: how to start its ranks (LaunchSpec's), and
+    the hidden ones a launch plan and the deepspeed launcher pass to each rank."""
+    from scaling.config.cli_options import section_options, with_options
+    from scaling.launch.command import LaunchSpec
+
+    # Only rank 0 reads the file (see rank_from_file): other nodes need not see it yet, so no exists check.
+    hidden = [
+        click.Option(["--resolved-config"], type=click.Path(dir_okay=False), default=None, hidden=True),
+        click.Option(["--init-timeout"], type=click.FloatRange(min=1), default=None, hidden=True),
+        click.Option(["--local_rank", "--local-rank", "local_rank"], type=int, default=-1, hidden=True),
+    ]
+    return with_options(section_options(LaunchSpec, only=JOB_LAUNCH_FIELDS), hidden)(func)
 
 
 def run_job(kind: JobKind, ctx: click.Context, params: dict[str, Any]) -> None:
@@ -246,14 +265,11 @@ def limit_threads(env: LaunchEnv) -> None:
 
 
 def _local_spec(params: dict[str, Any]) -> LaunchSpec:
+    from scaling.config.cli_options import from_params
     from scaling.launch.command import LaunchSpec
 
-    return LaunchSpec(
-        hostfile=Path(params["hostfile"]) if params["hostfile"] else None,
-        num_nodes=params["num_nodes"],
-        num_gpus=params["num_gpus"],
-        master_port=params["master_port"] or free_port(),
-    )
+    spec = from_params(LaunchSpec, params)
+    return replace(spec, master_port=spec.master_port or free_port())
 
 
 def _planned_world(params: dict[str, Any]) -> int:

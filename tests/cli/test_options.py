@@ -13,17 +13,25 @@ from click.testing import CliRunner
 
 from scaling.cli.main import cli
 from scaling.config.cli_options import FieldOption, explicit_options
-from scaling.config.fields import default_of, option_fields
+from scaling.config.fields import default_of, flag_of, option_fields
 from scaling.config.sections import OptimConfig
 
 
 def _commands() -> dict[str, click.Command]:
     from scaling.cli.config import config
     from scaling.cli.distill import _build_command
+    from scaling.cli.doctor import doctor
     from scaling.cli.estimate import estimate
+    from scaling.cli.launch import launch
     from scaling.cli.train import train
 
-    out = {"train": train, "distill": _build_command(), "estimate": estimate}
+    out = {
+        "train": train,
+        "distill": _build_command(),
+        "estimate": estimate,
+        "launch": launch,
+        "doctor": doctor,
+    }
     out.update({f"config {name}": config.commands[name] for name in ("resolve", "validate", "explain")})
     return out
 
@@ -66,21 +74,24 @@ def test_the_run_options_are_generated_and_every_option_field_is_offered() -> No
         ParallelConfig,
     )
     from scaling.data.config import DataConfig
+    from scaling.launch.command import LaunchSpec
 
     offered: set[tuple[type, str]] = set()
     for command in COMMANDS.values():
         offered |= {(p.section, p.field_name) for p in _options(command) if isinstance(p, FieldOption)}
     sections = (ModelConfig, OptimConfig, CheckpointConfig, LogConfig, ParallelConfig, DeepSpeedSource)
-    for section in (*sections, DataConfig, DistillConfig):
+    for section in (*sections, DataConfig, DistillConfig, LaunchSpec):
         for field in option_fields(section):
             assert (section, field.name) in offered, (section.__name__, field.name)
     # No hand-written option repeats a section field's flag (it would be a second default and help text).
-    train_flags = {p.opts[0]: p for p in _options(COMMANDS["train"])}
-    assert all(isinstance(p, FieldOption) for flag, p in train_flags.items() if not _launch_flag(flag))
-
-
-def _launch_flag(flag: str) -> bool:
-    return flag in ("--num-gpus", "--num-nodes", "--hostfile", "--master-port", "--help", "-h")
+    field_flags = {flag_of(f) for section in (*sections, DataConfig, DistillConfig, LaunchSpec)
+                   for f in option_fields(section)}  # fmt: skip
+    # doctor's --output names the run directory to probe, by default the one of the job after `--`.
+    own_meaning = {("doctor", "--output")}
+    for name, command in COMMANDS.items():
+        hand_written = {flag for p in _options(command) if not isinstance(p, FieldOption) for flag in p.opts}
+        hand_written -= {flag for command_name, flag in own_meaning if command_name == name}
+        assert not hand_written & field_flags, (name, sorted(hand_written & field_flags))
 
 
 def test_a_flag_has_one_default_across_commands() -> None:
