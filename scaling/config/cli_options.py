@@ -3,7 +3,7 @@
 Every command that takes run options (`train`, `distill`, `launch -- train`, `config`, `estimate`) gets them
 from here, so each option's type, default, choices and help exist once: on its section field.
 
-Type mapping: bool -> `--x/--no-x`; `list[str]` -> a repeatable option; `list[int]` -> one comma-separated
+Type mapping: bool -> `--x/--no-x` (a plain switch when the flag is already `--no-x`); `list[str]` -> a repeatable option; `list[int]` -> one comma-separated
 value (`0,2,4`); `tuple[float, float]` -> `A,B`; `T | None` -> T with no default shown; numbers with bounds
 -> ranges; `choices` -> a choice.
 """
@@ -101,6 +101,8 @@ def field_option(section: type, f: Field[Any], *, required: bool = False) -> Fie
     decl = flag
     if spec.choices:
         kwargs["type"] = click.Choice(spec.choices)
+    elif base is bool and flag.startswith("--no-"):
+        kwargs["is_flag"] = True  # already a negative (--no-ssh): a plain switch, not --no-no-ssh
     elif base is bool:
         decl = f"{flag}/--no-{flag[2:]}"
     elif origin is list and typing.get_args(base) == (str,):

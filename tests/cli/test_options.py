@@ -139,3 +139,8 @@ def test_run_values_default_to_the_sections() -> None:
         OptimConfig(), ParallelConfig(), world_size=1, explicit=frozenset(), total_steps=RunValues.total_steps
     )
     assert built == RunValues(cpu_only=None)
+
+
+def test_a_negative_flag_is_a_plain_switch() -> None:
+    flags = {flag for p in _options(COMMANDS["launch"]) for flag in (*p.opts, *p.secondary_opts)}
+    assert "--no-ssh" in flags and "--no-no-ssh" not in flags
