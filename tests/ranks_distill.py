@@ -83,12 +83,15 @@ def distill_cli(args: list[str]) -> dict[str, Any]:
     import os
 
     from scaling.cli.distill import distill
+    from scaling.errors import UserError
 
     code = 0
     try:
         distill.main(args, prog_name="scaling compress distill", standalone_mode=False)
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
+    except UserError:  # what the scaling group shows as `Error: ...`, exit 2
+        code = 2
     output = Path(args[args.index("--output") + 1])
     return {"exit": code, "records": _records(output) if os.environ.get("RANK") == "0" else []}
 
@@ -104,12 +107,12 @@ def teacher_partitioning(args: list[str]) -> dict[str, Any]:
     import torch
 
     from scaling.cli.distill import _distill_config, distill
-    from scaling.cli.train import _limit_threads
     from scaling.cli.train_options import run_request_from_options
     from scaling.compress.distill import DistillRun, load_distill_config, prepare
     from scaling.config.run import RunConfig
     from scaling.distributed import LaunchEnv
     from scaling.engine import dist as dist_setup
+    from scaling.launch.job import limit_threads
 
     ctx = distill.make_context("distill", list(args))
     params = ctx.params
@@ -117,7 +120,7 @@ def teacher_partitioning(args: list[str]) -> dict[str, Any]:
     request = run_request_from_options(
         {**params, "model": params["teacher"]}, world_size=env.world_size, explicit=frozenset(params)
     )
-    _limit_threads(env)  # as the CLI does: the same threads give bit-identical losses
+    limit_threads(env)  # as the CLI does: the same threads give bit-identical losses
     dist_setup.init_process_group(env, timeout_s=120)
     try:
         if env.rank == 0:

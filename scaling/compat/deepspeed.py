@@ -57,9 +57,11 @@ def init_tensor_parallel_groups(tensor_parallel: int) -> Any:
     return groups
 
 
-def validate_config(config: dict[str, Any], *, data_parallel: int) -> None:
-    """Run DeepSpeed's own config validation (`DeepSpeedConfig`) as rank 0 of `data_parallel` ranks,
-    without a process group: `deepspeed.comm`'s rank and world size are patched for the duration.
+def validate_config(config: dict[str, Any], *, world_size: int) -> None:
+    """Run DeepSpeed's own config validation (`DeepSpeedConfig`) as rank 0 of `world_size` ranks, without a
+    process group: `deepspeed.comm`'s rank and world size are patched for the duration. With no mpu DeepSpeed
+    checks the batch against that world size (divided by `sequence_parallel_size` when set), so pass the
+    data-parallel size, or data-parallel x sequence-parallel for Ulysses configs.
     Raises whatever DeepSpeed raises (AssertionError, pydantic's ValidationError, ValueError, ...)."""
     from unittest import mock
 
@@ -68,7 +70,7 @@ def validate_config(config: dict[str, Any], *, data_parallel: int) -> None:
 
     with (
         mock.patch.object(deepspeed.comm, "get_rank", return_value=0),
-        mock.patch.object(deepspeed.comm, "get_world_size", return_value=data_parallel),
+        mock.patch.object(deepspeed.comm, "get_world_size", return_value=world_size),
     ):
         DeepSpeedConfig(config)
 

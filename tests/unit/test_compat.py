@@ -95,11 +95,13 @@ def test_shm_comm_build_is_skipped():
     assert module.build_shm_op() is None
 
 
-def test_deepspeed_config_validation_sees_the_data_parallel_size():
+def test_deepspeed_config_validation_sees_the_given_world_size():
     config = {"train_batch_size": 8, "train_micro_batch_size_per_gpu": 2, "gradient_accumulation_steps": 2}
-    ds_compat.validate_config(dict(config), data_parallel=2)
+    ds_compat.validate_config(dict(config), world_size=2)
     with pytest.raises(AssertionError, match="train_batch_size"):
-        ds_compat.validate_config(dict(config), data_parallel=3)
+        ds_compat.validate_config(dict(config), world_size=3)
+    # Ulysses: DeepSpeed divides the world by the sequence-parallel size itself
+    ds_compat.validate_config({**config, "sequence_parallel_size": 2}, world_size=4)
 
 
 @pytest.fixture(scope="module")
