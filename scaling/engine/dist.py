@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from scaling.distributed.env import LaunchEnv
 from scaling.errors import UserError
@@ -147,12 +147,12 @@ def _run_on_rank0(fn: Callable[[], T], *, rank: int, share_result: bool) -> T | 
         return result
     if not shared:
         return None
-    status, message, result = _broadcast(None)
+    status, message, shared_result = _broadcast(None)
     if status == "user":
         raise UserError(message)
     if status == "bug":
         raise PeerFailed(f"rank 0 failed: {message} (its traceback is in rank 0's output)")
-    return result if share_result else None
+    return cast("T", shared_result) if share_result else None
 
 
 def _broadcast(outcome: tuple[str, str | None, object] | None) -> tuple[str, str | None, object]:
