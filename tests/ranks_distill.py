@@ -59,7 +59,7 @@ def held_out_kl(
     import torch
     from transformers import AutoTokenizer
 
-    from scaling.compress.distill import _aligned_logits, kd_loss
+    from scaling.compress.distill_loss import aligned_logits, kd_loss
     from scaling.models import model_class_for
 
     tok = AutoTokenizer.from_pretrained(teacher_dir)
@@ -70,7 +70,7 @@ def held_out_kl(
     with torch.no_grad():
         t = teacher(**batch).logits
         s = student(**batch).logits
-    s, t = _aligned_logits(task, s, t)
+    s, t = aligned_logits(task, s, t)
     mask = None
     if task != "seq-cls":
         mask = batch["attention_mask"][:, 1:] if task == "clm" else batch["attention_mask"]
@@ -99,17 +99,19 @@ def _records(output: Path) -> list[dict[str, Any]]:
 
 
 def teacher_partitioning(args: list[str]) -> dict[str, Any]:
-    """What `distill_cli` does, through a DistillRun kept at hand: also reports how the teacher is held on
+    """What `distill_cli` does, through a Trainer with the distillation objective kept at hand: also reports how the teacher is held on
     this rank."""
     import torch
 
     from scaling.cli.distill import _distill_config, distill
     from scaling.cli.train import _limit_threads
     from scaling.cli.train_options import run_request_from_options
-    from scaling.compress.distill import DistillRun, load_distill_config, prepare
+    from scaling.compress.distill import load_distill_config, prepare
+    from scaling.compress.distill_objective import DistillObjective
     from scaling.config.run import RunConfig
     from scaling.distributed import LaunchEnv
     from scaling.engine import dist as dist_setup
+    from scaling.engine.trainer import Trainer
 
     ctx = distill.make_context("distill", list(args))
     params = ctx.params
@@ -124,22 +126,25 @@ def teacher_partitioning(args: list[str]) -> dict[str, Any]:
             prepare(request, _distill_config(params))
         dist_setup.barrier()
         output = Path(request.checkpoint.output)
-        run = DistillRun(RunConfig.load(output / "run_config.json"), env, load_distill_config(output))
-        result = run.fit()
-        module = run._teacher_module()
+        config = RunConfig.load(output / "run_config.json")
+        objective = DistillObjective(config, load_distill_config(output))
+        result = Trainer(config, env, objective=objective).fit()
+        module = objective.teacher_module()
         # A partitioned parameter is an empty placeholder; this rank's share lives in ds_tensor.
         local = sum(
             p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in module.parameters()
         )
         full = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
         return {
-            "engine": type(run.teacher).__name__,
+            "engine": type(objective.teacher).__name__,
             "local_numel": local,
             "full_numel": full,
             "requires_grad": any(p.requires_grad for p in module.parameters()),
             "final_loss": result.final_loss,
             "eval": result.eval,
-            "is_tensor": isinstance(run.last_parts.total, torch.Tensor) if run.last_parts else False,
+            "is_tensor": isinstance(objective.last_parts.total, torch.Tensor)
+            if objective.last_parts
+            else False,
             "records": _records(output) if env.rank == 0 else [],
         }
     finally:
