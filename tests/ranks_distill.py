@@ -27,6 +27,8 @@ def make_model(
     seed: int = 0,
     init: float = 0.3,
     width: int | None = None,
+    heads: int | None = None,
+    kv_heads: int | None = None,
 ) -> Path:
     """A random tiny model saved as an HF directory with the tokenizer. A large init range gives peaked
     output distributions, so a teacher's soft labels carry information."""
@@ -40,6 +42,10 @@ def make_model(
     spec[LAYER_KEYS[kind]] = layers
     if width is not None:
         spec["n_embd" if kind == "gpt2" else "hidden_size"] = width
+    if heads is not None:  # tensor and sequence parallelism split heads: a degree must divide them
+        spec["n_head" if kind == "gpt2" else "num_attention_heads"] = heads
+    if kv_heads is not None:
+        spec["num_key_value_heads"] = kv_heads
     config = CONFIG_MAPPING[spec.pop("model_type")](**spec, vocab_size=len(tok), initializer_range=init)
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(config, name, getattr(tok, name))

@@ -1,0 +1,64 @@
+"""Distillation on the tensor- and sequence-parallel layouts: the composed trainer runs the distillation
+objective on AutoTP (2 ranks, tensor_parallel 2) and Ulysses (2 ranks, sequence_parallel 2), and each computes
+the one-rank run's per-step losses (one data-parallel share either way) and eval figures."""
+
+from __future__ import annotations
+
+import pytest
+from harness import run_ranks
+from ranks_distill import distill_cli, make_model
+
+LOSS_RTOL = 1e-5
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def teacher(clm_tokenizer, tmp_path_factory):
+    # 4 query / 2 key-value heads: both degrees of 2 divide them (AutoTP shards heads, Ulysses trades them).
+    out = tmp_path_factory.mktemp("teacher") / "llama"
+    return make_model("llama", "clm", clm_tokenizer, out, layers=4, heads=4, kv_heads=2)
+
+
+def _args(teacher, out, corpus, *extra):
+    return ["--teacher", str(teacher), "--student-layers", "2", "--task", "clm", "--data", str(corpus),
+            "--eval-data", str(corpus), "--eval-batches", "2", "--output", str(out), "--precision", "fp32",
+            "--seq-len", "32", "--micro-batch", "2", "--grad-accum", "2", "--lr", "3e-3", "--warmup-steps", "1",
+            "--max-steps", str(STEPS), "--log-every", "1", "--alpha", "0.5", "--temperature", "2",
+            "--no-progress", "--no-tensorboard", *extra]  # fmt: skip
+
+
+def _losses(records):
+    return [r["loss"] for r in records if "loss" in r]
+
+
+def _eval(records):
+    return next(r for r in reversed(records) if "eval_kd_loss" in r)
+
+
+def _assert_matches(got_records, want_records):
+    got, want = _losses(got_records), _losses(want_records)
+    assert len(got) == len(want) == STEPS
+    for a, b in zip(got, want, strict=True):
+        assert abs(a - b) <= LOSS_RTOL * abs(b), (got, want)
+    assert want[-1] < want[0], want
+    got_eval, want_eval = _eval(got_records), _eval(want_records)
+    for key in ("eval_loss", "eval_kd_loss"):
+        assert abs(got_eval[key] - want_eval[key]) <= LOSS_RTOL * want_eval[key], (key, got_eval, want_eval)
+
+
+@pytest.mark.parametrize(
+    ("one_rank_config", "layout"),
+    [
+        ("zero1", ["--ds-config", "autotp", "--tensor-parallel", "2"]),
+        ("zero2", ["--ds-config", "zero2", "--sequence-parallel", "2"]),
+    ],
+    ids=["autotp", "ulysses"],
+)
+def test_parallel_distillation_matches_one_rank(tmp_path, small_corpus, teacher, one_rank_config, layout):
+    single = run_ranks(
+        distill_cli, 1, _args(teacher, tmp_path / "one", small_corpus, "--ds-config", one_rank_config)
+    )[0]
+    parallel = run_ranks(distill_cli, 2, _args(teacher, tmp_path / "par", small_corpus, *layout))
+    assert single["exit"] == 0 and [r["exit"] for r in parallel] == [0, 0]
+    _assert_matches(parallel[0]["records"], single["records"])
+    assert (tmp_path / "par" / "final" / "model.safetensors").is_file()
