@@ -88,15 +88,20 @@ def distill_cli(args: list[str]) -> dict[str, Any]:
     """Run `scaling compress distill ARGS` as one rank; rank 0 returns the metrics it logged."""
     import os
 
+    import click
+
     from scaling.cli.distill import distill
 
-    code = 0
+    code, message = 0, ""
     try:
         distill.main(args, prog_name="scaling compress distill", standalone_mode=False)
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
+    except click.ClickException as err:
+        code, message = err.exit_code, err.format_message()
     output = Path(args[args.index("--output") + 1])
-    return {"exit": code, "records": _records(output) if os.environ.get("RANK") == "0" else []}
+    records = _records(output) if os.environ.get("RANK") == "0" else []
+    return {"exit": code, "message": message, "records": records}
 
 
 def _records(output: Path) -> list[dict[str, Any]]:

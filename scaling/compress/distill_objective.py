@@ -8,9 +8,9 @@ It runs on every layout where the teacher's outputs line up with the student's:
 - AutoTP: the sharded student's outputs are whole on every tensor peer, so the loss is the plain one
   (attention maps are not: the eager attention of a sharded layer returns its own heads only);
 - Ulysses: the teacher runs on the whole micro-batch every sequence peer holds (it is not sequence-parallel:
-  its memory is that of the plain layout), and each rank compares its own slice of positions; task and KL
-  terms are summed per token and made the group's mean (scaling.engine.shards), so the value equals the
-  one-rank loss. Hidden-state and attention matching are not implemented there;
+  its memory is that of the plain layout), and each rank compares its own slice of positions; task, KL and
+  hidden-state terms are summed per token and made the group's mean (scaling.engine.shards), so the value
+  equals the one-rank loss (attention maps are not available: Ulysses attention returns no weights);
 - not the pipeline: its engine computes a language-modelling loss on the last stage from labels alone.
 
 `parallel_problems(cfg, parallel)` says which combination is refused and why; the objective raises it as a
@@ -39,7 +39,7 @@ from scaling.compress.distill_loss import (
     kd_positions,
 )
 from scaling.engine.objective import EvalTotals, LanguageModelling, ratio
-from scaling.engine.shards import IGNORE, SequenceShard, token_loss_sum
+from scaling.engine.shards import IGNORE, SequenceShard, gradient_factor, token_loss_sum
 from scaling.engine.step_window import loss_scale
 from scaling.errors import UserError
 
@@ -79,14 +79,6 @@ def parallel_problems(cfg: DistillConfig | None, parallel: Any) -> list[tuple[st
                         value,
                     )
                 )
-    if cfg.hidden_loss > 0 and parallel.sequence_parallel > 1:
-        out.append(
-            (
-                "--sequence-parallel",
-                "--hidden-loss is not implemented with sequence parallelism (use data or tensor parallelism)",
-                parallel.sequence_parallel,
-            )
-        )
     return out
 
 
@@ -253,22 +245,45 @@ class DistillObjective:
         return parts.total
 
     def _shard_sums(
-        self, model: Any, shard: SequenceShard
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This shard's summed task cross-entropy, summed KL and target count (clm)."""
-        logits = model(**shard.inputs, use_cache=False).logits
-        teacher = shard.take(self._teacher_outputs(shard.batch).logits)
+        self, model: Any, shard: SequenceShard, *, hidden: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """This shard's summed task cross-entropy, summed KL, target count (clm) and, with `hidden`, the
+        group mean of the hidden-state MSE."""
+        extra = {"output_hidden_states": True} if hidden else {}
+        student = model(**shard.inputs, use_cache=False, **extra)
+        teacher = self._teacher_outputs(shard.batch, **extra)
+        logits = student.logits
         task_sum, count = token_loss_sum(logits, shard.shift_labels)
         mask = (shard.shift_labels != IGNORE).to(torch.float32)
-        kd_sum = (kd_per_position(logits, teacher, self.distill.temperature) * mask).sum()
-        return task_sum, kd_sum, count
+        kd = kd_per_position(logits, shard.take(teacher.logits), self.distill.temperature)
+        hidden_mean = self._shard_hidden(student, teacher, shard) if hidden else None
+        return task_sum, (kd * mask).sum(), count, hidden_mean
+
+    def _shard_hidden(self, student: Any, teacher: Any, shard: SequenceShard) -> torch.Tensor:
+        """hidden_mse of the whole sequence as the group's mean: per-token errors of this shard's real tokens
+        summed over the layer pairs, over the group's real tokens (every pair counts the same tokens)."""
+        assert self.layer_pairs is not None
+        ids = shard.batch["input_ids"]
+        token_mask = shard.batch.get("attention_mask")
+        mask = shard.take(torch.ones_like(ids) if token_mask is None else token_mask).float()
+        pairs = [(0, 0)] + [(s + 1, t + 1) for s, t in self.layer_pairs]
+        local = torch.zeros((), device=mask.device)
+        for s, t in pairs:
+            hs = student.hidden_states[s].float()
+            if self.projection is not None:
+                hs = self.projection(hs)
+            per_token = (hs - shard.take(teacher.hidden_states[t]).float()).pow(2).mean(-1)
+            local = local + (per_token * mask).sum()
+        return shard.group_mean(local, mask.sum()) / len(pairs)
 
     def shard_loss(self, model: Any, shard: SequenceShard) -> torch.Tensor:
         cfg = self.distill
-        task_sum, kd_sum, count = self._shard_sums(model, shard)
+        task_sum, kd_sum, count, hidden = self._shard_sums(model, shard, hidden=self.wants_hidden)
         # Both terms average over the same targets, so one group mean of the blend is the blend of the means.
         blend = cfg.alpha * task_sum + (1.0 - cfg.alpha) * cfg.temperature**2 * kd_sum
         total = shard.group_mean(blend, count)
+        if hidden is not None:
+            total = total + cfg.hidden_loss * hidden
         self.last_parts = LossParts(total=total, task=float("nan"), kd=float("nan"))
         return total
 
@@ -286,7 +301,7 @@ class DistillObjective:
         return totals
 
     def shard_eval_totals(self, model: Any, shard: SequenceShard) -> EvalTotals:
-        task_sum, kd_sum, count = self._shard_sums(model, shard)
+        task_sum, kd_sum, count, _ = self._shard_sums(model, shard)
         return {"loss": (float(task_sum), float(count)), "kd": (float(kd_sum), float(count))}
 
     def metrics(self, totals: EvalTotals) -> dict[str, float]:
@@ -298,20 +313,24 @@ class DistillObjective:
     # -- the projection, checkpoints ------------------------------------------------------------------
 
     def after_step(self, engine: Any, lr: float) -> None:
-        """Step the projection with the student's learning rate; its gradients are summed over the ranks and
-        divided by the world (tensor peers computed identical ones) and by the fp16 loss scale."""
+        """Step the projection with the student's learning rate. Its gradients are summed over the ranks and
+        made the mean over data-parallel replicas: tensor peers computed identical ones (divide by the world);
+        sequence peers computed shares of their group's gradient, each scaled like the engine's by the
+        group-mean factor (see scaling.engine.shards.gradient_factor). The fp16 loss scale comes off too."""
         if self.projection is None:
             return
         import torch.distributed as dist
 
         scale = loss_scale(engine) or 1.0
         world = dist.get_world_size() if dist.is_initialized() else 1
+        sp = self.run.parallel.sequence_parallel
+        replicas = world * gradient_factor(self.run.zero_stage, sp) / sp
         for param in self.projection.parameters():
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
             if world > 1:
                 dist.all_reduce(param.grad)
-            param.grad.div_(world * scale)
+            param.grad.div_(replicas * scale)
         for group in self.projection_optim.param_groups:
             group["lr"] = lr
         self.projection_optim.step()

@@ -1,6 +1,7 @@
 """Distillation on the tensor- and sequence-parallel layouts: the composed trainer runs the distillation
 objective on AutoTP (2 ranks, tensor_parallel 2) and Ulysses (2 ranks, sequence_parallel 2), and each computes
-the one-rank run's per-step losses (one data-parallel share either way) and eval figures."""
+the one-rank run's per-step losses (one data-parallel share either way) and eval figures: with a layer-reduced
+student, and with a narrower student matched on hidden states through a trained projection."""
 
 from __future__ import annotations
 
@@ -13,14 +14,21 @@ STEPS = 6
 
 
 @pytest.fixture(scope="module")
-def teacher(clm_tokenizer, tmp_path_factory):
+def models(clm_tokenizer, tmp_path_factory):
     # 4 query / 2 key-value heads: both degrees of 2 divide them (AutoTP shards heads, Ulysses trades them).
-    out = tmp_path_factory.mktemp("teacher") / "llama"
-    return make_model("llama", "clm", clm_tokenizer, out, layers=4, heads=4, kv_heads=2)
+    root = tmp_path_factory.mktemp("distill-parallel")
+    teacher = make_model("llama", "clm", clm_tokenizer, root / "teacher", layers=4, heads=4, kv_heads=2)
+    narrow = make_model(
+        "llama", "clm", clm_tokenizer, root / "narrow", layers=2, width=16, heads=4, kv_heads=2, seed=1,
+        init=0.02,
+    )  # fmt: skip
+    return {"teacher": teacher, "narrow": narrow}
 
 
-def _args(teacher, out, corpus, *extra):
-    return ["--teacher", str(teacher), "--student-layers", "2", "--task", "clm", "--data", str(corpus),
+def _args(models, student, out, corpus, *extra):
+    chosen = ["--student-layers", "2"] if student == "reduced" else ["--student", str(models["narrow"]),
+                                                                     "--hidden-loss", "0.05"]  # fmt: skip
+    return ["--teacher", str(models["teacher"]), *chosen, "--task", "clm", "--data", str(corpus),
             "--eval-data", str(corpus), "--eval-batches", "2", "--output", str(out), "--precision", "fp32",
             "--seq-len", "32", "--micro-batch", "2", "--grad-accum", "2", "--lr", "3e-3", "--warmup-steps", "1",
             "--max-steps", str(STEPS), "--log-every", "1", "--alpha", "0.5", "--temperature", "2",
@@ -46,6 +54,7 @@ def _assert_matches(got_records, want_records):
         assert abs(got_eval[key] - want_eval[key]) <= LOSS_RTOL * want_eval[key], (key, got_eval, want_eval)
 
 
+@pytest.mark.parametrize("student", ["reduced", "narrow"])
 @pytest.mark.parametrize(
     ("one_rank_config", "layout"),
     [
@@ -54,11 +63,21 @@ def _assert_matches(got_records, want_records):
     ],
     ids=["autotp", "ulysses"],
 )
-def test_parallel_distillation_matches_one_rank(tmp_path, small_corpus, teacher, one_rank_config, layout):
+def test_parallel_distillation_matches_one_rank(
+    tmp_path, small_corpus, models, one_rank_config, layout, student
+):
     single = run_ranks(
-        distill_cli, 1, _args(teacher, tmp_path / "one", small_corpus, "--ds-config", one_rank_config)
+        distill_cli, 1, _args(models, student, tmp_path / "one", small_corpus, "--ds-config", one_rank_config)
     )[0]
-    parallel = run_ranks(distill_cli, 2, _args(teacher, tmp_path / "par", small_corpus, *layout))
+    parallel = run_ranks(distill_cli, 2, _args(models, student, tmp_path / "par", small_corpus, *layout))
     assert single["exit"] == 0 and [r["exit"] for r in parallel] == [0, 0]
     _assert_matches(parallel[0]["records"], single["records"])
     assert (tmp_path / "par" / "final" / "model.safetensors").is_file()
+
+
+def test_attention_maps_refused_on_a_sequence_parallel_student(tmp_path, small_corpus, models):
+    args = _args(models, "reduced", tmp_path / "run", small_corpus, "--attention-loss", "1",
+                 "--ds-config", "zero2", "--sequence-parallel", "2")  # fmt: skip
+    results = run_ranks(distill_cli, 2, args)
+    assert [r["exit"] for r in results] == [2, 2]
+    assert "--attention-loss needs whole attention maps" in results[0]["message"], results[0]["message"]
