@@ -348,9 +348,8 @@ def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, Distill
 
 
 def _parallel_problems(parallel: Any) -> list[Problem]:
-    """Layouts no distillation runs on (the pipeline); combinations that depend on the loss terms (attention
-    maps under TP/SP, hidden states under SP) are refused by the objective on every rank (see
-    scaling.compress.distill_objective.parallel_problems)."""
+    """Layouts no distillation runs on (the pipeline); attention maps under TP/SP depend on the loss terms and
+    are refused by the objective on every rank (see scaling.compress.distill_objective.parallel_problems)."""
     from scaling.compress.distill_objective import parallel_problems
 
     return [Problem(option, why, value) for option, why, value in parallel_problems(None, parallel)]
