@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine: `make demo` (set up, then run the bundled workflow) and
-# `make test` (set up, then run the test suite). Both create .venv on first use.
+# `make test` (set up, then run the test suite). Both create .venv on first use. `make test-quick` runs the
+# unit and CLI tests only (a few minutes on 2 cores), for the edit-test loop; CI runs `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 # On a GPU machine, install the CUDA build of torch into .venv before `make`.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test test-quick lint
 
 $(BIN)/scaling: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,9 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-quick: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/unit tests/cli
 
 lint: setup
 	$(BIN)/ruff check scaling tests launchers bench

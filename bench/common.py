@@ -128,7 +128,7 @@ def plot(name: str, draw: Callable[[Any], None], *, size: tuple[float, float] = 
 
 def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 900.0) -> list[Any]:
     """Call fn(*args) on `world_size` gloo ranks; each rank's return value, or the first rank's error."""
-    from scaling.distributed.spawn import run_ranks as spawn_ranks
+    from tests.harness import run_ranks as spawn_ranks
 
     if str(ROOT) not in sys.path:  # the ranks import bench.* by name
         sys.path.insert(0, str(ROOT))

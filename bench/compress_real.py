@@ -19,7 +19,7 @@ from typing import Any
 
 def smollm_fp32(work: Path) -> Path:
     """Dequantize the GGUF once into an fp32 HF directory."""
-    from scaling.models.gguf import smollm2_135m
+    from tests.gguf_models import smollm2_135m
 
     return smollm2_135m(work / "smollm2-135m-fp32")
 

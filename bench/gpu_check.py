@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         peak = matmul_peak(dry)
         report["measured_matmul_flops"] = peak
         log(f"measured matmul peak: {peak / 1e12 if peak else float('nan'):.1f} TFLOP/s")
-        from scaling.distributed.spawn import free_port
+        from tests.harness import free_port
 
         env = LaunchEnv(master_port=free_port())
         dist_setup.init_process_group(env, timeout_s=600)
@@ -288,8 +288,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             # Peak memory vs the estimate for the same shape, layout and resolved JSON.
             from scaling.config.estimate import Layout, estimate, model_shape
 
-            est = estimate(model_shape(paths["model"]), Layout(seq_len=seq, micro_batch=micro),
-                           ours.pop("deepspeed_config"), "bf16")  # fmt: skip
+            shape = model_shape(paths["model"])
+            est = estimate(
+                shape, Layout(seq_len=seq, micro_batch=micro), ours.pop("deepspeed_config"), "bf16"
+            )
             report["memory"] = {
                 "peak_gpu_bytes": ours["peak_gpu_bytes"],
                 "estimate_total_bytes": est.gpu_total,
@@ -298,7 +300,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "measured_over_estimate": (ours["peak_gpu_bytes"] / est.gpu_total)
                 if ours["peak_gpu_bytes"]
                 else None,
-                "note": "the estimate's activations assume no flash attention (5as/h term); SDPA flash needs less",
+                "note": "activations counted without stored attention scores (fused SDPA attention)"
+                if shape.fused_attention
+                else "activations counted with stored attention scores (eager attention, 5as/h term)",
             }
             if ours["peak_gpu_bytes"]:
                 log(f"peak memory {ours['peak_gpu_bytes'] / 2**30:.1f} GiB vs estimate {est.gpu_total / 2**30:.1f} GiB "

@@ -183,13 +183,32 @@ def section_gpu(d: dict[str, Any] | None, dry: dict[str, Any] | None) -> list[st
         return lines
     b = d["bf16"]
     mem = d.get("memory", {})
+    setup = d.get("setup", {})
+    fp16 = d.get("fp16")
+    if isinstance(fp16, dict):
+        fp16_text = f"{fp16.get('tokens_per_s') or _last(fp16, 'tokens_per_s'):,.0f} tokens/s with dynamic loss scaling"
+    else:
+        fp16_text = str(fp16)
     return [
-        f"{d['device']}: {b['tokens_per_s']:,.0f} tokens/s, MFU {b['mfu_pct']:.1f}% of 989 TFLOP/s,"
-        f" {b.get('mfu_pct_of_measured') or float('nan'):.1f}% of a measured bf16 matmul"
-        f" ({(d.get('measured_matmul_flops') or float('nan')) / 1e12:.0f} TFLOP/s); peak memory"
-        f" {(mem.get('peak_gpu_bytes') or 0) / 2**30:.1f} GiB vs estimate {(mem.get('estimate_total_bytes') or 0) / 2**30:.1f} GiB;"
-        f" ours/plain PyTorch {d.get('ours_over_plain', float('nan')):.3f}; fp16: {d.get('fp16') if isinstance(d.get('fp16'), str) else 'see json'}.",
+        f"{d['device']} (torch {d.get('versions', {}).get('torch')}, ZeRO-{setup.get('zero')}, micro-batch"
+        f" {setup.get('micro_batch')} x seq {setup.get('seq_len')}, {b.get('params', 0) / 1e9:.2f}B params):"
+        f" {b['tokens_per_s']:,.0f} tokens/s, MFU {b['mfu_pct']:.1f}% of 989 TFLOP/s,"
+        f" {b.get('mfu_pct_of_measured') or _last(b, 'mfu_pct_of_measured_matmul'):.1f}% of a measured bf16 matmul"
+        f" ({(d.get('measured_matmul_flops') or float('nan')) / 1e12:.0f} TFLOP/s); ours/plain PyTorch loop"
+        f" {d.get('ours_over_plain', float('nan')):.3f}; fp16: {fp16_text}.",
+        "",
+        f"Memory: peak {(mem.get('peak_gpu_bytes') or 0) / 2**30:.1f} GiB vs `scaling estimate`"
+        f" {(mem.get('estimate_total_bytes') or 0) / 2**30:.1f} GiB (model states"
+        f" {(mem.get('estimate_model_states_bytes') or 0) / 2**30:.1f} GiB, activations"
+        f" {(mem.get('estimate_activation_bytes') or 0) / 2**30:.1f} GiB): the estimate is"
+        f" {1 / (mem.get('measured_over_estimate') or float('nan')):.1f}x the peak, all in the activation term"
+        f" ({mem.get('note', '')}).",
     ]
+
+
+def _last(section: dict[str, Any], key: str) -> float:
+    records = [r for r in section.get("records", []) if key in r]
+    return float(records[-1][key]) if records else float("nan")
 
 
 def section_pipeline_bubble(d: dict[str, Any]) -> list[str]:

@@ -1,7 +1,9 @@
 """Errors a user can act on.
 
-Library code raises these; the CLI and the launchers turn them into one clear message and exit code 2.
-Anything else is a bug and keeps its traceback.
+Library code raises these; one place turns them into one clear message and exit code 2: the `scaling`
+group (scaling.cli.main), and `run_command` there for a command run as its own program (a rank entry).
+Anything else is a bug and keeps its traceback; between ranks, `scaling.engine.dist.on_rank0` keeps the
+distinction.
 """
 
 from __future__ import annotations

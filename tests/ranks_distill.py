@@ -91,6 +91,7 @@ def distill_cli(args: list[str]) -> dict[str, Any]:
     import click
 
     from scaling.cli.distill import distill
+    from scaling.errors import UserError
 
     code, message = 0, ""
     try:
@@ -99,6 +100,8 @@ def distill_cli(args: list[str]) -> dict[str, Any]:
         code = stop.code if isinstance(stop.code, int) else 1
     except click.ClickException as err:
         code, message = err.exit_code, err.format_message()
+    except UserError as err:  # what the scaling group shows as `Error: ...`, exit 2
+        code, message = 2, str(err)
     output = Path(args[args.index("--output") + 1])
     records = _records(output) if os.environ.get("RANK") == "0" else []
     return {"exit": code, "message": message, "records": records}
@@ -115,7 +118,6 @@ def teacher_partitioning(args: list[str]) -> dict[str, Any]:
     import torch
 
     from scaling.cli.distill import _distill_config, distill
-    from scaling.cli.train import _limit_threads
     from scaling.cli.train_options import run_request_from_options
     from scaling.compress.distill import load_distill_config, prepare
     from scaling.compress.distill_objective import DistillObjective
@@ -123,6 +125,7 @@ def teacher_partitioning(args: list[str]) -> dict[str, Any]:
     from scaling.distributed import LaunchEnv
     from scaling.engine import dist as dist_setup
     from scaling.engine.trainer import Trainer
+    from scaling.launch.job import limit_threads
 
     ctx = distill.make_context("distill", list(args))
     params = ctx.params
@@ -130,7 +133,7 @@ def teacher_partitioning(args: list[str]) -> dict[str, Any]:
     request = run_request_from_options(
         {**params, "model": params["teacher"]}, world_size=env.world_size, explicit=frozenset(params)
     )
-    _limit_threads(env)  # as the CLI does: the same threads give bit-identical losses
+    limit_threads(env)  # as the CLI does: the same threads give bit-identical losses
     dist_setup.init_process_group(env, timeout_s=120)
     try:
         if env.rank == 0:

@@ -51,6 +51,7 @@ from scaling.checkpoint.store import (
     verify,
     write_manifest,
 )
+from scaling.distributed.topology import Topology
 from scaling.errors import CheckpointError
 
 RESHAPE_FILE = "reshape.json"
@@ -73,13 +74,24 @@ class Layout:
     """Ulysses degree."""
 
     @property
+    def topology(self) -> Topology:
+        """These degrees as a layout, unchecked: `check_reshape` reports what is wrong with it."""
+        return Topology(
+            world_size=self.world_size,
+            tensor_parallel=self.tensor_parallel,
+            pipeline_stages=self.pipeline_stages,
+            sequence_parallel=self.sequence_parallel,
+            check=False,
+        )
+
+    @property
     def data_parallel(self) -> int:
-        return self.world_size // (self.pipeline_stages * self.tensor_parallel * self.sequence_parallel)
+        return self.topology.data_parallel
 
     @property
     def zero_ranks(self) -> int:
         """Ranks ZeRO partitions over: data-parallel ranks and their sequence peers."""
-        return self.data_parallel * self.sequence_parallel
+        return self.topology.zero_partition
 
     def same_processes(self, other: Layout) -> bool:
         """Whether `other` runs this layout (the micro-batch aside)."""
@@ -112,17 +124,8 @@ def source_layout(run: dict[str, Any]) -> Layout:
 
 def check_reshape(source: Layout, target: Layout, zero_stage: int) -> list[str]:
     """Why this conversion cannot be done (empty: it can)."""
-    reasons = []
-    model_parallel = target.pipeline_stages * target.tensor_parallel * target.sequence_parallel
-    if target.world_size < 1 or target.world_size % model_parallel:
-        reasons.append(
-            f"pipeline_stages({target.pipeline_stages}) x tensor_parallel({target.tensor_parallel}) x "
-            f"sequence_parallel({target.sequence_parallel}) must divide the target world size {target.world_size}"
-        )
-    if target.sequence_parallel > 1 and (target.pipeline_stages > 1 or target.tensor_parallel > 1):
-        reasons.append(
-            "sequence parallelism combines with data parallelism only, not with pipeline or tensor"
-        )
+    topology = target.topology
+    reasons = [f"target layout: {problem.render()}" for problem in topology.problems()]
     if source.tensor_parallel > 1 or target.tensor_parallel > 1:
         reasons.append(
             "tensor-parallel checkpoints cannot be reshaped (resume with the same --tensor-parallel)"
@@ -335,8 +338,6 @@ def _write_rank_states(
     tokens = sum(int(s["tokens_seen"]) for s in by_dp.values())
     data_states = _advanced_streams(ref, run, target, per_rank_batches)
     base = saved[0]
-    from scaling.distributed.topology import Topology
-
     topology = Topology(
         world_size=target.world_size,
         tensor_parallel=target.tensor_parallel,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from scaling.errors import UserError
+from scaling.errors import CheckpointError
 
 
 @click.group("checkpoint")
@@ -22,13 +22,10 @@ def list_checkpoints(run_dir: str) -> None:
 
     root = Path(run_dir)
     root = root / "checkpoints" if (root / "checkpoints").is_dir() else root
-    try:
-        latest = store.read_latest(root)
-    except UserError as err:
-        raise click.UsageError(str(err)) from None
+    latest = store.read_latest(root)
     refs = store.committed(root)
     if not refs:
-        raise click.UsageError(f"{root}: no committed checkpoints")
+        raise CheckpointError(f"{root}: no committed checkpoints")
     for ref in refs:
         marker = "  <- latest" if latest and ref.tag == latest.tag else ""
         size = sum(f.stat().st_size for f in ref.path.rglob("*") if f.is_file())
@@ -42,11 +39,8 @@ def verify(path: str, sizes_only: bool) -> None:
     """Check every file of a checkpoint against its manifest."""
     from scaling.checkpoint import store
 
-    try:
-        ref = store.ref_from_path(Path(path))
-        manifest = store.verify(ref.path, hashes=not sizes_only)
-    except UserError as err:
-        raise click.UsageError(str(err)) from None
+    ref = store.ref_from_path(Path(path))
+    manifest = store.verify(ref.path, hashes=not sizes_only)
     click.echo(f"{ref.path}: OK ({len(manifest['files'])} files, step {manifest['step']})")
 
 
@@ -90,17 +84,11 @@ def reshape(
     """Convert a checkpoint so that a run with another layout (data-parallel size, 1 pipeline stage) resumes it."""
     from scaling.checkpoint.reshape import Layout, reshape_checkpoint
 
-    try:
-        ref = reshape_checkpoint(
-            Path(path),
-            Path(output),
-            Layout(
-                world_size=world_size,
-                pipeline_stages=pipeline_stages,
-                sequence_parallel=sequence_parallel,
-                micro_batch=micro_batch,
-            ),
-        )
-    except UserError as err:
-        raise click.UsageError(str(err)) from None
+    layout = Layout(
+        world_size=world_size,
+        pipeline_stages=pipeline_stages,
+        sequence_parallel=sequence_parallel,
+        micro_batch=micro_batch,
+    )
+    ref = reshape_checkpoint(Path(path), Path(output), layout)
     click.echo(f"{ref.path}: step {ref.step} for world size {world_size}; resume with --resume {ref.root}")

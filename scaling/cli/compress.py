@@ -1,8 +1,9 @@
 """`scaling compress`: quantize, prune, evaluate, report, pipeline (distill joins later).
 
 Heavy imports happen inside each command. User mistakes (scaling.errors.UserError) become one message and
-exit code 2; a compression whose result fails its sanity check exits 1 with one message; nothing is written
-half-way in either case (outputs are assembled in a temporary sibling directory).
+exit code 2 (scaling.cli.main does that for every command); a compression whose result fails its sanity
+check exits 1 with one message; nothing is written half-way in either case (outputs are assembled in a
+temporary sibling directory).
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from scaling.errors import UserError
 
 MODEL_ARG = click.argument("model", metavar="MODEL", type=click.Path(path_type=Path))
 OUTPUT_OPT = click.option(
@@ -36,8 +35,6 @@ def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
         _quiet_libraries()
         try:
             return func(*args, **kwargs)
-        except UserError as exc:
-            raise click.UsageError(str(exc)) from None
         except CompressionFailed as exc:
             raise click.ClickException(str(exc)) from None
 

@@ -6,7 +6,6 @@ Validation is pure Python and fast; deepspeed is imported only for `validate`'s 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 
 import click
 
+from scaling.config.cli_options import explicit_options, from_params, section_options, with_options
 from scaling.config.deepspeed import (
     PRESET_DIR,
     ResolvedDeepSpeed,
@@ -25,101 +25,47 @@ from scaling.config.deepspeed import (
     locate,
     resolve_deepspeed,
 )
-from scaling.config.sections import LR_SCHEDULES, PRECISIONS
-from scaling.errors import ConfigError, Problem, UserError
+from scaling.config.fields import option_fields
+from scaling.config.run import DEEPSPEED_OPTIM_FIELDS, DEEPSPEED_PARALLEL_FIELDS
+from scaling.config.run import run_values as values_for_run
+from scaling.config.sections import DeepSpeedSource, ModelConfig, OptimConfig, ParallelConfig
+from scaling.data.config import DataConfig
+from scaling.errors import ConfigError, Problem
 
-# option name -> RunValues field
-_RUN_FIELDS = {
-    "world_size": "world_size",
-    "micro_batch": "micro_batch",
-    "grad_accum": "grad_accum",
-    "precision": "precision",
-    "tensor_parallel": "tensor_parallel",
-    "pipeline_stages": "pipeline_stages",
-    "sequence_parallel": "sequence_parallel",
-    "lr": "lr",
-    "weight_decay": "weight_decay",
-    "warmup_steps": "warmup_steps",
-    "max_steps": "total_steps",
-    "lr_schedule": "lr_schedule",
-    "clip_grad": "clip_grad",
-    "gpus_per_node": "gpus_per_node",
-}
-_DEFAULTS = RunValues()
+RESOLVE_OPTIM_FIELDS = tuple(
+    f.name for f in option_fields(OptimConfig) if f.name in (*DEEPSPEED_OPTIM_FIELDS, "max_steps")
+)
+"""The optimisation options a DeepSpeed JSON is resolved against: the ones it binds, and the run length."""
+_UNSET_RUN_LENGTH = RunValues.total_steps  # schedules need a length; without --max-steps, an assumed one
 
 
 def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The run options a DeepSpeed config is resolved against (same names and meaning as `scaling train`)."""
-    options = [
-        click.option(
-            "--world-size", type=click.IntRange(min=1), default=1, show_default=True, help="Ranks in the job."
-        ),
-        click.option(
-            "--micro-batch", type=click.IntRange(min=1), default=_DEFAULTS.micro_batch, show_default=True
-        ),
-        click.option(
-            "--grad-accum", type=click.IntRange(min=1), default=_DEFAULTS.grad_accum, show_default=True
-        ),
-        click.option(
-            "--precision", type=click.Choice(PRECISIONS), default=_DEFAULTS.precision, show_default=True
-        ),
-        click.option("--tensor-parallel", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option("--pipeline-stages", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option("--sequence-parallel", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option(
-            "--gpus-per-node", type=click.IntRange(min=1), default=None, help="For ZeRO++ hpZ 'auto'."
-        ),
-        click.option("--lr", type=float, default=_DEFAULTS.lr, show_default=True),
-        click.option("--weight-decay", type=float, default=_DEFAULTS.weight_decay, show_default=True),
-        click.option(
-            "--warmup-steps", type=click.IntRange(min=0), default=_DEFAULTS.warmup_steps, show_default=True
-        ),
-        click.option(
-            "--max-steps", type=click.IntRange(min=1), default=_DEFAULTS.total_steps, show_default=True
-        ),
-        click.option(
-            "--lr-schedule", type=click.Choice(LR_SCHEDULES), default=_DEFAULTS.lr_schedule, show_default=True
-        ),
-        click.option("--clip-grad", type=float, default=_DEFAULTS.clip_grad, show_default=True),
-        click.option(
-            "--model",
-            "model",
-            default=None,
-            metavar="DIR|CONFIG|PRESET",
-            help="Model, for hidden-size 'auto' values, the TP/heads check and the memory estimate.",
-        ),
-        click.option(
-            "--set",
-            "overrides",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="Override a dotted key after the file (repeatable).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    """The run options a DeepSpeed config is resolved against: `scaling train`'s own (same generated options,
+    defaults and help), plus the world size a launcher would give."""
+    world = click.Option(
+        ["--world-size"], type=click.IntRange(min=1), default=1, show_default=True, help="Ranks in the job."
+    )
+    return with_options(
+        [world],
+        section_options(OptimConfig, only=RESOLVE_OPTIM_FIELDS),
+        section_options(ParallelConfig, only=DEEPSPEED_PARALLEL_FIELDS),
+        section_options(ModelConfig, only=("source",)),
+        section_options(DeepSpeedSource, only=("overrides",)),
+    )(func)
 
 
 def run_values(ctx: click.Context, params: dict[str, Any], shape: Any = None) -> RunValues:
-    explicit = frozenset(
-        field
-        for name, field in _RUN_FIELDS.items()
-        if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-    )
-    values = {field: params[name] for name, field in _RUN_FIELDS.items()}
-    return RunValues(
-        **values,
+    """What `scaling train` would resolve the JSON against for the same options (scaling.config.run)."""
+    optim = from_params(OptimConfig, params)
+    return values_for_run(
+        optim,
+        from_params(ParallelConfig, params),
+        world_size=params["world_size"],
+        explicit=explicit_options(ctx),
+        total_steps=optim.max_steps or _UNSET_RUN_LENGTH,
         hidden_size=shape.hidden if shape else None,
         num_heads=shape.heads if shape else None,
-        cpu_only=not _has_cuda_device(),
-        explicit=explicit,
     )
-
-
-def _has_cuda_device() -> bool:
-    # A device node is a cheap proxy for torch.cuda.is_available(), which would cost a torch import.
-    return Path("/dev/nvidiactl").exists()
 
 
 def model_shape_or_none(model: str | None) -> Any:
@@ -128,24 +74,6 @@ def model_shape_or_none(model: str | None) -> Any:
     from scaling.config.estimate import model_shape
 
     return model_shape(model)
-
-
-class InvalidInput(click.ClickException):
-    """A UserError as the CLI shows it: `Error: <every problem>` and exit code 2 (click's usage-error code),
-    without the usage banner (the command line was fine; the config was not) and without a traceback."""
-
-    exit_code = 2
-
-
-def user_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except UserError as err:
-            raise InvalidInput(str(err)) from None
-
-    return wrapper
 
 
 def _resolve(ctx: click.Context, params: dict[str, Any], spec: str) -> tuple[ResolvedDeepSpeed, Any]:
@@ -170,7 +98,6 @@ def config() -> None:
     help="Finally run DeepSpeed's own DeepSpeedConfig validation (imports deepspeed, ~2 s).",
 )
 @click.pass_context
-@user_errors
 def validate(ctx: click.Context, spec: str, with_deepspeed: bool, **params: Any) -> None:
     """Check a config strictly before launch: JSON syntax, unknown keys, types, cross-field rules, batch
     arithmetic against the world size and parallel degrees. Every problem is reported; exit code 2."""
@@ -196,9 +123,9 @@ def deepspeed_check(resolved: ResolvedDeepSpeed) -> None:
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     # DeepSpeed checks the batch against the data-parallel size its mpu reports; with no mpu it asks the
     # world size, so report dp there (shared/notes/deepspeed-on-cpu.md §6).
-    dp = resolved.run.data_parallel
-    if "sequence_parallel_size" in resolved.config:
-        dp *= resolved.run.sequence_parallel  # DeepSpeed divides the world by it itself when there is no mpu
+    topology = resolved.run.topology
+    # DeepSpeed divides the world by sequence_parallel_size itself when there is no mpu.
+    dp = topology.zero_partition if "sequence_parallel_size" in resolved.config else topology.data_parallel
     try:
         with (
             mock.patch.object(deepspeed.comm, "get_rank", return_value=0),
@@ -216,7 +143,6 @@ def deepspeed_check(resolved: ResolvedDeepSpeed) -> None:
 @click.argument("spec", metavar="FILE|PRESET")
 @run_options
 @click.pass_context
-@user_errors
 def resolve(ctx: click.Context, spec: str, **params: Any) -> None:
     """Print the final JSON every rank gets ("auto" filled, --set applied)."""
     resolved, _ = _resolve(ctx, params, spec)
@@ -226,14 +152,14 @@ def resolve(ctx: click.Context, spec: str, **params: Any) -> None:
 @config.command()
 @click.argument("spec", metavar="FILE|PRESET")
 @run_options
-@click.option("--seq-len", type=click.IntRange(min=1), default=None, help="For the memory estimate.")
-@click.option("--activation-checkpointing", is_flag=True, help="For the memory estimate.")
+@with_options(section_options(DataConfig, only=("seq_len",)))
+@with_options(section_options(ModelConfig, only=("activation_checkpointing",)))
 @click.pass_context
-@user_errors
 def explain(
-    ctx: click.Context, spec: str, seq_len: int | None, activation_checkpointing: bool, **params: Any
+    ctx: click.Context, spec: str, seq_len: int, activation_checkpointing: bool, **params: Any
 ) -> None:
-    """Print every value with its source, then a plain-words summary and the memory estimate."""
+    """Print every value with its source, then a plain-words summary and the memory estimate (with a
+    --model; for --seq-len and --activation-checkpointing as `scaling train` takes them)."""
     from scaling.config.explain import render
 
     resolved, shape = _resolve(ctx, params, spec)
@@ -249,7 +175,7 @@ def explain(
             tensor_parallel=run.tensor_parallel,
             pipeline_stages=run.pipeline_stages,
             sequence_parallel=run.sequence_parallel,
-            seq_len=seq_len or shape.max_positions or 2048,
+            seq_len=seq_len,
             micro_batch=run.micro_batch,
             activation_checkpointing=activation_checkpointing,
         )
@@ -260,14 +186,15 @@ def explain(
 @config.command(name="set")
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...")
-@user_errors
-def set_command(path: Path, assignments: tuple[str, ...]) -> None:
-    """Edit a JSON file in place, keeping its key order, indentation and layout."""
+@click.option("--force", is_flag=True, help="Write even when the edited key is unknown or of the wrong type.")
+def set_command(path: Path, assignments: tuple[str, ...], force: bool) -> None:
+    """Edit a JSON file in place, keeping its key order, indentation, line endings and layout. The edited
+    config is validated first: an unknown key or a wrong type is refused (exit 2, file untouched)."""
     from scaling.config.edit import set_keys
 
     if not path.is_file():
         raise ConfigError([Problem(str(path), "no such file")])
-    changes = set_keys(path, list(assignments))
+    changes = set_keys(path, list(assignments), force=force)
     for key, old, new in changes:
         click.echo(f"{key}: {json.dumps(old)} -> {json.dumps(new)}")
 
@@ -275,14 +202,23 @@ def set_command(path: Path, assignments: tuple[str, ...]) -> None:
 @config.command()
 @click.argument("a", metavar="A")
 @click.argument("b", metavar="B")
-@user_errors
-def diff(a: str, b: str) -> None:
-    """Semantic difference of two configs (files or presets): key order and formatting do not count.
-    Exit code 1 when they differ, 0 when equal."""
+@click.option(
+    "--resolved", is_flag=True, help='Compare the configs after "auto" resolution for the given run options.'
+)
+@run_options
+@click.pass_context
+def diff(ctx: click.Context, a: str, b: str, resolved: bool, **params: Any) -> None:
+    """Semantic difference of two configs (files or presets): key order, formatting and DeepSpeed's aliases
+    (`stage3_max_live_parameters` = `max_live_parameters`) do not count. Exit code 1 when they differ, 0 when
+    equal."""
     from scaling.config.edit import diff as semantic_diff
+    from scaling.config.edit import fold_aliases
 
-    left, right = load_json(locate(a)[0]), load_json(locate(b)[0])
-    changes = semantic_diff(left, right)
+    if resolved:
+        left, right = _resolve(ctx, params, a)[0].config, _resolve(ctx, params, b)[0].config
+    else:
+        left, right = load_json(locate(a)[0]), load_json(locate(b)[0])
+    changes = semantic_diff(fold_aliases(left), fold_aliases(right))
     for change in changes:
         click.echo(change.render())
     if not changes:
@@ -300,7 +236,6 @@ def list_command() -> None:
 
 @config.command()
 @click.argument("name")
-@user_errors
 def show(name: str) -> None:
     """Print a preset's JSON as written."""
     path, _ = locate(name)

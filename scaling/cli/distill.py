@@ -1,28 +1,34 @@
-"""`scaling compress distill` and the per-rank entry point the deepspeed launcher runs (launchers/distill.py).
-
-The same three ways in as `scaling train`, with the same options (minus --model: the student is --student or
---student-layers):
+"""`scaling compress distill` and the `distill` job kind: the same ways in as `scaling train` (one dispatch,
+scaling/launch/job.py), with the same options (minus --model: the student is --student or --student-layers):
 - `scaling compress distill ARGS`: prepare (teacher, student, tokenizer, run config) and distil in this process.
 - `... --num-gpus N ARGS` / `--hostfile H`: prepare here, then start
-  `deepspeed ... launchers/distill.py --resolved-config OUTPUT/run_config.json` on every rank.
-- `deepspeed ... launchers/distill.py ARGS`: every rank checks the options, rank 0 prepares, all distil.
+  `python -m scaling.rank distill --resolved-config OUTPUT/run_config.json` on every rank (the launch plan:
+  rank reports, SIGTERM -> exit 75, the environment forwarded to every node).
+- `deepspeed --module scaling.rank distill ARGS` (or launchers/distill.py): every rank checks the options,
+  rank 0 prepares, all distil.
 
 The command object is built on first use: `scaling compress --help` lists it without importing torch.
 """
 
 from __future__ import annotations
 
-import shlex
-import subprocess
-import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from scaling.errors import UserError
+from scaling.errors import ConfigError, UserError
+from scaling.launch.job import RUN_CONFIG, JobKind, JobRequest, job_launch_options, run_config_from, run_job
 
-LAUNCHER_SCRIPT = Path(__file__).resolve().parents[2] / "launchers" / "distill.py"
+if TYPE_CHECKING:
+    from scaling.config.run import RunConfig
+    from scaling.distributed.env import LaunchEnv
+    from scaling.engine.trainer import TrainResult
+
+DISTILL_CONFIG_FILE = "distill_config.json"
+"""The resolved distillation settings beside run_config.json: scaling.compress.distill.DISTILL_CONFIG_FILE, named
+here without importing torch (a test keeps the two equal)."""
 SHORT_HELP = "Distil a teacher into a smaller student (a DeepSpeed training run)."
 HELP = """Distil a frozen TEACHER into a STUDENT with DeepSpeed, like `scaling train` (same data, DeepSpeed
 configs, checkpoints, --resume and launcher options).
@@ -33,40 +39,11 @@ plus optional hidden-state and attention-map MSE. OUTPUT/final is the student as
 
 
 def _distill_options(func: Any) -> Any:
-    options = [
-        click.option(
-            "--teacher",
-            required=False,
-            default=None,
-            help="Teacher: HF model directory with weights, or a training checkpoint (run dir or step dir).",
-        ),
-        click.option("--student", default=None, help="Student: HF model directory, config.json or preset."),
-        click.option(
-            "--student-layers",
-            type=int,
-            default=None,
-            help="Build the student from the teacher with K layers (every other layer by default).",
-        ),
-        click.option(
-            "--student-layer-map",
-            default=None,
-            metavar="I,J,...",
-            help="Teacher layers the --student-layers student keeps, e.g. 0,2,4.",
-        ),
-        click.option("--alpha", type=float, default=0.5, help="Weight of the task loss, in [0, 1]."),
-        click.option("--temperature", type=float, default=2.0, help="Softmax temperature T of the KL term."),
-        click.option("--hidden-loss", type=float, default=0.0, help="Weight of the hidden-state MSE."),
-        click.option("--attention-loss", type=float, default=0.0, help="Weight of the attention-map MSE."),
-        click.option(
-            "--layer-map",
-            default=None,
-            metavar="I,J,...",
-            help="Teacher layer matched by each student layer (hidden/attention losses).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    """The objective's options, generated from DistillConfig (defaults and help are its fields')."""
+    from scaling.compress.distill import DistillConfig
+    from scaling.config.cli_options import section_options, with_options
+
+    return with_options(section_options(DistillConfig))(func)
 
 
 def _build_command() -> click.Command:
@@ -75,19 +52,10 @@ def _build_command() -> click.Command:
     @click.command("distill", context_settings={"show_default": True}, help=HELP)
     @_distill_options
     @run_options
-    @click.option(
-        "--num-gpus", type=click.IntRange(min=1), default=None, help="Ranks per node via deepspeed."
-    )
-    @click.option("--num-nodes", type=click.IntRange(min=1), default=None, help="Nodes (with --hostfile).")
-    @click.option("--hostfile", type=click.Path(dir_okay=False), default=None, help="DeepSpeed hostfile.")
-    @click.option("--master-port", type=click.IntRange(1, 65535), default=None)
-    @click.option(
-        "--resolved-config", type=click.Path(dir_okay=False, exists=True), default=None, hidden=True
-    )
-    @click.option("--local_rank", "--local-rank", "local_rank", type=int, default=-1, hidden=True)
+    @job_launch_options
     @click.pass_context
     def command(ctx: click.Context, **params: Any) -> None:
-        _main(ctx, params)
+        run_job(JOB, ctx, params)
 
     # The student replaces --model; keeping a second way to name it would only invite contradictions.
     command.params = [p for p in command.params if p.name != "model"]
@@ -120,128 +88,75 @@ class _DeferredCommand(click.Command):
 distill = _DeferredCommand()
 
 
-def _main(ctx: click.Context, params: dict[str, Any]) -> None:
-    from scaling.cli.train import _planned_world
-    from scaling.cli.train_options import explicit_options, run_request_from_options
-    from scaling.distributed import LaunchEnv
-
-    env = LaunchEnv.from_environ(local_rank=params["local_rank"])
-    try:
-        if params["resolved_config"]:
-            _run_rank_from_file(Path(params["resolved_config"]), env)
-            return
-        if not params["teacher"]:
-            raise UserError("--teacher is required")
-        cfg = _distill_config(params)
-        launching = (params["num_gpus"] or params["hostfile"]) and not env.launched
-        world = _planned_world(params) if launching else env.world_size
-        per_node = params["num_gpus"] if launching else env.local_world_size
-        # The teacher stands in for --model until prepare() has the student.
-        request = run_request_from_options(
-            {**params, "model": params["teacher"]},
-            world_size=world,
-            explicit=explicit_options(ctx),
-            gpus_per_node=per_node,
-        )
-        if launching:
-            sys.exit(_launch(request, cfg, params))
-        if env.world_size > 1:
-            _run_rank_from_options(request, cfg, env)
-        else:
-            _run_single(request, cfg)
-    except UserError as err:
-        raise click.UsageError(str(err)) from None
-
-
 def _distill_config(params: dict[str, Any]) -> Any:
-    from scaling.compress.distill import DistillConfig, parse_layers
+    from scaling.compress.distill import DistillConfig
+    from scaling.config.cli_options import from_params
 
-    return DistillConfig(
-        teacher=params["teacher"],
-        student=params["student"],
-        student_layers=params["student_layers"],
-        student_layer_map=parse_layers(params["student_layer_map"], "--student-layer-map"),
-        alpha=params["alpha"],
-        temperature=params["temperature"],
-        hidden_loss=params["hidden_loss"],
-        attention_loss=params["attention_loss"],
-        layer_map=parse_layers(params["layer_map"], "--layer-map"),
+    return from_params(DistillConfig, params)
+
+
+def _request(ctx: click.Context, world_size: int, gpus_per_node: int | None) -> JobRequest:
+    from scaling.cli.train_options import explicit_options, run_request_from_options
+
+    params = ctx.params
+    if not params["teacher"]:
+        raise UserError("--teacher is required")
+    cfg = _distill_config(params)
+    # The teacher stands in for --model until prepare() has the student.
+    run = run_request_from_options(
+        {**params, "model": params["teacher"]},
+        world_size=world_size,
+        explicit=explicit_options(ctx),
+        gpus_per_node=gpus_per_node,
     )
+    return JobRequest(run=run, objective=cfg)
 
 
-def _run_single(request: Any, cfg: Any) -> None:
-    from scaling.cli.train import _free_port
-    from scaling.compress.distill import prepare
-    from scaling.distributed import LaunchEnv
+def _check(request: JobRequest) -> RunConfig | None:
+    """The distillation settings, and the run options against the teacher's shape when the teacher is an HF
+    directory (a training checkpoint is exported by prepare first; the launch checks it there)."""
+    from scaling.engine.prepare import validate
 
-    run, resolved = prepare(request, cfg)
-    _distill_and_report(run, resolved, LaunchEnv(master_port=_free_port()))
-
-
-def _run_rank_from_file(path: Path, env: Any) -> None:
-    from scaling.compress.distill import load_distill_config
-    from scaling.config.run import RunConfig
-
-    _distill_and_report(RunConfig.load(path), load_distill_config(path.parent), env)
-
-
-def _run_rank_from_options(request: Any, cfg: Any, env: Any) -> None:
-    """Started by `deepspeed launchers/distill.py ARGS`: check everywhere, prepare on rank 0 only."""
-    from scaling.compress.distill import load_distill_config, prepare
-    from scaling.config.run import RunConfig
-    from scaling.engine import dist as dist_setup
-
-    problems = cfg.problems()
+    problems = request.objective.problems()
     if problems:
-        from scaling.errors import ConfigError
-
         raise ConfigError(problems, header="cannot start this distillation")
-    dist_setup.init_process_group(env, timeout_s=request.parallel.init_timeout_s)
-    try:
-        dist_setup.on_rank0(lambda: prepare(request, cfg), rank=env.rank)
-    except UserError:
-        dist_setup.teardown()
-        raise
-    output = Path(request.checkpoint.output)
-    _distill_and_report(RunConfig.load(output / "run_config.json"), load_distill_config(output), env)
+    if not (Path(request.objective.teacher) / "config.json").is_file():
+        return None
+    return validate(request.run)
 
 
-def _distill_and_report(run: Any, cfg: Any, env: Any) -> None:
-    from scaling.cli.train import _limit_threads
-    from scaling.compress.distill import distill_train
-    from scaling.engine.trainer import EXIT_PREEMPTED, Preempted
-
-    _limit_threads(env)
-    try:
-        result = distill_train(run, cfg, env)
-    except Preempted as stop:
-        if env.rank == 0:
-            click.echo(str(stop), err=True)
-        sys.exit(EXIT_PREEMPTED)
-    if env.rank == 0:
-        loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
-        click.echo(f"done: step {result.final_step}, loss {loss}, checkpoint {result.checkpoint}")
-        for key, value in sorted(result.eval.items()):
-            click.echo(f"{key}: {value:.4f}")
-        if result.export_dir:
-            click.echo(f"student (HF model): {result.export_dir}")
-
-
-def _launch(request: Any, cfg: Any, params: dict[str, Any]) -> int:
-    """Prepare on this host, then hand the resolved run to the deepspeed launcher."""
-    from scaling.cli.train import _free_port
+def _prepare(request: JobRequest) -> Path:
     from scaling.compress.distill import prepare
 
-    run, _ = prepare(request, cfg)
-    config_path = run.output / "run_config.json"
-    command = [sys.executable, "-m", "deepspeed.launcher.runner"]
-    if params["hostfile"]:
-        command += ["--hostfile", params["hostfile"]]
-    if params["num_nodes"]:
-        command += ["--num_nodes", str(params["num_nodes"])]
-    if params["num_gpus"]:
-        command += ["--num_gpus", str(params["num_gpus"])]
-    command += ["--master_port", str(params["master_port"] or _free_port())]
-    command += [str(LAUNCHER_SCRIPT), "--resolved-config", str(config_path.resolve())]
-    click.echo("+ " + shlex.join(command), err=True)
-    return subprocess.call(command)
+    run, _ = prepare(request.run, request.objective)
+    return run.output
+
+
+def _train(texts: Mapping[str, str], env: LaunchEnv) -> TrainResult:
+    import json
+
+    from scaling.compress.distill import DistillConfig, distill_train
+
+    cfg = DistillConfig.from_dict(json.loads(texts[DISTILL_CONFIG_FILE]))
+    return distill_train(run_config_from(texts), cfg, env)
+
+
+def _summary(result: TrainResult) -> list[str]:
+    loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+    lines = [f"done: step {result.final_step}, loss {loss}, checkpoint {result.checkpoint}"]
+    lines += [f"{key}: {value:.4f}" for key, value in sorted(result.eval.items())]
+    if result.export_dir:
+        lines.append(f"student (HF model): {result.export_dir}")
+    return lines
+
+
+JOB = JobKind(
+    name="distill",
+    command="scaling.cli.distill:distill",
+    request=_request,
+    check=_check,
+    prepare=_prepare,
+    files=(RUN_CONFIG, DISTILL_CONFIG_FILE),
+    train=_train,
+    summary=_summary,
+)

@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-from scaling.cli.config import user_errors
-from scaling.cli.launch import launch_options, parse_train_args, spec_from_options
+from scaling.cli.launch import launch_options, parse_job_args, spec_from_options
 from scaling.errors import ConfigError, Problem
 
 
@@ -22,7 +21,6 @@ from scaling.errors import ConfigError, Problem
 )
 @click.option("--timeout", type=click.FloatRange(min=1), default=15.0, help="Per-host probe timeout (s).")
 @click.argument("train_args", nargs=-1, type=click.UNPROCESSED)
-@user_errors
 def doctor(train_args: tuple[str, ...], output: Path | None, timeout: float, **params: Any) -> None:
     """Check the hosts of a run before launching it: hostfile syntax, name resolution, reachability (ssh for
     the pdsh/ssh launchers), the master port, python/torch/deepspeed/scaling versions and the git commit on
@@ -38,22 +36,16 @@ def doctor(train_args: tuple[str, ...], output: Path | None, timeout: float, **p
     spec = spec_from_options(params)
     run = plan = None
     if train_args:
-        from scaling.cli.train_options import run_request_from_options
-        from scaling.engine.prepare import validate
-
-        train_params, explicit = parse_train_args(train_args)
-        if train_params.get("output"):
-            output = output or Path(train_params["output"])
+        kind, ctx = parse_job_args(train_args)
+        if ctx.params.get("output"):
+            output = output or Path(ctx.params["output"])
         if output is not None:
             try:
                 plan = build_plan(spec, [], run_dir=output.resolve())
             except ConfigError:
                 plan = None  # the report names the problem
         if plan is not None:
-            request = run_request_from_options(
-                train_params, world_size=plan.world_size, explicit=explicit, gpus_per_node=plan.gpus_per_node
-            )
-            run = validate(request)
+            run = kind.check(kind.request(ctx, plan.world_size, plan.gpus_per_node))
     output = (output or Path("runs/doctor")).resolve()
     report = run_doctor(spec, output=output, run=run, plan=plan, timeout=timeout)
     click.echo(report.table(), nl=False)

@@ -7,92 +7,85 @@ from typing import Any
 
 import click
 
-from scaling.cli.config import user_errors
+from scaling.config.cli_options import explicit_options, from_params, section_options, with_options
 from scaling.config.deepspeed import RunValues, resolve_deepspeed
-from scaling.config.sections import PRECISIONS
+from scaling.config.run import run_values
+from scaling.config.sections import (
+    ASSUMED_GPUS_PER_NODE,
+    DeepSpeedSource,
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+)
+from scaling.data.config import DataConfig
 
 
 @click.command()
-@click.option(
-    "--model", required=True, metavar="DIR|CONFIG|PRESET", help="HF model dir, config.json or preset."
+@with_options(
+    section_options(ModelConfig, only=("source",), required=("source",)),
+    section_options(DeepSpeedSource, only=("config",)),
 )
-@click.option("--ds-config", default="zero2", show_default=True, metavar="FILE|PRESET")
-@click.option("--nodes", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--gpus-per-node", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option(
-    "--seq-len", type=click.IntRange(min=1), default=None, help="Default: the model's max positions."
+    "--nodes", type=click.IntRange(min=1), default=1, show_default=True, help="Nodes the run would span."
 )
-@click.option("--micro-batch", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--grad-accum", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--precision", type=click.Choice(PRECISIONS), default="bf16", show_default=True)
-@click.option("--activation-checkpointing", is_flag=True, help="Full recomputation of each layer.")
-@click.option("--tensor-parallel", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--pipeline-stages", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option("--sequence-parallel", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option(
-    "--vocab-size",
-    type=click.IntRange(min=1),
-    default=4096,
-    show_default=True,
-    help="Vocabulary of a model preset (files and directories carry their own).",
+@with_options(
+    section_options(ParallelConfig, only=("gpus_per_node",)),
+    section_options(DataConfig, only=("seq_len",)),
+    section_options(OptimConfig, only=("micro_batch", "grad_accum", "precision")),
+    section_options(ModelConfig, only=("activation_checkpointing",)),
+    section_options(ParallelConfig, only=("tensor_parallel", "pipeline_stages", "sequence_parallel")),
+    section_options(ModelConfig, only=("vocab_size",)),
+    section_options(DeepSpeedSource, only=("overrides",)),
 )
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key of the config.")
 @click.option("--json", "as_json", is_flag=True, help="Print the same figures as JSON (bytes).")
-@user_errors
+@click.pass_context
 def estimate(
+    ctx: click.Context,
     model: str,
-    ds_config: str,
+    ds_config: str | None,
     nodes: int,
-    gpus_per_node: int,
-    seq_len: int | None,
-    micro_batch: int,
-    grad_accum: int,
-    precision: str,
+    seq_len: int,
     activation_checkpointing: bool,
-    tensor_parallel: int,
-    pipeline_stages: int,
-    sequence_parallel: int,
     vocab_size: int,
     overrides: tuple[str, ...],
     as_json: bool,
+    **params: Any,
 ) -> None:
     """Estimate memory per GPU (params, grads, optimizer states, activations, buffers) and CPU per node, for
     the given config and, as a table, for every ZeRO stage and the offload variants. Formulas: ZeRO paper for
-    model states, Korthikanti et al. for activations (see scaling/config/estimate.py)."""
+    model states, Korthikanti et al. for activations (see scaling/config/estimate.py). Options not given take
+    `scaling train`'s defaults (and a node has 8 GPUs unless --gpus-per-node says otherwise)."""
     from scaling.config import estimate as est
 
     shape = est.model_shape(model, vocab_size=vocab_size)
-    run = RunValues(
-        micro_batch=micro_batch,
-        grad_accum=grad_accum,
-        precision=precision,
+    gpus_per_node = params["gpus_per_node"] or ASSUMED_GPUS_PER_NODE
+    parallel = from_params(ParallelConfig, params, gpus_per_node=gpus_per_node)
+    # Planned for GPUs whatever this machine has: the fused Adam DeepSpeed would use there.
+    run = run_values(
+        from_params(OptimConfig, params),
+        parallel,
         world_size=nodes * gpus_per_node,
-        tensor_parallel=tensor_parallel,
-        pipeline_stages=pipeline_stages,
-        sequence_parallel=sequence_parallel,
-        gpus_per_node=gpus_per_node,
+        explicit=explicit_options(ctx),
+        total_steps=RunValues.total_steps,
         hidden_size=shape.hidden,
         num_heads=shape.heads,
         cpu_only=False,
-        explicit=frozenset(
-            {
-                "micro_batch",
-                "grad_accum",
-                "precision",
-                "tensor_parallel",
-                "pipeline_stages",
-                "sequence_parallel",
-            }
-        ),
     )
     resolved = resolve_deepspeed(ds_config, overrides, run)
+    run = resolved.run  # with what the JSON decided where an option was not given
+    micro_batch, precision = run.micro_batch, run.precision
+    tensor_parallel, pipeline_stages, sequence_parallel = (
+        run.tensor_parallel,
+        run.pipeline_stages,
+        run.sequence_parallel,
+    )
     layout = est.Layout(
         nodes=nodes,
         gpus_per_node=gpus_per_node,
         tensor_parallel=tensor_parallel,
         pipeline_stages=pipeline_stages,
         sequence_parallel=sequence_parallel,
-        seq_len=seq_len or shape.max_positions or 2048,
+        seq_len=seq_len,
         micro_batch=micro_batch,
         activation_checkpointing=activation_checkpointing,
     )

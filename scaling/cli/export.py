@@ -6,8 +6,6 @@ from pathlib import Path
 
 import click
 
-from scaling.errors import UserError
-
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True, file_okay=False))
@@ -19,8 +17,5 @@ def export(checkpoint: str, output: str, safe: bool) -> None:
     """Export CHECKPOINT (a run dir, its checkpoints/ dir, or one step-N dir) to an HF model directory."""
     from scaling.checkpoint.export import export_checkpoint
 
-    try:
-        out = export_checkpoint(Path(checkpoint), Path(output), safe_serialization=safe)
-    except UserError as err:
-        raise click.UsageError(str(err)) from None
+    out = export_checkpoint(Path(checkpoint), Path(output), safe_serialization=safe)
     click.echo(f"wrote {out}")

@@ -6,8 +6,6 @@ import os
 
 import click
 
-from scaling.errors import UserError
-
 
 @click.command("preprocess")
 @click.option(
@@ -51,18 +49,15 @@ def preprocess(
     """Write packed token shards (memory-mapped), index.json and manifest.json to OUTPUT."""
     from scaling.data.shards import preprocess as run_preprocess
 
-    try:
-        result = run_preprocess(
-            list(data),
-            tokenizer_dir,
-            output,
-            seq_len=seq_len,
-            workers=workers,
-            shard_blocks=shard_blocks,
-            show_progress=progress,
-        )
-    except UserError as e:
-        raise click.UsageError(str(e)) from e
+    result = run_preprocess(
+        list(data),
+        tokenizer_dir,
+        output,
+        seq_len=seq_len,
+        workers=workers,
+        shard_blocks=shard_blocks,
+        show_progress=progress,
+    )
     click.echo(
         f"wrote {result.output}: {result.blocks} blocks of {seq_len} tokens in {result.shards} shard(s), "
         f"{result.docs} documents, {result.tokens} tokens ({result.dropped_tail_tokens} tail tokens dropped)"

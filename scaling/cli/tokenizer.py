@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import click
 
-from scaling.errors import UserError
-
 
 @click.group("tokenizer")
 def tokenizer() -> None:
@@ -38,16 +36,13 @@ def train(
     """Train SentencePiece; the directory has pad/unk/<s>/</s>, <mask>, <cls>, <sep> (for clm, mlm, seq-cls)."""
     from scaling.data.tokenizer import iter_training_text, train_sentencepiece
 
-    try:
-        tok = train_sentencepiece(
-            iter_training_text(list(data), max_sentences=max_sentences),
-            output,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            seed=seed,
-        )
-    except UserError as e:
-        raise click.UsageError(str(e)) from e
+    tok = train_sentencepiece(
+        iter_training_text(list(data), max_sentences=max_sentences),
+        output,
+        vocab_size=vocab_size,
+        model_type=model_type,
+        seed=seed,
+    )
     click.echo(
         f"wrote {output}: {len(tok)} tokens ({model_type}); pad={tok.pad_token_id} eos={tok.eos_token_id} mask={tok.mask_token_id}"
     )

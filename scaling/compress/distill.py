@@ -25,6 +25,7 @@ import torch
 
 from scaling.compress.distill_loss import default_layer_map
 from scaling.compress.errors import CompressUserError, NotAModelError
+from scaling.config.fields import option
 from scaling.errors import ConfigError, Problem, UserError
 
 if TYPE_CHECKING:
@@ -44,26 +45,26 @@ LOSS_FIELDS = ("alpha", "temperature", "hidden_loss", "attention_loss", "layer_m
 class DistillConfig:
     """How to distil: the teacher, where the student comes from, and the weights of the objective."""
 
-    teacher: str
-    """Teacher as given: an HF model directory with weights, or a training checkpoint (run dir, checkpoints/,
-    step dir)."""
-    student: str | None = None
-    """Student as given: an HF model directory, a config.json or a preset; None with `student_layers`."""
-    student_layers: int | None = None
-    """Build the student from the teacher with this many layers (exclusive with `student`)."""
-    student_layer_map: list[int] | None = None
-    """Teacher layers the reduced student keeps, in order; None keeps evenly spaced ones (every other)."""
-    alpha: float = 0.5
-    """Weight of the task loss; 1 - alpha weighs the soft-label KL."""
-    temperature: float = 2.0
-    """Softmax temperature of the KL term (its gradient is rescaled by T^2)."""
-    hidden_loss: float = 0.0
+    teacher: str = option()
+    """Teacher (required): an HF model directory with weights, or a training checkpoint (run dir,
+    checkpoints/, step dir)."""
+    student: str | None = option(None)
+    """Student: an HF model directory, a config.json or a preset (exclusive with --student-layers)."""
+    student_layers: int | None = option(None)
+    """Build the student from the teacher with this many layers (every other layer by default)."""
+    student_layer_map: list[int] | None = option(None)
+    """Teacher layers the --student-layers student keeps, in order, e.g. 0,2,4 (default: evenly spaced)."""
+    alpha: float = option(0.5)
+    """Weight of the task loss, in [0, 1]; 1 - alpha weighs the soft-label KL."""
+    temperature: float = option(2.0)
+    """Softmax temperature T of the KL term (its gradient is rescaled by T^2)."""
+    hidden_loss: float = option(0.0)
     """Weight of the hidden-state MSE (0: off)."""
-    attention_loss: float = 0.0
+    attention_loss: float = option(0.0)
     """Weight of the attention-map MSE (0: off; both models then use eager attention)."""
-    layer_map: list[int] | None = None
-    """Teacher layer matched by each student layer for hidden/attention losses; None: the kept layers of a
-    reduced student, else evenly spaced ending at the last layer."""
+    layer_map: list[int] | None = option(None)
+    """Teacher layer matched by each student layer for hidden/attention losses (default: the kept layers of
+    a reduced student, else evenly spaced ending at the last layer)."""
     teacher_dir: str | None = None
     """Resolved by `prepare`: the teacher's HF directory."""
     student_dir: str | None = None
@@ -431,23 +432,25 @@ def distill_train(run: RunConfig, distill: DistillConfig, env: LaunchEnv) -> Tra
 
 # -- the pipeline's distill stage ------------------------------------------------------------------------
 
-PIPELINE_OPTIONS = {
-    "steps": 200,
-    "alpha": 0.5,
-    "temperature": 2.0,
-    "hidden_loss": 0.0,
-    "attention_loss": 0.0,
-    "layer_map": None,
-    "task": None,
-    "lr": 1e-4,
-    "micro_batch": 8,
-    "seq_len": 128,
-    "label_column": "label",
-    "precision": "fp32",
-    "ds_config": "zero0",
-    "seed": 42,
-    "max_samples": 20000,
-}
+
+def _pipeline_options() -> dict[str, Any]:
+    from scaling.config.sections import OptimConfig
+    from scaling.data.config import DataConfig
+
+    # The objective and the run take their defaults from their sections; the values written here are the
+    # stage's own choices (a short fp32 recovery run on one process), not copies of a section default.
+    objective = {name: getattr(DistillConfig, name) for name in LOSS_FIELDS}
+    run = {
+        "micro_batch": OptimConfig.micro_batch,
+        "seed": OptimConfig.seed,
+        "seq_len": DataConfig.seq_len,
+        "label_column": DataConfig.label_column,
+    }
+    stage = {"steps": 200, "task": None, "lr": 1e-4, "precision": "fp32", "ds_config": "zero0"}
+    return {**stage, **objective, **run, "max_samples": 20000}
+
+
+PIPELINE_OPTIONS = _pipeline_options()
 """Options of a recipe's `distill:` stage and their defaults."""
 
 
@@ -467,8 +470,8 @@ def run_distillation(
         ParallelConfig,
     )
     from scaling.data.config import DataConfig
-    from scaling.distributed import LaunchEnv
     from scaling.engine.prepare import RunRequest
+    from scaling.launch.job import JobRequest, job_kind, run_single
 
     unknown = sorted(set(options) - set(PIPELINE_OPTIONS))
     if unknown:
@@ -526,8 +529,8 @@ def run_distillation(
             if isinstance(opts["layer_map"], str)
             else opts["layer_map"],
         )
-        run, cfg = prepare(request, cfg)
-        result = distill_train(run, cfg, LaunchEnv(master_port=_free_port()))
+        # One rank in this process, through the same job dispatch as `scaling compress distill`.
+        result = run_single(job_kind("distill"), JobRequest(run=request, objective=cfg))
         assert result.export_dir is not None
         output_dir = Path(output_dir)
         if output_dir.exists():
@@ -565,11 +568,3 @@ def _parameters(model_dir: Path) -> int:
             for key in handle.keys():  # noqa: SIM118 (safe_open is not a mapping)
                 total += math.prod(handle.get_slice(key).get_shape())
     return total
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -12,72 +12,95 @@ import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
-from scaling.config.schema import Degrees, check_cross, check_schema
-from scaling.config.sections import LR_SCHEDULES, PRECISIONS
+from scaling.config.autos import fill_model_autos
+from scaling.config.keys import is_comment
+from scaling.config.loading import DEFAULT_PRESET, PRESET_DIR, list_presets, load_config, load_json, locate
+from scaling.config.schema import Heads, check_cross, check_schema
+from scaling.config.sections import (
+    ASSUMED_GPUS_PER_NODE,
+    LR_SCHEDULES,
+    PRECISIONS,
+    OptimConfig,
+    ParallelConfig,
+)
+from scaling.distributed.topology import Topology
 from scaling.errors import ConfigError, Problem
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "ds_configs"
-DEFAULT_PRESET = "zero2"
+__all__ = ["DEFAULT_PRESET", "PRESET_DIR", "list_presets", "load_json", "locate"]  # their old home
 AUTO = "auto"
+# Run values no command has an option for: sources must not cite an option that does not exist.
+OPTIONLESS = frozenset({"--eps"})
 
 
 @dataclass(kw_only=True, frozen=True)
 class RunValues:
-    """The run options that DeepSpeed JSON values must agree with (or are filled from, where `"auto"`)."""
+    """The run options that DeepSpeed JSON values must agree with (or are filled from, where `"auto"`).
 
-    micro_batch: int = 8
+    Built from the sections by `scaling.config.run.run_values`; its defaults are theirs.
+    """
+
+    micro_batch: int = OptimConfig.micro_batch
     """Samples per rank per forward pass."""
-    grad_accum: int = 1
+    grad_accum: int = OptimConfig.grad_accum
     """Micro-batches per optimizer step."""
-    lr: float = 5e-4
+    lr: float = OptimConfig.lr
     """Peak learning rate."""
-    weight_decay: float = 0.0
+    weight_decay: float = OptimConfig.weight_decay
     """AdamW weight decay."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = OptimConfig.betas
     """Adam betas."""
-    eps: float = 1e-8
+    eps: float = OptimConfig.eps
     """Adam epsilon."""
-    warmup_steps: int = 0
+    warmup_steps: int = OptimConfig.warmup_steps
     """Linear warmup steps."""
     total_steps: int = 1000
     """Optimizer steps of the whole run (for decay schedules)."""
-    lr_schedule: str = "linear"
+    lr_schedule: str = OptimConfig.lr_schedule
     """linear, cosine or constant."""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = OptimConfig.min_lr_ratio
     """Cosine floor as a fraction of lr."""
-    clip_grad: float = 1.0
+    clip_grad: float = OptimConfig.clip_grad
     """Gradient-norm clip (0: off)."""
-    precision: str = "bf16"
+    precision: str = OptimConfig.precision
     """fp32, bf16 or fp16."""
     world_size: int = 1
     """Processes in the job."""
-    tensor_parallel: int = 1
+    tensor_parallel: int = ParallelConfig.tensor_parallel
     """AutoTP degree."""
-    pipeline_stages: int = 1
+    pipeline_stages: int = ParallelConfig.pipeline_stages
     """Pipeline degree."""
-    sequence_parallel: int = 1
+    sequence_parallel: int = ParallelConfig.sequence_parallel
     """Ulysses sequence-parallel degree."""
     hidden_size: int | None = None
     """Model width, for the bucket sizes HF fills for `"auto"` ZeRO knobs."""
-    gpus_per_node: int | None = None
+    gpus_per_node: int | None = ParallelConfig.gpus_per_node
     """Ranks per node, when known (ZeRO++ hpZ keeps a secondary parameter copy within each node)."""
     num_heads: int | None = None
     """Attention heads of the model, when known: the tensor- and sequence-parallel degrees must divide them."""
     kv_heads: int | None = None
     """Key/value heads of the model, when known (grouped-query attention)."""
-    cpu_only: bool = True
-    """No CUDA device: use torch's AdamW instead of JIT-built fused/CPU Adam ops."""
+    cpu_only: bool | None = True
+    """No CUDA device: use torch's AdamW instead of JIT-built fused/CPU Adam ops. None: ask this machine
+    (scaling.config.device), only once the config is otherwise valid."""
     explicit: frozenset[str] = frozenset()
     """Names of the fields above that the user set on the command line (others yield to the JSON)."""
 
     @property
-    def data_parallel(self) -> int:
-        return max(
-            1, self.world_size // (self.tensor_parallel * self.pipeline_stages * self.sequence_parallel)
+    def topology(self) -> Topology:
+        """The layout of these degrees, unchecked (the resolver reports what is wrong with it)."""
+        return Topology(
+            world_size=self.world_size,
+            tensor_parallel=self.tensor_parallel,
+            pipeline_stages=self.pipeline_stages,
+            sequence_parallel=self.sequence_parallel,
+            check=False,
         )
+
+    @property
+    def data_parallel(self) -> int:
+        return self.topology.data_parallel
 
 
 @dataclass
@@ -126,6 +149,10 @@ class _Resolver:
         current = self.get(path)
         explicit = run_field in self.run.explicit
         label = f"{'option' if explicit else 'default of'} {option}"
+        if option in OPTIONLESS:
+            label = (
+                f"scaling's default {run_field} (no command-line option; write it in the JSON to change it)"
+            )
         if current is None or current == AUTO:
             self.put(path, run_value, f"{label} (filled 'auto')" if current == AUTO else label)
             return
@@ -159,70 +186,6 @@ def _fmt(value: Any) -> str:
 
 
 # -- loading -----------------------------------------------------------------------------------------------
-
-
-def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
-
-
-def locate(spec: str | None) -> tuple[Path, str]:
-    """A preset name or a JSON path -> (file, label used as the source of its values)."""
-    name = spec or DEFAULT_PRESET
-    path = Path(name)
-    if path.suffix == ".json" or path.exists() or "/" in name:
-        if not path.is_file():
-            raise ConfigError([Problem("--ds-config", "no such file", name)])
-        return path, f"file {path}"
-    preset = PRESET_DIR / f"{name}.json"
-    if not preset.is_file():
-        raise ConfigError(
-            [
-                Problem(
-                    "--ds-config",
-                    "neither a file nor a preset",
-                    name,
-                    fix=f"presets: {', '.join(list_presets())}",
-                )
-            ]
-        )
-    return preset, f"preset {name}"
-
-
-def load_json(path: Path) -> dict[str, Any]:
-    """Parse JSON strictly: syntax errors with line and column, duplicate keys named."""
-    text = path.read_text(encoding="utf-8")
-    duplicates: list[Problem] = []
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in items:
-            if key in out:
-                duplicates.append(
-                    Problem(key, f"duplicate key in {path} (the last one would silently win)", value)
-                )
-            out[key] = value
-        return out
-
-    try:
-        data = json.loads(text, object_pairs_hook=pairs)
-    except json.JSONDecodeError as err:
-        raise ConfigError(
-            [Problem(str(path), f"invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}")]
-        ) from None
-    if not isinstance(data, dict):
-        raise ConfigError(
-            [Problem(str(path), "a DeepSpeed config must be a JSON object", type(data).__name__)]
-        )
-    if duplicates:
-        from scaling.config.edit import duplicate_keys  # deferred: edit imports this module
-
-        raise ConfigError(
-            [
-                Problem(key, f"duplicate key in {path} (the last one would silently win)", value)
-                for key, value in duplicate_keys(text)
-            ]
-        )
-    return data
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -272,11 +235,13 @@ def resolve_deepspeed(
     spec: str | dict[str, Any] | None, overrides: Iterable[str], run: RunValues
 ) -> ResolvedDeepSpeed:
     """Load, override, fill and check. Raises ConfigError listing every problem found."""
+    load_notes: list[Problem] = []
     if isinstance(spec, dict):
         raw, origin = copy.deepcopy(spec), "inline"
     else:
         path, origin = locate(spec)
-        raw = load_json(path)
+        loaded = load_config(path)
+        raw, load_notes = loaded.data, loaded.notes
     sources = {leaf: origin for leaf in _leaves(raw, "")}
     sources = {k.lstrip("."): v for k, v in sources.items()}
     apply_overrides(raw, overrides, sources)
@@ -284,6 +249,13 @@ def resolve_deepspeed(
     # The strict schema runs first, on what the user wrote; the resolver then skips what it has flagged, so one
     # defect is reported once, and every defect in the same run.
     schema_problems, notes = check_schema(raw)
+    notes = [*load_notes, *notes]
+    _drop_comments(raw, sources)
+    if isinstance(raw.get("bfloat16"), dict) and "bf16" not in raw:
+        # DeepSpeed reads the old section name only when bf16 is absent; one name keeps precision binding simple.
+        raw["bf16"] = raw.pop("bfloat16")
+        for key in [k for k in sources if k.startswith("bfloat16.")]:
+            sources["bf16" + key[len("bfloat16") :]] = sources.pop(key)
     flagged = {p.path for p in schema_problems}
     problems = [*schema_problems, *validate_run_values(run)]
     r = _Resolver(raw, sources, run)
@@ -294,6 +266,11 @@ def resolve_deepspeed(
     _bind_optimizer(r)
     _bind_scheduler(r)
     _fill_zero_autos(r)
+    fill_model_autos(r.config, r.sources)
+    if r.get("aio.use_gds") is True and _cpu_only(r):
+        r.problems.append(
+            Problem("aio.use_gds", "GPUDirect Storage needs a CUDA device", True, fix="set it to false")
+        )
     r.config.setdefault("steps_per_print", 10**9)  # our own logger reports; DeepSpeed's would duplicate it
     r.sources.setdefault("steps_per_print", "derived (scaling logs metrics itself)")
     r.config.setdefault("wall_clock_breakdown", False)
@@ -303,15 +280,8 @@ def resolve_deepspeed(
     problems.extend(p for p in r.problems if p.path not in flagged)
     flagged |= {p.path for p in problems}
     final_run = replace(run, **r.adopted) if r.adopted else run
-    degrees = Degrees(
-        world_size=final_run.world_size,
-        tensor_parallel=final_run.tensor_parallel,
-        pipeline_stages=final_run.pipeline_stages,
-        sequence_parallel=final_run.sequence_parallel,
-        num_heads=final_run.num_heads,
-        kv_heads=final_run.kv_heads,
-    )
-    problems.extend(check_cross(r.config, degrees, skip=flagged))
+    heads = Heads(num_heads=final_run.num_heads, kv_heads=final_run.kv_heads)
+    problems.extend(check_cross(r.config, final_run.topology, heads, skip=flagged))
     problems.extend(
         Problem(path, "still 'auto' after resolution", AUTO, fix="give a value")
         for path in _autos_left(r.config)
@@ -319,7 +289,20 @@ def resolve_deepspeed(
     )
     if problems:
         raise ConfigError(problems, header=f"DeepSpeed config ({origin})")
+    _prefer_torch_adam(r)  # last: the machine probe may import torch, which a broken config need not pay
     return ResolvedDeepSpeed(config=r.config, sources=r.sources, run=final_run, origin=origin, notes=notes)
+
+
+def _drop_comments(node: dict[str, Any], sources: dict[str, str], prefix: str = "") -> None:
+    # DeepSpeed's pydantic sections refuse unknown keys, `_comment` included: the config it gets has none.
+    for key in list(node):
+        path = f"{prefix}.{key}" if prefix else key
+        if is_comment(key):
+            del node[key]
+            for stale in [k for k in sources if k == path or k.startswith(path + ".")]:
+                del sources[stale]
+        elif isinstance(node[key], dict):
+            _drop_comments(node[key], sources, path)
 
 
 # "auto" values computed from other keys: when those are wrong, the "auto" left over is not a second defect.
@@ -362,30 +345,90 @@ def _bind_parallel(r: _Resolver) -> None:
 
 
 def _bind_batch(r: _Resolver) -> None:
+    """DeepSpeed's batch arithmetic: train_batch_size = micro x accum x dp. Of the three, the file may give any
+    two and DeepSpeed derives the third; an option the user typed counts as given, a default does not."""
     run = r.run
     layout = {
         k: v for k, v in r.adopted.items() if k in ("pipeline_stages", "tensor_parallel", "sequence_parallel")
     }
+    topology = replace(run, **layout).topology if layout else run.topology
+    dp = topology.data_parallel
+    total = _given(r, "train_batch_size")
+    micro_given = _given(r, "train_micro_batch_size_per_gpu") or ("micro_batch" in run.explicit)
+    accum_given = _given(r, "gradient_accumulation_steps") or ("grad_accum" in run.explicit)
+    if total is not None and not (micro_given and accum_given):
+        _derive_from_total(r, total, dp, micro_given, accum_given)
     r.bind("train_micro_batch_size_per_gpu", "micro_batch", run.micro_batch, option="--micro-batch")
     r.bind("gradient_accumulation_steps", "grad_accum", run.grad_accum, option="--grad-accum")
     micro = _as_int(r.adopted.get("micro_batch", run.micro_batch))
     accum = _as_int(r.adopted.get("grad_accum", run.grad_accum))
-    dp = replace(run, **layout).data_parallel if layout else run.data_parallel
-    expected = None if micro is None or accum is None else micro * accum * dp
+    expected = None if micro is None or accum is None else topology.global_batch(micro, accum)
     current = r.get("train_batch_size")
     if current is None or current == AUTO:
         if expected is not None:
             r.put("train_batch_size", expected, f"derived: micro {micro} x accum {accum} x dp {dp}")
-    elif expected is not None and current != expected:
+    elif (
+        micro is not None
+        and accum is not None
+        and expected is not None
+        and _as_int(current) is not None
+        and current != expected
+        and not any(p.path == "train_batch_size" for p in r.problems)  # already reported as unsplittable
+    ):
         r.problems.append(
             Problem(
                 "train_batch_size",
                 f"!= train_micro_batch_size_per_gpu({micro}) * gradient_accumulation_steps({accum})"
                 f" * data_parallel_size({dp}) = {expected}",
                 current,
-                fix='set it to "auto" or to the product',
+                fix=_batch_fix(current, micro, accum, dp, run),
             )
         )
+
+
+def _given(r: _Resolver, path: str) -> Any:
+    value = r.get(path)
+    return None if value == AUTO else _as_int(value)
+
+
+def _derive_from_total(r: _Resolver, total: int, dp: int, micro_given: bool, accum_given: bool) -> None:
+    """Fill the member of (micro, accum) the file leaves out, from train_batch_size (as DeepSpeed does)."""
+    run = r.run
+    if micro_given:
+        micro = _given(r, "train_micro_batch_size_per_gpu") or run.micro_batch
+        path, option, name, per = "gradient_accumulation_steps", "--grad-accum", "grad_accum", micro * dp
+    elif accum_given:
+        accum = _given(r, "gradient_accumulation_steps") or run.grad_accum
+        path, option, name, per = "train_micro_batch_size_per_gpu", "--micro-batch", "micro_batch", accum * dp
+    else:
+        # Only the global batch: DeepSpeed accumulates 1 micro-batch and splits the batch over the ranks.
+        r.put(
+            "gradient_accumulation_steps", 1, "derived (DeepSpeed's rule when only train_batch_size is given)"
+        )
+        r.adopted["grad_accum"] = 1
+        path, option, name, per = "train_micro_batch_size_per_gpu", "--micro-batch", "micro_batch", dp
+    if total % per or total < per:
+        r.problems.append(
+            Problem(
+                "train_batch_size",
+                f"cannot be split: {total} is not a multiple of {per} (the other batch factors x data-parallel "
+                f"size {dp})",
+                total,
+                fix=f"pass {option} or --world-size so that the product is {total}, or set train_batch_size "
+                '"auto"',
+            )
+        )
+        return
+    r.put(path, total // per, f"derived: train_batch_size {total} / {per}")
+    r.adopted[name] = total // per
+
+
+def _batch_fix(total: Any, micro: int, accum: int, dp: int, run: RunValues) -> str:
+    if isinstance(total, int) and total % (micro * dp) == 0 and "grad_accum" not in run.explicit:
+        return f'set gradient_accumulation_steps to {total // (micro * dp)} or train_batch_size to "auto"'
+    if isinstance(total, int) and total % (accum * dp) == 0 and "micro_batch" not in run.explicit:
+        return f'pass --micro-batch {total // (accum * dp)}, or set train_batch_size to "auto"'
+    return 'set train_batch_size to "auto" (derived from the other two), or pass --world-size to match it'
 
 
 def _as_int(value: Any) -> int | None:
@@ -435,12 +478,38 @@ def _bind_optimizer(r: _Resolver) -> None:
     r.bind("optimizer.params.eps", "eps", run.eps, option="--eps")
     if isinstance(r.adopted.get("betas"), list):
         r.adopted["betas"] = tuple(r.adopted["betas"])
+
+
+def _cpu_only(r: _Resolver) -> bool:
+    """The run's device, probed only when a rule needs it (the probe may import torch)."""
+    if r.run.cpu_only is None:
+        from scaling.config.device import cuda_available
+
+        return not cuda_available()
+    return r.run.cpu_only
+
+
+def _prefer_torch_adam(r: _Resolver) -> None:
     kind = str(r.get("optimizer.type") or "").lower()
-    if run.cpu_only and kind in {"adam", "adamw"} and r.get("optimizer.params.torch_adam") is None:
-        # DeepSpeed would JIT-compile a fused CPU Adam (~50 s on 2 cores); torch's AdamW is the same maths.
-        r.put("optimizer.params.torch_adam", True, "derived (no CUDA: torch AdamW instead of a JIT-built op)")
-        if kind == "adamw":
-            r.put("optimizer.params.adam_w_mode", True, "derived (AdamW)")
+    if kind not in {"adam", "adamw"} or r.get("optimizer.params.torch_adam") is not None:
+        return
+    cpu_only = _cpu_only(r)
+    if not cpu_only and _offloads_optimizer(r):
+        return  # DeepSpeedCPUAdam is what ZeRO-Offload is for
+    # DeepSpeed would JIT-compile its own Adam: ~50 s on 2 CPU cores, and on CUDA a FusedAdam build that
+    # fails outright where TORCH_CUDA_ARCH_LIST names an arch-specific target such as "9.0a" (H200 image,
+    # DeepSpeed 0.19.8). torch's AdamW is the same maths; on an H200 it ran at 1.003x a plain torch loop.
+    r.put("optimizer.params.torch_adam", True, "derived (torch AdamW instead of a JIT-built op)")
+    if not cpu_only and r.get("optimizer.params.fused") is None:
+        r.put("optimizer.params.fused", True, "derived (CUDA: torch's fused AdamW kernel)")
+    if kind == "adamw":
+        r.put("optimizer.params.adam_w_mode", True, "derived (AdamW)")
+
+
+def _offloads_optimizer(r: _Resolver) -> bool:
+    """Whether ZeRO-Offload steps the optimizer on the host (with DeepSpeedCPUAdam unless torch_adam)."""
+    device = r.get("zero_optimization.offload_optimizer.device")
+    return str(device or "none").lower() in {"cpu", "nvme"}
 
 
 SCHEDULERS = {"linear": "WarmupDecayLR", "cosine": "WarmupCosineLR", "constant": "WarmupLR"}
@@ -511,7 +580,7 @@ def _fill_zero_autos(r: _Resolver) -> None:
     }
     if r.get("zero_optimization.zero_hpz_partition_size") == AUTO:
         # hpZ's secondary partition spans one node; unknown node size: a single-node job's whole world.
-        per_node = r.run.gpus_per_node or min(r.run.world_size, 8)
+        per_node = r.run.gpus_per_node or min(r.run.world_size, ASSUMED_GPUS_PER_NODE)
         r.put(
             "zero_optimization.zero_hpz_partition_size",
             per_node,
@@ -523,12 +592,15 @@ def _fill_zero_autos(r: _Resolver) -> None:
         "zero_optimization.stage3_prefetch_bucket_size": 50_000_000,
         "zero_optimization.stage3_param_persistence_threshold": 100_000,
     }
-    for path, rule in rules.items():
+    for hf_path, rule in rules.items():
+        # DeepSpeed's field name (without stage3_) means the same key as the alias the HF rule names.
+        unprefixed = hf_path.replace(".stage3_", ".")
+        path = unprefixed if r.get(unprefixed) == AUTO else hf_path
         if r.get(path) == AUTO:
             if hidden is None:
                 r.put(
                     path,
-                    fallback[path],
+                    fallback[hf_path],
                     "DeepSpeed default (filled 'auto'; no model hidden size for the HF rule)",
                 )
             else:

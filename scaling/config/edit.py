@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scaling.config.deepspeed import load_json, parse_override
+from scaling.config.deepspeed import parse_override
+from scaling.config.keys import canonical_path
+from scaling.config.loading import load_config, read_text
+from scaling.config.schema import check_schema
 from scaling.errors import ConfigError, Problem
 
 _WS = re.compile(r"[ \t\r\n]*")
@@ -89,8 +92,9 @@ def duplicate_keys(text: str) -> list[tuple[str, Any]]:
     return spans.duplicates
 
 
-def set_in_text(text: str, key: str, value: Any) -> str:
-    """Return `text` with the dotted `key` set to `value`, changing nothing else."""
+def set_in_text(text: str, key: str, value: Any, spelling: str | None = None) -> str:
+    """Return `text` with the dotted `key` set to `value`, changing nothing else. `spelling`: the value's JSON
+    text as the user typed it (`5e8` stays `5e8`), used for a scalar."""
     root = _Spans(text).value(0)
     parts = key.split(".")
     node = root
@@ -107,21 +111,28 @@ def set_in_text(text: str, key: str, value: Any) -> str:
             nested: Any = value
             for inner in reversed(parts[depth + 1 :]):
                 nested = {inner: nested}
+            if spelling is not None and depth == len(parts) - 1:
+                return _insert(text, node, part, value, spelling)
             return _insert(text, node, part, nested)
         node = node.members[part][1]
-    return text[: node.start] + _dump_like(text, node, value) + text[node.end :]
+    rendered = spelling if spelling is not None else _dump_like(text, node, value)
+    return text[: node.start] + rendered + text[node.end :]
+
+
+def _dumps(value: Any, indent: int | None = None) -> str:
+    return json.dumps(value, indent=indent, ensure_ascii=False)
 
 
 def _dump_like(text: str, node: _Node, value: Any) -> str:
     """Serialise `value` for the slot `node` occupies: multi-line objects follow the surrounding indent."""
-    if not isinstance(value, dict | list) or not value:
-        return json.dumps(value)
+    if not isinstance(value, dict) or not value or "\n" not in text[node.start : node.end]:
+        return _dumps(value)  # scalars, lists and one-line objects stay on one line
     line_start = text.rfind("\n", 0, node.start) + 1
     indent = len(text[line_start : node.start]) - len(text[line_start : node.start].lstrip())
     step = _indent_step(text)
     if step is None:
-        return json.dumps(value)
-    body = json.dumps(value, indent=step)
+        return _dumps(value)
+    body = _dumps(value, indent=step)
     return body.replace("\n", "\n" + " " * indent)
 
 
@@ -132,7 +143,7 @@ def _indent_step(text: str) -> int | None:
     return min(steps) if steps else None
 
 
-def _insert(text: str, obj: _Node, key: str, value: Any) -> str:
+def _insert(text: str, obj: _Node, key: str, value: Any, spelling: str | None = None) -> str:
     close = obj.end - 1  # the object's closing brace
     if obj.members:
         last_key_at, last = list(obj.members.values())[-1]
@@ -144,40 +155,72 @@ def _insert(text: str, obj: _Node, key: str, value: Any) -> str:
         else:
             sep = ",\n" + prefix
             indent_text = prefix
-        probe = _Node(last_key_at, last_key_at)
-        rendered = _dump_like(text, probe, value) if indent_text else json.dumps(value)
-        return text[: last.end] + f"{sep}{json.dumps(key)}: {rendered}" + text[last.end :]
+        rendered = spelling or _dumps(value)
+        if indent_text and isinstance(value, dict) and value and _indent_step(text):
+            width = len(indent_text.expandtabs())
+            rendered = _dumps(value, indent=_indent_step(text)).replace("\n", "\n" + " " * width)
+        return text[: last.end] + f"{sep}{_dumps(key)}: {rendered}" + text[last.end :]
     # An empty object: open it up in the file's style.
     step = _indent_step(text)
     if step is None:
-        return text[:close] + f"{json.dumps(key)}: {json.dumps(value)}" + text[close:]
+        return text[:close] + f"{_dumps(key)}: {spelling or _dumps(value)}" + text[close:]
     line_start = text.rfind("\n", 0, obj.start) + 1
     outer = len(text[line_start : obj.start]) - len(text[line_start : obj.start].lstrip())
     pad = " " * (outer + step)
     rendered = (
-        json.dumps(value, indent=step).replace("\n", "\n" + pad)
+        _dumps(value, indent=step).replace("\n", "\n" + pad)
         if isinstance(value, dict)
-        else json.dumps(value)
+        else spelling or _dumps(value)
     )
-    return text[: obj.start + 1] + f"\n{pad}{json.dumps(key)}: {rendered}\n{' ' * outer}" + text[close:]
+    return text[: obj.start + 1] + f"\n{pad}{_dumps(key)}: {rendered}\n{' ' * outer}" + text[close:]
 
 
-def set_keys(path: Path, assignments: list[str]) -> list[tuple[str, Any, Any]]:
+def set_keys(path: Path, assignments: list[str], force: bool = False) -> list[tuple[str, Any, Any]]:
     """Apply KEY=VALUE assignments to the JSON file at `path` in place; returns (key, old, new) per change.
 
-    The file must be valid first (duplicate keys too are refused); nothing is written if any assignment fails.
+    The file must be valid JSON first (duplicate keys too are refused). The edited config is checked against
+    the schema: an unknown key or a wrong type at an edited key refuses the edit unless `force`. Nothing is
+    written when anything fails. Line endings, untouched text, number spelling and non-ASCII text are kept.
     """
-    load_json(path)
-    text = path.read_text(encoding="utf-8")
+    if not load_config(path).strict_json:
+        raise ConfigError(
+            [Problem(str(path), "has comments or trailing commas; `config set` edits plain JSON only")]
+        )
+    original = read_text(path)
+    crlf = "\r\n" in original
+    text = original.replace("\r\n", "\n") if crlf else original
     changes = []
     for item in assignments:
         key, value = parse_override(item)
+        raw = item.split("=", 1)[1].strip()
+        spelling = raw if _is_json_scalar(raw) else None
         old = _lookup(json.loads(text), key)
-        text = set_in_text(text, key, value)
+        text = set_in_text(text, key, value, spelling)
         changes.append((key, old, value))
-    json.loads(text)  # the edit must leave valid JSON; a bug here must not corrupt the user's file
-    path.write_text(text, encoding="utf-8")
+    data = json.loads(text)  # the edit must leave valid JSON; a bug here must not corrupt the user's file
+    if not force:
+        edited = [key for key, _, _ in changes]
+        problems = [
+            p
+            for p in check_schema(data)[0]
+            if any(p.path == k or p.path.startswith(k + ".") or k.startswith(p.path + ".") for k in edited)
+        ]
+        if problems:
+            raise ConfigError(
+                problems, header=f"not written: {path} would be invalid (--force writes it anyway)"
+            )
+    if crlf:
+        text = text.replace("\n", "\r\n")
+    path.write_bytes(text.encode("utf-8"))
     return changes
+
+
+def _is_json_scalar(raw: str) -> bool:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return False
+    return not isinstance(value, dict | list)
 
 
 def _lookup(data: Any, key: str) -> Any:
@@ -210,6 +253,19 @@ class Change:
         if self.kind == "removed":
             return f"- {self.path} = {json.dumps(self.old)}"
         return f"~ {self.path}: {json.dumps(self.old)} -> {json.dumps(self.new)}"
+
+
+def fold_aliases(config: Any, prefix: str = "") -> Any:
+    """The config with every key under DeepSpeed's field name (`stage3_max_live_parameters` ->
+    `max_live_parameters`), so two spellings of one field compare equal."""
+    if not isinstance(config, dict):
+        return config
+    out = {}
+    for key, value in config.items():
+        path = f"{prefix}.{key}" if prefix else key
+        name = canonical_path(path).rsplit(".", 1)[-1]
+        out[name] = fold_aliases(value, path)
+    return out
 
 
 def diff(a: Any, b: Any, prefix: str = "") -> list[Change]:

@@ -7,32 +7,45 @@ from dataclasses import dataclass
 from typing import Any
 
 from scaling.config.deepspeed import ResolvedDeepSpeed
+from scaling.config.deepspeed_models import model_fields_spec
 from scaling.config.estimate import MemoryEstimate, fmt_bytes
+from scaling.config.keys import canonical_path
 from scaling.config.schema import offload_device, zero_stage
 
 DEEPSPEED_DEFAULT = "DeepSpeed default"
 
-# Defaults DeepSpeed 0.19.8 applies to keys a config leaves out, worth showing because they change memory or
-# speed (runtime/zero/config.py, runtime/precision_config.py). Keyed by the ZeRO stages they matter for.
-_DEFAULTS: list[tuple[str, Any, tuple[int, ...]]] = [
-    ("zero_optimization.stage", 0, (0,)),
-    ("zero_optimization.contiguous_gradients", True, (1, 2, 3)),
-    ("zero_optimization.reduce_scatter", True, (1, 2)),
-    ("zero_optimization.reduce_bucket_size", 500_000_000, (1, 2, 3)),
-    ("zero_optimization.allgather_bucket_size", 500_000_000, (1, 2)),
-    ("zero_optimization.overlap_comm", "true for stage 3, else false", (1, 2, 3)),
-    ("zero_optimization.stage3_prefetch_bucket_size", 50_000_000, (3,)),
-    ("zero_optimization.stage3_param_persistence_threshold", 100_000, (3,)),
-    ("zero_optimization.stage3_max_live_parameters", 1_000_000_000, (3,)),
-    ("zero_optimization.sub_group_size", 1_000_000_000, (3,)),
+# Keys a config may leave out whose DeepSpeed default is worth showing because it changes memory or speed,
+# keyed by the ZeRO stages they matter for. The values are DeepSpeed's own model defaults (see `_default`).
+_DEFAULTS: list[tuple[str, tuple[int, ...]]] = [
+    ("zero_optimization.stage", (0,)),
+    ("zero_optimization.contiguous_gradients", (1, 2, 3)),
+    ("zero_optimization.reduce_scatter", (1, 2)),
+    ("zero_optimization.reduce_bucket_size", (1, 2, 3)),
+    ("zero_optimization.allgather_bucket_size", (1, 2)),
+    ("zero_optimization.overlap_comm", (1, 2, 3)),
+    ("zero_optimization.stage3_prefetch_bucket_size", (3,)),
+    ("zero_optimization.stage3_param_persistence_threshold", (3,)),
+    ("zero_optimization.stage3_max_live_parameters", (3,)),
+    ("zero_optimization.sub_group_size", (3,)),
 ]
 _FP16_DEFAULTS = [
-    ("fp16.loss_scale", 0),
-    ("fp16.initial_scale_power", 16),
-    ("fp16.loss_scale_window", 1000),
-    ("fp16.hysteresis", 2),
-    ("fp16.min_loss_scale", 1),
+    "fp16.loss_scale",
+    "fp16.initial_scale_power",
+    "fp16.loss_scale_window",
+    "fp16.hysteresis",
+    "fp16.min_loss_scale",
 ]
+# Defaults DeepSpeed computes at run time (None in the model).
+_DYNAMIC = {"zero_optimization.overlap_comm": "true for stage 3, else false"}
+
+
+def _default(path: str) -> Any:
+    """DeepSpeed's default for a key of one of its modelled sections."""
+    if path in _DYNAMIC:
+        return _DYNAMIC[path]
+    section, field_name = canonical_path(path).split(".", 1)
+    return model_fields_spec()[section][field_name].get("default")
+
 
 PARTITIONED = {
     0: "nothing is partitioned: every data-parallel rank holds all parameters, gradients and optimizer states",
@@ -59,13 +72,13 @@ def rows(resolved: ResolvedDeepSpeed) -> list[Row]:
         Row(path, value, resolved.sources.get(path, resolved.origin))
         for path, value in _leaves(resolved.config)
     ]
-    present = {r.path for r in out}
+    present = {canonical_path(r.path) for r in out}  # an alias and its field name are one key
     stage = zero_stage(resolved.config)
-    for path, value, stages in _DEFAULTS:
-        if stage in stages and path not in present:
-            out.append(Row(path, value, DEEPSPEED_DEFAULT))
+    for path, stages in _DEFAULTS:
+        if stage in stages and canonical_path(path) not in present:
+            out.append(Row(path, _default(path), DEEPSPEED_DEFAULT))
     if resolved.config.get("fp16", {}).get("enabled") is True:
-        out.extend(Row(p, v, DEEPSPEED_DEFAULT) for p, v in _FP16_DEFAULTS if p not in present)
+        out.extend(Row(p, _default(p), DEEPSPEED_DEFAULT) for p in _FP16_DEFAULTS if p not in present)
     return out
 
 

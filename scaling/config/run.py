@@ -86,20 +86,53 @@ class RunConfig:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-# Run option name -> OptimConfig field it feeds (and RunValues field it is checked against).
-_RUN_VALUE_FIELDS = {
-    "micro_batch": "micro_batch",
-    "grad_accum": "grad_accum",
-    "lr": "lr",
-    "weight_decay": "weight_decay",
-    "betas": "betas",
-    "eps": "eps",
-    "warmup_steps": "warmup_steps",
-    "lr_schedule": "lr_schedule",
-    "min_lr_ratio": "min_lr_ratio",
-    "clip_grad": "clip_grad",
-    "precision": "precision",
-}
+# OptimConfig fields the DeepSpeed JSON binds (same names in RunValues): the JSON may be filled from them,
+# contradict them, or (when the option was not given) be adopted into them.
+DEEPSPEED_OPTIM_FIELDS = (
+    "micro_batch",
+    "grad_accum",
+    "lr",
+    "weight_decay",
+    "betas",
+    "eps",
+    "warmup_steps",
+    "lr_schedule",
+    "min_lr_ratio",
+    "clip_grad",
+    "precision",
+)
+DEEPSPEED_PARALLEL_FIELDS = ("tensor_parallel", "pipeline_stages", "sequence_parallel", "gpus_per_node")
+"""ParallelConfig fields the DeepSpeed JSON binds (same names in RunValues)."""
+
+
+def run_values(
+    optim: OptimConfig,
+    parallel: ParallelConfig,
+    *,
+    world_size: int,
+    explicit: frozenset[str],
+    total_steps: int,
+    hidden_size: int | None = None,
+    num_heads: int | None = None,
+    kv_heads: int | None = None,
+    cpu_only: bool | None = None,
+) -> RunValues:
+    """The values a DeepSpeed JSON is resolved against, from the sections: the one mapping `scaling train`,
+    `scaling config` and `scaling estimate` share. `explicit` names the options the user gave."""
+    bound = (*DEEPSPEED_OPTIM_FIELDS, *DEEPSPEED_PARALLEL_FIELDS)
+    given_steps = optim.max_steps is not None and "max_steps" in explicit
+    return RunValues(
+        **{name: getattr(optim, name) for name in DEEPSPEED_OPTIM_FIELDS},
+        **{name: getattr(parallel, name) for name in DEEPSPEED_PARALLEL_FIELDS},
+        total_steps=total_steps,
+        world_size=world_size,
+        hidden_size=hidden_size,
+        num_heads=num_heads,
+        kv_heads=kv_heads,
+        cpu_only=cpu_only,
+        explicit=frozenset(name for name in explicit if name in bound)
+        | (frozenset({"total_steps"}) if given_steps else frozenset()),
+    )
 
 
 def check_sections(
@@ -139,52 +172,35 @@ def resolve_run(
     num_heads: int | None = None,
     kv_heads: int | None = None,
     total_steps: int,
-    cpu_only: bool,
+    cpu_only: bool | None = None,
 ) -> RunConfig:
     """Resolve the DeepSpeed JSON against the run options and return the complete run.
 
-    `explicit` names the options the user typed (others yield to values written in the JSON).
+    `explicit` names the options the user gave (others yield to values written in the JSON); `cpu_only`
+    None asks this machine (scaling.config.device).
     Raises ConfigError with every problem found.
     """
     problems = check_sections(model, data, optim, checkpoint)
-    run_values = RunValues(
-        micro_batch=optim.micro_batch,
-        grad_accum=optim.grad_accum,
-        lr=optim.lr,
-        weight_decay=optim.weight_decay,
-        betas=optim.betas,
-        eps=optim.eps,
-        warmup_steps=optim.warmup_steps,
-        total_steps=total_steps,
-        lr_schedule=optim.lr_schedule,
-        min_lr_ratio=optim.min_lr_ratio,
-        clip_grad=optim.clip_grad,
-        precision=optim.precision,
+    values = run_values(
+        optim,
+        parallel,
         world_size=world_size,
-        tensor_parallel=parallel.tensor_parallel,
-        pipeline_stages=parallel.pipeline_stages,
-        sequence_parallel=parallel.sequence_parallel,
+        explicit=explicit,
+        total_steps=total_steps,
         hidden_size=hidden_size,
         num_heads=num_heads,
         kv_heads=kv_heads,
-        gpus_per_node=parallel.gpus_per_node,
         cpu_only=cpu_only,
-        explicit=frozenset(name for name in explicit if name in _RUN_VALUE_FIELDS)
-        | (
-            frozenset({"total_steps"})
-            if optim.max_steps is not None and "max_steps" in explicit
-            else frozenset()
-        ),
     )
     resolved: ResolvedDeepSpeed | None = None
     try:
-        resolved = resolve_deepspeed(deepspeed_source.config, deepspeed_source.overrides, run_values)
+        resolved = resolve_deepspeed(deepspeed_source.config, deepspeed_source.overrides, values)
     except ConfigError as err:
         problems.extend(err.problems)
     if problems:
         raise ConfigError(problems, header="cannot start this run")
     assert resolved is not None
-    adopted = {name: getattr(resolved.run, name) for name in _RUN_VALUE_FIELDS}
+    adopted = {name: getattr(resolved.run, name) for name in DEEPSPEED_OPTIM_FIELDS}
     optim = dataclasses.replace(optim, **adopted)
     # Degrees written in the JSON (where the option was left at its default) lay out the run too.
     parallel = dataclasses.replace(

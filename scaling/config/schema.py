@@ -5,9 +5,7 @@ DeepSpeed 0.19.8 validates some sections with pydantic but silently accepts unkn
 optimizer params only inside `deepspeed.initialize` (see shared/notes/deepspeed-on-cpu.md §6). This module
 catches all of those before anything is launched, without importing deepspeed (~2 s) or torch.
 
-Key names follow DeepSpeed 0.19.8's sources (runtime/constants.py, runtime/zero/config.py,
-runtime/zero/offload_config.py, runtime/precision_config.py, monitor/config.py, comm/config.py,
-profiling/constants.py, runtime/swap_tensor/constants.py, runtime/lr_schedules.py, runtime/tensor_parallel).
+The keys themselves live in `keys` (DeepSpeed's pydantic sections derived from its own models).
 """
 
 from __future__ import annotations
@@ -18,413 +16,51 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from scaling.errors import Problem
-
-AUTO = "auto"
-
-
-@dataclass(frozen=True)
-class Key:
-    """What one JSON key may hold."""
-
-    kind: str
-    """bool, int, number, str, list, any, or obj (a nested section)."""
-    auto: bool = False
-    """Whether "auto" is allowed (filled from the run options by `resolve_deepspeed`)."""
-    choices: tuple[Any, ...] = ()
-    """Allowed values (strings compare case-sensitively unless `fold` is set)."""
-    fold: bool = False
-    """Compare string choices case-insensitively (DeepSpeed lower-cases optimizer names)."""
-    minimum: float | None = None
-    """Smallest allowed number."""
-    children: dict[str, Key] | None = None
-    """Keys of a nested section; None with kind obj means any keys are accepted."""
-    old: str = ""
-    """Deprecated but still accepted by DeepSpeed 0.19.8: the key to use instead."""
-    nullable: bool = False
-    """Whether JSON null is accepted."""
-
-
-def _obj(children: dict[str, Key] | None = None, **kw: Any) -> Key:
-    return Key("obj", children=children, **kw)
-
-
-B = Key("bool")
-I0 = Key("int", minimum=0)
-I1 = Key("int", minimum=1)
-N0 = Key("number", minimum=0)
-N = Key("number")
-S = Key("str")
-ANY = Key("any")
-BA = Key("bool", auto=True)
-IA1 = Key("int", auto=True, minimum=1)
-NA0 = Key("number", auto=True, minimum=0)
-DTYPE = Key(
-    "str",
-    choices=(
-        "fp32",
-        "fp16",
-        "bf16",
-        "float32",
-        "float16",
-        "bfloat16",
-        "torch.float32",
-        "torch.float16",
-        "torch.bfloat16",
-        "float",
-        "half",
-    ),
-    nullable=True,
+from scaling.config.keys import (
+    ANY,
+    AUTO,
+    IGNORED_TOP,
+    OPTIMIZER_PARAMS,
+    REMOVED_TOP,
+    REMOVED_ZERO,
+    SCHEDULER_PARAMS,
+    Key,
+    is_comment,
+    top_spec,
 )
-
-OFFLOAD_DEVICES = ("none", "cpu", "nvme")
-
-_OFFLOAD_PARAM = {
-    "device": Key("str", choices=OFFLOAD_DEVICES),
-    "nvme_path": Key("str", nullable=True),
-    "buffer_count": I1,
-    "buffer_size": Key("int", minimum=1),
-    "max_in_cpu": I0,
-    "pin_memory": B,
-}
-_OFFLOAD_OPTIMIZER = {
-    "device": Key("str", choices=OFFLOAD_DEVICES),
-    "nvme_path": Key("str", nullable=True),
-    "buffer_count": I1,
-    "pin_memory": B,
-    "pipeline_read": B,
-    "pipeline_write": B,
-    "fast_init": B,
-    "ratio": Key("number", minimum=0),
-    "super_offload": B,
-    "cpuadam_cores_perc": Key("number", minimum=0),
-}
-
-ZERO = {
-    "stage": Key("int", choices=(0, 1, 2, 3)),
-    "contiguous_gradients": B,
-    "reduce_scatter": B,
-    "reduce_bucket_size": Key("int", auto=True, minimum=1),
-    "use_multi_rank_bucket_allreduce": B,
-    "allgather_partitions": B,
-    "allgather_bucket_size": Key("int", minimum=1),
-    "overlap_comm": Key("bool", nullable=True),
-    "compute_grad_norm": B,
-    "load_from_fp32_weights": B,
-    "elastic_checkpoint": B,
-    "offload_param": _obj(_OFFLOAD_PARAM, nullable=True),
-    "offload_optimizer": _obj(_OFFLOAD_OPTIMIZER, nullable=True),
-    "zenflow": _obj(None, nullable=True),
-    "sub_group_size": Key("int", minimum=1),
-    "cpu_offload_param": Key("bool", old="zero_optimization.offload_param"),
-    "cpu_offload_use_pin_memory": Key("bool", old="offload_param/offload_optimizer.pin_memory"),
-    "cpu_offload": Key("bool", old="zero_optimization.offload_optimizer"),
-    "stage3_prefetch_bucket_size": Key("int", auto=True, minimum=0),
-    "stage3_param_persistence_threshold": Key("int", auto=True, minimum=0),
-    "stage3_model_persistence_threshold": Key("int", minimum=0),
-    "stage3_max_live_parameters": Key("int", minimum=0),
-    "stage3_max_reuse_distance": Key("int", minimum=0),
-    "stage3_gather_16bit_weights_on_model_save": B,
-    "stage3_gather_fp16_weights_on_model_save": Key(
-        "bool", old="zero_optimization.stage3_gather_16bit_weights_on_model_save"
-    ),
-    "stage3_module_granularity_threshold": I0,
-    "stage3_use_all_reduce_for_fetch_params": B,
-    "stage3_allgather_sequential": B,
-    "ignore_unused_parameters": B,
-    "legacy_stage1": B,
-    "round_robin_gradients": B,
-    "parameter_alignment": B,
-    # ZeRO++: hierarchical partitioning (hpZ), quantized weights (qwZ) and gradients (qgZ).
-    "zero_hpz_partition_size": Key("int", auto=True, minimum=1),
-    "zero_quantized_weights": B,
-    "zero_quantized_nontrainable_weights": B,
-    "zero_quantized_gradients": B,
-    "memory_efficient_linear": B,
-    "pipeline_loading_checkpoint": B,
-    "override_module_apply": B,
-    "log_trace_cache_warnings": B,
-    "enable_sanity_checks": B,
-    "save_muon_momentum_buffer_in_memory": B,
-    "leaf_module": _obj(None),
-}
-REMOVED_ZERO = {
-    "mics_shard_size": "MiCS was removed from DeepSpeed",
-    "mics_hierarchical_params_gather": "MiCS was removed from DeepSpeed",
-    "zeropp_loco_param": "LoCo-ZeRO++ was removed from DeepSpeed",
-}
-
-_ADAM_PARAMS = {
-    "lr": NA0,
-    "betas": Key("list", auto=True),
-    "eps": NA0,
-    "weight_decay": NA0,
-    "torch_adam": B,
-    "adam_w_mode": B,
-    "amsgrad": B,
-    "bias_correction": B,
-    "fp32_optimizer_states": B,
-    "foreach": Key("bool", nullable=True),
-    "fused": B,
-}
-OPTIMIZER_PARAMS: dict[str, dict[str, Key]] = {
-    "adam": _ADAM_PARAMS,
-    "adamw": _ADAM_PARAMS,
-    "lamb": {
-        "lr": NA0,
-        "betas": Key("list", auto=True),
-        "eps": NA0,
-        "weight_decay": NA0,
-        "bias_correction": B,
-        "eps_inside_sqrt": B,
-        "max_grad_norm": N0,
-        "max_coeff": N0,
-        "min_coeff": N0,
-        "amsgrad": B,
-    },
-    "lion": {"lr": NA0, "betas": Key("list", auto=True), "weight_decay": NA0, "fp32_optimizer_states": B},
-    "adagrad": {"lr": NA0, "eps": NA0, "weight_decay": NA0, "amsgrad": B, "fp32_optimizer_states": B},
-    "muon": {
-        "lr": NA0,
-        "momentum": N0,
-        "weight_decay": NA0,
-        "betas": Key("list", auto=True),
-        "eps": NA0,
-        "muon_lr": N0,
-        "adam_lr": N0,
-        "ns_method": S,
-    },
-}
-DEEPSPEED_OPTIMIZERS = ("Adam", "AdamW", "Lamb", "Lion", "Adagrad", "Muon", "MuAdam", "MuAdamW", "MuSGD")
-
-_WARMUP = {
-    "warmup_min_lr": NA0,
-    "warmup_max_lr": NA0,
-    "warmup_num_steps": Key("int", auto=True, minimum=0),
-    "warmup_type": Key("str", choices=("log", "linear")),
-    "last_batch_iteration": Key("int", minimum=-1),
-}
-SCHEDULER_PARAMS: dict[str, dict[str, Key]] = {
-    "WarmupLR": _WARMUP,
-    "WarmupDecayLR": {**_WARMUP, "total_num_steps": Key("int", auto=True, minimum=1)},
-    "WarmupCosineLR": {
-        "total_num_steps": Key("int", auto=True, minimum=1),
-        "warmup_min_ratio": Key("number", auto=True, minimum=0),
-        "warmup_num_steps": Key("int", auto=True, minimum=0),
-        "cos_min_ratio": Key("number", auto=True, minimum=0),
-        "warmup_type": Key("str", choices=("log", "linear")),
-        "last_batch_iteration": Key("int", minimum=-1),
-    },
-    "OneCycle": {
-        "cycle_min_lr": N0,
-        "cycle_max_lr": N0,
-        "decay_lr_rate": N0,
-        "cycle_first_step_size": I1,
-        "cycle_second_step_size": Key("int", minimum=1, nullable=True),
-        "cycle_first_stair_count": I0,
-        "cycle_second_stair_count": Key("int", minimum=0, nullable=True),
-        "decay_step_size": I0,
-        "cycle_momentum": B,
-        "cycle_min_mom": N0,
-        "cycle_max_mom": N0,
-        "decay_mom_rate": N0,
-        "last_batch_iteration": Key("int", minimum=-1),
-    },
-    "LRRangeTest": {
-        "lr_range_test_min_lr": N0,
-        "lr_range_test_step_size": I1,
-        "lr_range_test_step_rate": N0,
-        "lr_range_test_staircase": B,
-        "last_batch_iteration": Key("int", minimum=-1),
-    },
-}
-
-_MONITOR = {"enabled": B, "output_path": S, "job_name": S}
-
-TOP: dict[str, Key] = {
-    "train_batch_size": IA1,
-    "train_micro_batch_size_per_gpu": IA1,
-    "gradient_accumulation_steps": IA1,
-    "managed_gradient_accumulation": B,
-    "steps_per_print": I1,
-    "dump_state": B,
-    "disable_python_gc": Key("int", minimum=0),
-    "gradient_clipping": NA0,
-    "prescale_gradients": B,
-    "gradient_predivide_factor": Key("number", minimum=0),
-    "gradient_allreduce_op": Key("str", choices=("mean", "sum")),
-    "communication_data_type": DTYPE,
-    "seq_parallel_communication_data_type": DTYPE,
-    "disable_allgather": B,
-    "wall_clock_breakdown": B,
-    "memory_breakdown": B,
-    "zero_allow_untested_optimizer": B,
-    "zero_force_ds_cpu_optimizer": B,
-    "dataloader_drop_last": B,
-    "vocabulary_size": Key("int", minimum=1, nullable=True),
-    "sequence_parallel_size": I1,
-    "use_data_before_expert_parallelism": B,
-    "log_level": Key("str", choices=("debug", "info", "warning", "error", "critical")),
-    "zero_optimization": _obj(ZERO),
-    "optimizer": _obj({"type": S, "params": _obj(None), "legacy_fusion": B}),
-    "scheduler": _obj({"type": Key("str", choices=tuple(SCHEDULER_PARAMS)), "params": _obj(None)}),
-    "bf16": _obj(
-        {
-            "enabled": BA,
-            "immediate_grad_update": B,
-            "check_grad_overflow": B,
-            "bf16_master_weights_and_grads": B,
-            "bf16_optimizer_states": B,
-        }
-    ),
-    "bfloat16": _obj({"enabled": BA, "immediate_grad_update": B}, old="bf16"),
-    "fp16": _obj(
-        {
-            "enabled": BA,
-            "auto_cast": B,
-            "loss_scale": N0,
-            "initial_scale_power": I0,
-            "loss_scale_window": I1,
-            "hysteresis": I1,
-            "consecutive_hysteresis": B,
-            "min_loss_scale": N0,
-            "fp16_master_weights_and_grads": B,
-        }
-    ),
-    "torch_autocast": _obj({"enabled": B, "dtype": DTYPE, "lower_precision_safe_modules": Key("list")}),
-    "data_types": _obj(
-        {"grad_accum_dtype": DTYPE, "param_dtype": DTYPE, "buffer_dtype": DTYPE, "keep_in_fp32_modules": ANY}
-    ),
-    "activation_checkpointing": _obj(
-        {
-            "partition_activations": B,
-            "contiguous_memory_optimization": B,
-            "cpu_checkpointing": B,
-            "number_checkpoints": Key("int", minimum=1, nullable=True),
-            "synchronize_checkpoint_boundary": B,
-            "profile": B,
-        }
-    ),
-    "pipeline": _obj(
-        {
-            "stages": Key("int", auto=True, minimum=1),
-            "partition": S,
-            "seed_layers": B,
-            "activation_checkpoint_interval": I0,
-            "pipe_partitioned": B,
-            "grad_partitioned": B,
-            "use_reentrant": B,
-        }
-    ),
-    "tensor_parallel": _obj(
-        {
-            "autotp_size": Key("int", auto=True, minimum=0),
-            "tp_overlap_comm": B,
-            "dtype": ANY,
-            "vocab_parallel_lm_head": Key("bool", nullable=True),
-            "vocab_parallel_ce_backend": Key("str", choices=("torch", "liger")),
-            "tp": _obj({"tp_size": I1, "tp_grain_size": I1}),
-            "partition_config": _obj(None, nullable=True),
-            "preset_model": Key("str", nullable=True),
-            "keep_module_on_host": B,
-        }
-    ),
-    "flops_profiler": _obj(
-        {
-            "enabled": B,
-            "recompute_fwd_factor": N0,
-            "profile_step": I1,
-            "module_depth": Key("int"),
-            "top_modules": I1,
-            "detailed": B,
-            "output_file": Key("str", nullable=True),
-        }
-    ),
-    "tensorboard": _obj(_MONITOR),
-    "csv_monitor": _obj(_MONITOR),
-    "wandb": _obj(
-        {"enabled": B, "group": Key("str", nullable=True), "team": Key("str", nullable=True), "project": S}
-    ),
-    "comet": _obj(
-        {
-            "enabled": B,
-            "samples_log_interval": I1,
-            "project": S,
-            "workspace": S,
-            "api_key": S,
-            "experiment_name": S,
-            "experiment_key": S,
-            "online": B,
-            "mode": S,
-        }
-    ),
-    "comms_logger": _obj({"enabled": B, "prof_all": B, "prof_ops": Key("list"), "verbose": B, "debug": B}),
-    "checkpoint": _obj(
-        {
-            "tag_validation": Key(
-                "str", choices=("Ignore", "Warn", "Fail", "IGNORE", "WARN", "FAIL", "ignore", "warn", "fail")
-            ),
-            "load_universal": B,
-            "use_node_local_storage": B,
-            "parallel_write": _obj({"pipeline_stage": B}),
-            "checkpoint_serialization": B,
-            "writer": _obj(None),
-        }
-    ),
-    "aio": _obj(
-        {
-            "block_size": I1,
-            "queue_depth": I1,
-            "intra_op_parallelism": I1,
-            "thread_count": I1,
-            "single_submit": B,
-            "overlap_events": B,
-            "use_gds": B,
-        }
-    ),
-    "compile": _obj(None),
-    "timers": _obj(None),
-    "autotuning": _obj(None),
-    "data_efficiency": _obj(None),
-    "hybrid_engine": _obj(None),
-    "weight_quantization": _obj(None),
-    "expert_parallel": _obj(None),
-    "datastates_ckpt": _obj(None),
-}
-REMOVED_TOP = {
-    "nebula": "Nebula checkpointing was removed from DeepSpeed",
-    "compression_training": "the DeepSpeed compression library was removed (use `scaling compress`)",
-    "amp": "Apex AMP was removed; use bf16, fp16 or torch_autocast",
-    "quantize_training": "MoQ was removed from DeepSpeed",
-    "sparse_gradients": "sparse embedding-gradient compression was removed from DeepSpeed",
-    "eigenvalue": "eigenvalue MoQ was removed from DeepSpeed",
-    "sparse_attention": "Sparse Attention was removed from DeepSpeed",
-    "elasticity": "elastic training was removed; set the batch keys directly",
-    "graph_harvesting": "graph harvesting was removed from DeepSpeed",
-    "curriculum_learning": "use data_efficiency.data_sampling.curriculum_learning",
-    "progressive_layer_drop": "Progressive Layer Drop was removed from DeepSpeed",
-}
+from scaling.distributed.topology import SEQUENCE_PARALLEL_RULE, Topology
+from scaling.errors import Problem
 
 
 @dataclass
 class _Checker:
     problems: list[Problem] = field(default_factory=list)
     deprecated: list[Problem] = field(default_factory=list)
+    comments: list[str] = field(default_factory=list)
 
     def section(
         self, node: Any, spec: dict[str, Key], prefix: str, removed: dict[str, str] | None = None
     ) -> None:
         for key, value in node.items():
             path = f"{prefix}.{key}" if prefix else key
+            if is_comment(key):
+                self.comments.append(path)
+                continue
+            if not prefix and key in IGNORED_TOP:
+                fix = f"use {IGNORED_TOP[key]}"
+                self.deprecated.append(Problem(path, "DeepSpeed ignores this key: it has no effect", fix=fix))
+                continue
             if removed and key in removed:
                 self.problems.append(Problem(path, f"no longer supported: {removed[key]}", fix="remove it"))
                 continue
             child = spec.get(key)
             if child is None:
-                self.problems.append(_unknown(path, key, spec, value))
+                candidates = {**spec, **dict.fromkeys(IGNORED_TOP, ANY)} if not prefix else spec
+                self.problems.append(_unknown(path, key, candidates, value))
                 continue
             if child.old:
-                self.deprecated.append(Problem(path, "deprecated", value, fix=f"use {child.old}"))
+                new = f"{prefix}.{child.old}" if prefix else child.old
+                self.deprecated.append(Problem(path, "deprecated", value, fix=f"use {new}"))
             self.value(value, child, path)
 
     def value(self, value: Any, spec: Key, path: str) -> None:
@@ -450,7 +86,9 @@ class _Checker:
             return
         if spec.kind == "obj":
             if spec.children is not None:
-                self.section(value, spec.children, path)
+                self.section(
+                    value, spec.children, path, REMOVED_ZERO if path == "zero_optimization" else None
+                )
             return
         if spec.choices and not _in_choices(value, spec):
             hint = _did_you_mean(str(value), [str(c) for c in spec.choices])
@@ -458,10 +96,17 @@ class _Checker:
                 Problem(path, f"must be one of {', '.join(map(str, spec.choices))}", value, fix=hint)
             )
             return
-        if spec.minimum is not None and isinstance(value, int | float) and value < spec.minimum:
-            self.problems.append(Problem(path, f"must be >= {spec.minimum:g}", value))
+        if isinstance(value, int | float):
+            self._bounds(value, spec, path)
         if isinstance(value, float) and not math.isfinite(value):
             self.problems.append(Problem(path, "must be finite", value))
+
+    def _bounds(self, value: float, spec: Key, path: str) -> None:
+        low, high = spec.minimum, spec.maximum
+        if low is not None and (value <= low if spec.exclusive else value < low):
+            self.problems.append(Problem(path, f"must be {'>' if spec.exclusive else '>='} {low:g}", value))
+        elif high is not None and value > high:
+            self.problems.append(Problem(path, f"must be <= {high:g}", value))
 
 
 def _type_ok(value: Any, kind: str) -> bool:
@@ -544,9 +189,10 @@ def _in_choices(value: Any, spec: Key) -> bool:
 
 
 def _did_you_mean(word: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    if not close:
-        close = [o for o in options if o.lower() == word.lower()]
+    options = list(options)
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if not close:  # short names ("rl" for "lr") are too short for difflib's ratio
+        close = [o for o in options if o.lower() == word.lower() or sorted(o) == sorted(word)]
     return f"did you mean {close[0]!r}?" if close else ""
 
 
@@ -558,14 +204,35 @@ def _unknown(path: str, key: str, spec: dict[str, Key], value: Any) -> Problem:
 def check_schema(config: dict[str, Any]) -> tuple[list[Problem], list[Problem]]:
     """Check key names, types and allowed values at every level.
 
-    Returns (problems, deprecations): problems make the config invalid; deprecations are keys DeepSpeed 0.19.8
-    still accepts under an old name, reported as advice.
+    Returns (problems, notes): problems make the config invalid; notes are advice (keys DeepSpeed still
+    accepts under an old name, `_comment` keys that are ignored).
     """
     c = _Checker()
-    c.section(config, TOP, "", REMOVED_TOP)
+    c.section(config, top_spec(), "", REMOVED_TOP)
     _check_optimizer(c, config.get("optimizer"))
     _check_scheduler(c, config.get("scheduler"))
-    return c.problems, c.deprecated
+    notes = list(c.deprecated)
+    if c.comments:
+        notes.append(
+            Problem(
+                ", ".join(c.comments),
+                "keys starting with '_' are comments: kept in the file, left out of the config DeepSpeed gets",
+            )
+        )
+    return c.problems, notes
+
+
+def deepspeed_optimizers() -> list[str]:
+    """Optimizer `type` names DeepSpeed builds itself (any other name must be a torch.optim class)."""
+    from scaling.config.deepspeed_models import optimizer_names
+
+    return optimizer_names()
+
+
+def _torch_optimizers() -> list[str]:
+    import torch.optim  # deferred: only a type that is not DeepSpeed's own needs torch's list
+
+    return [n for n in dir(torch.optim) if n[:1].isupper() and n != "Optimizer"]
 
 
 def _check_optimizer(c: _Checker, section: Any) -> None:
@@ -573,32 +240,45 @@ def _check_optimizer(c: _Checker, section: Any) -> None:
         return
     kind = section.get("type")
     params = section.get("params")
+    own = deepspeed_optimizers()
     if kind is None:
-        c.problems.append(
-            Problem("optimizer.type", "missing", fix=f"one of {', '.join(DEEPSPEED_OPTIMIZERS)}")
-        )
+        c.problems.append(Problem("optimizer.type", "missing", fix=f"one of {', '.join(own)}"))
         return
     if not isinstance(kind, str) or not isinstance(params, dict):
         return
     spec = OPTIMIZER_PARAMS.get(kind.lower())
-    if spec is None:
-        if kind.lower() in {o.lower() for o in DEEPSPEED_OPTIMIZERS}:
-            return  # a DeepSpeed optimizer whose params we do not model (MuAdam...): accept them as given
-        if not kind[:1].isupper():  # torch.optim classes are CamelCase; anything else is a typo
-            hint = _did_you_mean(kind, DEEPSPEED_OPTIMIZERS)
+    if kind.lower() not in own:
+        # DeepSpeed looks any other name up in torch.optim, case-sensitively, only inside initialize().
+        torch_names = _torch_optimizers()
+        if kind not in torch_names:
+            hint = _did_you_mean(kind, [*own, *torch_names]) or _did_you_mean(kind.lower(), own)
             c.problems.append(
                 Problem(
                     "optimizer.type",
-                    "unknown optimizer",
+                    "neither a DeepSpeed optimizer nor a torch.optim class",
                     kind,
-                    fix=hint or f"one of {', '.join(DEEPSPEED_OPTIMIZERS)} or a torch.optim class",
+                    fix=hint or f"one of {', '.join(own)} or a torch.optim class such as SGD",
                 )
             )
         return
+    if spec is None:
+        return  # a DeepSpeed optimizer whose params we do not model (MuAdam...): accept them as given
     c.section(params, spec, "optimizer.params")
     betas = params.get("betas")
-    if isinstance(betas, list) and (len(betas) != 2 or not all(_type_ok(b, "number") for b in betas)):
-        c.problems.append(Problem("optimizer.params.betas", "expected two numbers [beta1, beta2]", betas))
+    if isinstance(betas, list):
+        if len(betas) != 2 or not all(_type_ok(b, "number") for b in betas):
+            c.problems.append(Problem("optimizer.params.betas", "expected two numbers [beta1, beta2]", betas))
+        elif not all(0 <= b < 1 for b in betas):
+            c.problems.append(
+                Problem(
+                    "optimizer.params.betas", "each beta must be in [0, 1)", betas, fix="e.g. [0.9, 0.999]"
+                )
+            )
+    eps = params.get("eps")
+    if isinstance(eps, int | float) and not isinstance(eps, bool) and eps <= 0:
+        c.problems.append(
+            Problem("optimizer.params.eps", "must be > 0 (it guards a division)", eps, fix="1e-8")
+        )
 
 
 def _check_scheduler(c: _Checker, section: Any) -> None:
@@ -615,24 +295,6 @@ def _check_scheduler(c: _Checker, section: Any) -> None:
 
 
 # -- cross-field checks ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Degrees:
-    """The parallel layout a config is checked against."""
-
-    world_size: int = 1
-    """Processes in the job."""
-    tensor_parallel: int = 1
-    """AutoTP degree."""
-    pipeline_stages: int = 1
-    """Pipeline degree."""
-    sequence_parallel: int = 1
-    """Ulysses sequence-parallel degree."""
-    num_heads: int | None = None
-    """Attention heads of the model, when one is given (TP and SP must divide them)."""
-    kv_heads: int | None = None
-    """Key/value heads of the model, when one is given (SP must divide them, or they it)."""
 
 
 def _get(config: dict[str, Any], path: str) -> Any:
@@ -668,30 +330,26 @@ def offload_device(config: dict[str, Any], what: str) -> str:
 
 
 def _sequence_parallel_problems(
-    config: dict[str, Any], degrees: Degrees, stage: int, world: int, tp: int, pp: int
+    config: dict[str, Any], model_heads: Heads, stage: int, world: int, tp: int, pp: int, sp: int
 ) -> list[Problem]:
-    sp = degrees.sequence_parallel
     json_sp = _int(_get(config, "sequence_parallel_size"))
     if json_sp and json_sp > 1 and sp == 1:
         sp = json_sp
     if sp <= 1:
         return []
     out: list[Problem] = []
-    if tp > 1 or pp > 1:
-        out.append(
-            Problem(
-                "--sequence-parallel",
-                "combines with data parallelism and ZeRO only, not with tensor or pipeline parallelism",
-                sp,
-            )
-        )
+    topology = Topology(
+        world_size=world, tensor_parallel=tp, pipeline_stages=pp, sequence_parallel=sp, check=False
+    )
+    if topology.mixes_sequence_with_model_parallel:
+        out.append(Problem("--sequence-parallel", SEQUENCE_PARALLEL_RULE, sp))
     elif world % sp:
         out.append(
             Problem(
                 "--sequence-parallel", f"does not divide the world size {world}", sp, fix="pick a divisor"
             )
         )
-    heads, kv_heads = degrees.num_heads, degrees.kv_heads or degrees.num_heads
+    heads, kv_heads = model_heads.num_heads, model_heads.kv_heads or model_heads.num_heads
     if heads and heads % sp:
         out.append(
             Problem(
@@ -748,12 +406,25 @@ def _sequence_parallel_problems(
     return out
 
 
-def check_cross(config: dict[str, Any], degrees: Degrees, skip: Iterable[str] = ()) -> list[Problem]:
-    """Checks that involve several keys, or keys and the parallel layout. `skip`: paths already reported."""
+@dataclass(frozen=True)
+class Heads:
+    """The model's attention heads, when a model is given: tensor and sequence degrees must divide them."""
+
+    num_heads: int | None = None
+    """Attention (query) heads."""
+    kv_heads: int | None = None
+    """Key/value heads (grouped-query attention); None: as many as num_heads."""
+
+
+def check_cross(
+    config: dict[str, Any], topology: Topology, heads: Heads = Heads(), skip: Iterable[str] = ()
+) -> list[Problem]:
+    """Checks that involve several keys, or keys and the parallel layout (the options' degrees; where an
+    option is 1 the JSON's own degree counts). `skip`: paths already reported."""
     skipped = set(skip)
     out: list[Problem] = []
     stage = zero_stage(config)
-    world, tp, pp = degrees.world_size, degrees.tensor_parallel, degrees.pipeline_stages
+    world, tp, pp = topology.world_size, topology.tensor_parallel, topology.pipeline_stages
     json_pp = _int(_get(config, "pipeline.stages"))
     if json_pp and json_pp > 1 and pp == 1:
         pp = json_pp
@@ -774,11 +445,11 @@ def check_cross(config: dict[str, Any], degrees: Degrees, skip: Iterable[str] = 
                 fix="pick a divisor",
             )
         )
-    if tp > 1 and world % tp == 0 and degrees.num_heads and degrees.num_heads % tp:
+    if tp > 1 and world % tp == 0 and heads.num_heads and heads.num_heads % tp:
         out.append(
             Problem(
                 "tensor_parallel.autotp_size",
-                f"does not divide the model's {degrees.num_heads} attention heads",
+                f"does not divide the model's {heads.num_heads} attention heads",
                 tp,
                 fix="pick a divisor of the head count",
             )
@@ -812,7 +483,7 @@ def check_cross(config: dict[str, Any], degrees: Degrees, skip: Iterable[str] = 
                 fix="use stage 1 or 2 with tensor parallelism",
             )
         )
-    out.extend(_sequence_parallel_problems(config, degrees, stage, world, tp, pp))
+    out.extend(_sequence_parallel_problems(config, heads, stage, world, tp, pp, topology.sequence_parallel))
 
     opt_dev, param_dev = offload_device(config, "optimizer"), offload_device(config, "param")
     if opt_dev != "none" and stage == 0:

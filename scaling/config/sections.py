@@ -1,30 +1,39 @@
-"""Typed configuration sections. Each component receives only its own section."""
+"""Typed configuration sections. Each component receives only its own section.
+
+A field declared with `option(...)` is also a command-line option of every command that takes its section;
+its docstring is the option's help text (see scaling.config.cli_options).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from scaling.config.fields import option
 
 TASKS = ("clm", "mlm", "seq-cls")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 ON_NAN = ("stop", "skip")
+ASSUMED_GPUS_PER_NODE = 8
+"""Ranks per node assumed where the node size is unknown (ZeRO++ hpZ partitions, memory estimates)."""
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
     """Which model to train and how to build it."""
 
-    source: str
-    """An HF model directory (weights loaded offline), a config.json (random init), or a preset name."""
-    task: str = "clm"
+    source: str = option(flag="--model", param="model", metavar="DIR|CONFIG|PRESET")
+    """An HF model directory (weights loaded offline), a config.json (random init) or a preset (tiny-gpt2,
+    tiny-llama, tiny-bert)."""
+    task: str = option("clm", choices=TASKS)
     """clm (causal LM), mlm (masked LM) or seq-cls (sequence classification)."""
-    tokenizer: str | None = None
-    """Tokenizer directory; None means the model's own, or one trained on the data for presets/bare configs."""
-    num_labels: int = 2
+    tokenizer: str | None = option(None)
+    """Tokenizer directory (default: the model's own, or one trained on --data for presets and bare configs)."""
+    num_labels: int = option(2, min=2)
     """Classes for seq-cls."""
-    vocab_size: int = 4096
+    vocab_size: int = option(4096, min=64)
     """Vocabulary of a tokenizer trained for a preset or bare config."""
-    activation_checkpointing: bool = False
+    activation_checkpointing: bool = option(False)
     """Recompute each block's activations in backward to save memory."""
 
 
@@ -32,35 +41,35 @@ class ModelConfig:
 class OptimConfig:
     """Optimizer, schedule and numerics of the training loop."""
 
-    micro_batch: int = 8
+    micro_batch: int = option(8, min=1)
     """Samples per rank per forward pass."""
-    grad_accum: int = 1
+    grad_accum: int = option(1, min=1)
     """Micro-batches accumulated before each optimizer step."""
-    lr: float = 5e-4
+    lr: float = option(5e-4, min=0, min_open=True)
     """Peak learning rate."""
-    weight_decay: float = 0.0
+    weight_decay: float = option(0.0, min=0)
     """Decoupled (AdamW) weight decay."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[float, float] = option((0.9, 0.999))
     """Adam betas."""
     eps: float = 1e-8
     """Adam epsilon."""
-    warmup_steps: int = 0
+    warmup_steps: int = option(0, min=0)
     """Steps of linear warmup from 0 to lr."""
-    max_steps: int | None = None
-    """Optimizer steps to run; None derives it from epochs."""
-    epochs: float | None = None
-    """Passes over the training data when max_steps is not given."""
-    lr_schedule: str = "linear"
+    max_steps: int | None = option(None, min=1)
+    """Optimizer steps to run (default: derived from --epochs)."""
+    epochs: float | None = option(None, min=0, min_open=True)
+    """Passes over the training data when --max-steps is not given."""
+    lr_schedule: str = option("linear", choices=LR_SCHEDULES)
     """Decay after warmup: linear to 0, cosine to min_lr_ratio * lr, or constant."""
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float = option(0.0, min=0, max=1)
     """Floor of the cosine schedule as a fraction of lr."""
-    clip_grad: float = 1.0
+    clip_grad: float = option(1.0, min=0)
     """Global gradient-norm clip; 0 disables it."""
-    precision: str = "bf16"
+    precision: str = option("bf16", choices=PRECISIONS)
     """fp32, bf16 or fp16 (fp16 needs a GPU)."""
-    seed: int = 42
+    seed: int = option(42)
     """Seed of model init, data order, dropout and augmentation."""
-    on_nan: str = "stop"
+    on_nan: str = option("stop", choices=ON_NAN)
     """What a non-finite loss does: stop the run, or skip the step and count it."""
 
 
@@ -68,33 +77,35 @@ class OptimConfig:
 class CheckpointConfig:
     """Where and how often the run saves, and what it resumes from."""
 
-    output: str
-    """Run directory: checkpoints, metrics, the resolved config, the final export."""
-    save_every: int = 0
+    output: str = option(path="dir")
+    """Run directory (required): checkpoints, metrics, the resolved config, the final export."""
+    save_every: int = option(0, min=0)
     """Save every N optimizer steps (0: only at the end)."""
-    keep_last: int = 3
+    keep_last: int = option(3, min=1)
     """Complete checkpoints to keep; older ones are deleted (never the one `latest` names)."""
-    resume: str | None = None
-    """'auto' (latest complete checkpoint in output, if any), a checkpoint path, or None (start fresh)."""
-    export_final: bool = True
+    resume: str | None = option(None)
+    """'auto' (latest complete checkpoint in the run directory, if any) or a checkpoint path; none: start
+    fresh."""
+    export_final: bool = option(True, flag="--export")
     """Write an HF model directory to OUTPUT/final at the end."""
-    halt_at_step: int | None = None
-    """Save and stop after this step without finishing the schedule (time-boxed jobs); resume continues."""
+    halt_at_step: int | None = option(None, min=1)
+    """Save and stop after this step without finishing the schedule (time-boxed jobs); --resume auto
+    continues the same schedule."""
 
 
 @dataclass(kw_only=True)
 class LogConfig:
     """What the run reports and how often."""
 
-    log_every: int = 10
+    log_every: int = option(10, min=1)
     """Log metrics every N steps (on rank 0)."""
-    eval_every: int = 0
+    eval_every: int = option(0, min=0)
     """Evaluate every N steps (0: only at the end, when eval data is given)."""
-    eval_batches: int = 50
+    eval_batches: int = option(50, min=1)
     """Upper bound on eval micro-batches per evaluation."""
-    tensorboard: bool = True
+    tensorboard: bool = option(True)
     """Write TensorBoard event files under OUTPUT/tensorboard."""
-    progress: bool = True
+    progress: bool = option(True)
     """Show a progress bar on the console."""
 
 
@@ -102,18 +113,20 @@ class LogConfig:
 class ParallelConfig:
     """Model-parallel degrees and distributed timeouts; data parallelism takes the rest of the world."""
 
-    tensor_parallel: int = 1
-    """AutoTP degree."""
-    pipeline_stages: int = 1
-    """Pipeline-parallel degree."""
-    sequence_parallel: int = 1
-    """Ulysses sequence-parallel degree: consecutive ranks that split every sequence (causal LMs)."""
-    gpus_per_node: int | None = None
-    """Ranks per node, when known at resolution (for hierarchical ZeRO++ partitions)."""
-    partition_method: str = "parameters"
+    tensor_parallel: int = option(1, min=1)
+    """AutoTP degree: ranks that split each layer's weights."""
+    pipeline_stages: int = option(1, min=1)
+    """Pipeline-parallel degree: ranks that each hold a contiguous slice of the layers."""
+    sequence_parallel: int = option(1, min=1)
+    """Ulysses sequence-parallel degree: consecutive ranks that split every sequence (causal LMs, with
+    ZeRO/DP)."""
+    gpus_per_node: int | None = option(None, min=1)
+    """Ranks per node, when known at resolution (ZeRO++ hpZ partitions); unknown: the launcher's, else 8
+    assumed."""
+    partition_method: str = option("parameters")
     """How pipeline layers are split: parameters, uniform or type:<BlockClass>."""
-    dist_timeout_s: float = 300.0
-    """Collective timeout after the first step; a dead or hung rank ends the job within this bound."""
+    dist_timeout_s: float = option(300.0, flag="--dist-timeout", param="dist_timeout", min=1)
+    """Collective timeout (s) after the first step; a dead or hung rank ends the job within this bound."""
     init_timeout_s: float = 900.0
     """Collective timeout during start-up and the first step (compilation, data loading)."""
 
@@ -122,7 +135,7 @@ class ParallelConfig:
 class DeepSpeedSource:
     """Where the DeepSpeed JSON comes from, before resolution."""
 
-    config: str | None = None
-    """A JSON path or a preset name from ds_configs/; None uses the zero2 preset."""
-    overrides: list[str] = field(default_factory=list)
-    """KEY=VALUE edits, dotted paths into the JSON, applied after the file."""
+    config: str | None = option(None, flag="--ds-config", param="ds_config", metavar="FILE|PRESET")
+    """DeepSpeed JSON path or preset name (default: the zero2 preset)."""
+    overrides: list[str] = option(default_factory=list, flag="--set", metavar="KEY=VALUE")
+    """Override a DeepSpeed JSON key after the file (dotted path; repeatable)."""

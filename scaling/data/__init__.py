@@ -13,10 +13,41 @@ The engine uses only what this module exports:
   the same length on every rank.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from scaling.data.config import DataConfig
-from scaling.data.shards import preprocess
-from scaling.data.stream import TrainStream, build_eval_batches, build_train_stream
-from scaling.data.tokenizer import build_tokenizer, load_tokenizer, tokenizer_fingerprint, train_sentencepiece
+
+if TYPE_CHECKING:
+    from scaling.data.shards import preprocess
+    from scaling.data.stream import TrainStream, build_eval_batches, build_train_stream
+    from scaling.data.tokenizer import (
+        build_tokenizer,
+        load_tokenizer,
+        tokenizer_fingerprint,
+        train_sentencepiece,
+    )
+
+# Imported on first use: `scaling.data.config` (the section every CLI command reads) must not cost torch.
+_LAZY = {
+    "preprocess": "scaling.data.shards",
+    "TrainStream": "scaling.data.stream",
+    "build_eval_batches": "scaling.data.stream",
+    "build_train_stream": "scaling.data.stream",
+    "build_tokenizer": "scaling.data.tokenizer",
+    "load_tokenizer": "scaling.data.tokenizer",
+    "tokenizer_fingerprint": "scaling.data.tokenizer",
+    "train_sentencepiece": "scaling.data.tokenizer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'scaling.data' has no attribute {name!r}")
+
 
 __all__ = [
     "DataConfig",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from scaling.config.fields import option
 
 MIX_MODES = ("static", "dynamic")
 
@@ -11,37 +13,41 @@ MIX_MODES = ("static", "dynamic")
 class DataConfig:
     """Where training and eval text comes from and how it becomes batches."""
 
-    train: list[str] = field(default_factory=list)
-    """Source specs, e.g. `corpus/*.jsonl:text@0.7` (path or glob, optional field/column, optional weight)."""
-    eval: list[str] = field(default_factory=list)
-    """Held-out source specs; evaluation is skipped when empty."""
-    seq_len: int = 128
+    train: list[str] = option(default_factory=list, flag="--data", param="data", metavar="SPEC")
+    """Training source: [hf:]PATH|GLOB|DIR[:field|:line|:paragraph|:file][@weight], e.g.
+    `corpus/*.jsonl:text@0.7`; repeat to mix sources. A directory written by `scaling preprocess` is read as
+    packed tokens."""
+    eval: list[str] = option(default_factory=list, flag="--eval-data", param="eval_data", metavar="SPEC")
+    """Held-out source spec (repeatable); evaluation is skipped without one."""
+    seq_len: int = option(128, min=8)
     """Tokens per training sequence (packed block length for clm/mlm, max length for seq-cls)."""
-    label_column: str = "label"
+    label_column: str = option("label")
     """Column (CSV/TSV) or field (JSONL) holding the class label for seq-cls."""
-    packing: bool = True
+    packing: bool = option(True)
     """Concatenate documents into full seq_len blocks (clm/mlm) instead of padding each one."""
-    cross_doc_attention: bool = True
-    """When packing, let tokens attend across document boundaries (False: restart positions, block attention)."""
-    mlm_probability: float = 0.15
+    cross_doc_attention: bool = option(True)
+    """When packing, let tokens attend across document boundaries (--no-cross-doc-attention: restart
+    positions, block attention)."""
+    mlm_probability: float = option(0.15, min=0.0, max=1.0, min_open=True, max_open=True)
     """Share of tokens selected for masking in mlm."""
-    mix_temperature: float = 1.0
+    mix_temperature: float = option(1.0, min=0.0, min_open=True)
     """Sampling temperature T over sources: p_i ∝ n_i^(1/T) (n_i: explicit weight, else source size in bytes)."""
-    mix: str = "static"
-    """static: fixed weights; dynamic: weights follow each source's recent eval loss (see maybe_adapt)."""
-    mix_update_every: int = 100
+    mix: str = option("static", choices=MIX_MODES)
+    """static: fixed weights; dynamic: weights follow each source's recent eval loss."""
+    mix_update_every: int = option(100, min=1)
     """Optimizer steps between two dynamic weight updates."""
-    mix_eval_batches: int = 2
+    mix_eval_batches: int = option(2, min=1)
     """Micro-batches per source evaluated at each dynamic update (same number on every rank)."""
     mix_step_size: float = 1.0
     """How strongly a source's excess loss raises its weight: p_i ∝ p0_i * exp(step_size * (loss_i - mean))."""
-    mix_max_ratio: float = 4.0
+    mix_max_ratio: float = option(4.0, min=1.0)
     """Dynamic weights stay within [p0_i / ratio, p0_i * ratio] of their initial value (before renormalising)."""
-    augment: str = ""
-    """Comma-separated augmentation ops `name:rate`: delete, swap, insert, synonym (text, any task); wwm, span (mlm)."""
-    synonyms: str | None = None
+    augment: str = option("", metavar="OPS")
+    """Comma-separated augmentation ops `name:rate`: delete, swap, insert, synonym (text, any task); wwm, span
+    (mlm); e.g. 'delete:0.1,swap:0.05'."""
+    synonyms: str | None = option(None, path="file")
     """Synonym table for `synonym`/`insert`: one line per word, `word<TAB>syn1,syn2` or `word syn1 syn2`."""
-    max_doc_chars: int = 1_000_000
+    max_doc_chars: int = option(1_000_000, min=1000)
     """Longer documents (or lines) are split into pieces of this many characters, bounding memory."""
     chunk_docs: int = 1024
     """Documents read and tokenized together: the unit of batching, shuffling and of resume replay."""

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 from scaling.errors import ConfigError, Problem
+
+SEQUENCE_PARALLEL_RULE = (
+    "combines with data parallelism and ZeRO only, not with tensor or pipeline parallelism "
+    "(DeepSpeed's Ulysses groups span sequence x data ranks)"
+)
+"""Why a sequence-parallel degree > 1 refuses tensor and pipeline degrees > 1 (stated once, reported by
+every check of a layout: run options, DeepSpeed JSON, checkpoint reshape)."""
 
 
 @dataclass(frozen=True)
@@ -25,11 +32,24 @@ class Topology:
     """Processes that each hold a contiguous slice of the layers."""
     sequence_parallel: int = 1
     """Processes that each hold a slice of every sequence (Ulysses)."""
+    check: InitVar[bool] = True
+    """Raise ConfigError on an impossible layout. False describes any layout (data_parallel is then at least
+    1) and leaves the verdict to `problems()`: for resolving and reporting, where every problem is listed."""
 
-    def __post_init__(self) -> None:
-        problems = self.problems()
+    def __post_init__(self, check: bool) -> None:
+        problems = self.problems() if check else []
         if problems:
             raise ConfigError(problems, header="invalid parallel layout")
+
+    @property
+    def mixes_sequence_with_model_parallel(self) -> bool:
+        """Sequence parallelism together with tensor or pipeline parallelism (see SEQUENCE_PARALLEL_RULE)."""
+        return self.sequence_parallel > 1 and (self.tensor_parallel > 1 or self.pipeline_stages > 1)
+
+    @property
+    def model_parallel(self) -> int:
+        """Ranks that together hold one replica of the model and see one share of the data."""
+        return self.tensor_parallel * self.pipeline_stages * self.sequence_parallel
 
     def problems(self) -> list[Problem]:
         out = []
@@ -43,17 +63,10 @@ class Topology:
                 out.append(Problem(name, "must be a positive integer", value))
         if out:
             return out
-        if self.sequence_parallel > 1 and (self.tensor_parallel > 1 or self.pipeline_stages > 1):
-            out.append(
-                Problem(
-                    "sequence_parallel",
-                    "combines with data parallelism and ZeRO only, not with tensor or pipeline parallelism "
-                    "(DeepSpeed's Ulysses groups span sequence x data ranks)",
-                    self.sequence_parallel,
-                )
-            )
+        if self.mixes_sequence_with_model_parallel:
+            out.append(Problem("sequence_parallel", SEQUENCE_PARALLEL_RULE, self.sequence_parallel))
             return out
-        model_parallel = self.tensor_parallel * self.pipeline_stages * self.sequence_parallel
+        model_parallel = self.model_parallel
         if self.world_size % model_parallel:
             degrees = (
                 f"sequence_parallel({self.sequence_parallel})"
@@ -64,7 +77,7 @@ class Topology:
                 Problem(
                     "parallel",
                     f"{degrees} = {model_parallel} does not divide WORLD_SIZE({self.world_size})",
-                    fix="choose degrees whose product divides the number of processes",
+                    fix="the product of the degrees must divide the number of processes",
                 )
             )
         return out
@@ -76,7 +89,14 @@ class Topology:
 
     @property
     def data_parallel(self) -> int:
-        return self.world_size // (self._inner * self.pipeline_stages)
+        """Model replicas, each reading its own share of the data: world / (tp x pp x sp)."""
+        return max(1, self.world_size // max(1, self.model_parallel))
+
+    @property
+    def zero_partition(self) -> int:
+        """Ranks ZeRO partitions the model states over: the data-parallel ranks and their sequence peers
+        (Ulysses ranks hold the whole model, so ZeRO shards across them too)."""
+        return self.data_parallel * self.sequence_parallel
 
     def coordinates(self, rank: int) -> tuple[int, int, int]:
         """(pipeline stage, data-parallel rank, tensor- or sequence-parallel rank) of a global rank."""

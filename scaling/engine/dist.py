@@ -117,41 +117,58 @@ def barrier() -> None:
         dist.barrier()
 
 
-def from_rank0(fn: Callable[[], T], *, rank: int) -> T:
-    """Run `fn` on rank 0 and give every rank its result (or rank 0's user error)."""
-    import torch.distributed as dist
+class PeerFailed(RuntimeError):
+    """Another rank hit a bug (not a user error) in a step all ranks wait on; its own traceback is on that
+    rank's output. A RuntimeError, so this rank too ends as a failure and not as a user error (exit 2)."""
 
-    result = on_rank0(fn, rank=rank)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        holder = [result]
-        dist.broadcast_object_list(holder, src=0)
-        result = holder[0]
-    return result  # type: ignore[return-value]
+
+def from_rank0(fn: Callable[[], T], *, rank: int) -> T:
+    """Run `fn` on rank 0 and give every rank its result, or make every rank fail with rank 0's error."""
+    return _run_on_rank0(fn, rank=rank, share_result=True)  # type: ignore[return-value]
 
 
 def on_rank0(fn: Callable[[], T], *, rank: int) -> T | None:
     """Run `fn` on rank 0 only and let every rank learn whether it failed.
 
     A bare `if rank == 0: fn(); barrier()` leaves the other ranks waiting for the collective timeout when
-    rank 0 raises; here they raise the same user error at once.
+    rank 0 raises; here they fail at once. A user error reaches them as the same UserError (exit 2 with
+    one message everywhere); any other exception is re-raised on rank 0 with its traceback and becomes
+    `PeerFailed` (naming it) on the others. Returns `fn`'s result on rank 0, None elsewhere.
     """
+    return _run_on_rank0(fn, rank=rank, share_result=False)
+
+
+def _run_on_rank0(fn: Callable[[], T], *, rank: int, share_result: bool) -> T | None:
     import torch.distributed as dist
 
-    result: T | None = None
-    error: str | None = None
+    shared = dist.is_initialized() and dist.get_world_size() > 1
     if rank == 0:
         try:
             result = fn()
         except UserError as err:
-            error = str(err)
-        except Exception as err:
-            error = f"rank 0 failed: {type(err).__name__}: {err}"
-            if not dist.is_initialized():
-                raise
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        holder = [error]
-        dist.broadcast_object_list(holder, src=0)
-        error = holder[0]
-    if error is not None:
-        raise UserError(error)
-    return result
+            if shared:
+                _broadcast(("user", str(err), None))
+            raise
+        except BaseException as err:  # KeyboardInterrupt too: the others must not wait for a timeout
+            if shared:
+                _broadcast(("bug", f"{type(err).__name__}: {err}", None))
+            raise
+        if shared:
+            _broadcast(("ok", None, result if share_result else None))
+        return result
+    if not shared:
+        return None
+    status, message, result = _broadcast(None)
+    if status == "user":
+        raise UserError(message)
+    if status == "bug":
+        raise PeerFailed(f"rank 0 failed: {message} (its traceback is in rank 0's output)")
+    return result if share_result else None
+
+
+def _broadcast(outcome: tuple[str, str | None, object] | None) -> tuple[str, str | None, object]:
+    import torch.distributed as dist
+
+    holder = [outcome]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]  # type: ignore[return-value]

@@ -77,7 +77,6 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
             num_heads=heads,
             kv_heads=kv_heads,
             total_steps=steps,
-            cpu_only=not _cuda_available(),
         )
     except ConfigError as err:
         problems.extend(err.problems)
@@ -179,9 +178,3 @@ def write_run_config(run: RunConfig) -> Path:
     path = run.output / RUN_CONFIG_FILE
     atomic_write_text(path, run.to_json())
     return path
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

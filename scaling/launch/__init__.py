@@ -1,1 +1,2 @@
-"""Multi-node launching: hostfiles, deepspeed launcher commands, preflight checks."""
+"""Launching jobs: job kinds and the one dispatch (job.py), hostfiles, the launch plan (command.py), its
+supervision and rank reports, preflight checks. Every rank runs `python -m scaling.rank` (scaling/rank.py)."""

@@ -1,5 +1,6 @@
 """The commands that start a run's ranks, built once and shared by `scaling train --num-gpus/--hostfile`,
-`scaling launch` and `scaling launch --dry-run`.
+`scaling compress distill --num-gpus/--hostfile`, `scaling launch` and `scaling launch --dry-run`. Every rank
+runs the module `scaling.rank` (see scaling/rank.py) with the job kind and its arguments.
 
 Hosts and slots are selected with DeepSpeed's own functions (`parse_inclusion_exclusion`,
 `apply_num_nodes_and_gpus`, `encode_world_info`), so the world we validate the config for is, byte for byte,
@@ -19,13 +20,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scaling.config.fields import option
 from scaling.errors import ConfigError, Problem
 from scaling.launch.hostfile import parse_hostfile
 
-REPO = Path(__file__).resolve().parents[2]
-TRAIN_SCRIPT = REPO / "launchers" / "train.py"
-RANK_ENTRY = Path(__file__).resolve().with_name("rank_entry.py")
-"""Per-rank script for launchers that start ranks without deepspeed's launch.py (srun, mpirun)."""
+RANK_MODULE = "scaling.rank"
+"""What every rank runs (`python -m scaling.rank KIND ARGS`): a module of the package, so an installed wheel
+launches without a checkout."""
 
 LAUNCHERS = ("pdsh", "ssh", "openmpi", "mvapich", "slurm")
 """`ssh` is ours: one plain ssh per node running deepspeed.launcher.launch (no pdsh needed)."""
@@ -53,30 +54,37 @@ _SECRET = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS|_KEY)$")
 
 @dataclass(frozen=True)
 class LaunchSpec:
-    """Where and how the ranks of a run are started (the launcher options of `scaling launch`)."""
+    """Where and how the ranks of a run are started: the launcher options of `scaling launch`, `scaling doctor`
+    and (the first four) of the job commands, generated from these fields."""
 
-    hostfile: Path | None = None
-    """DeepSpeed hostfile; None means this machine only."""
-    include: str = ""
-    """DeepSpeed `--include` filter (`host1@host2:0,1`)."""
-    exclude: str = ""
-    """DeepSpeed `--exclude` filter."""
-    num_nodes: int | None = None
+    hostfile: Path | None = option(None, path="file", metavar="FILE")
+    """DeepSpeed hostfile (`HOST slots=N` per line); without it, this machine only."""
+    include: str = option("", metavar="FILTER")
+    """DeepSpeed host/slot filter of what to use, e.g. 'node1@node2:0,1'."""
+    exclude: str = option("", metavar="FILTER")
+    """DeepSpeed host/slot filter of what not to use."""
+    num_nodes: int | None = option(None, min=1)
     """Use only the first N hosts of the hostfile."""
-    num_gpus: int | None = None
-    """Ranks per node (slots 0..N-1 of every host)."""
-    launcher: str = "pdsh"
-    """pdsh, ssh, openmpi, mvapich or slurm."""
-    no_ssh: bool = False
+    num_gpus: int | None = option(None, min=1)
+    """Ranks per node (slots 0..N-1 of every host), started through the deepspeed launcher."""
+    launcher: str = option("pdsh", choices=LAUNCHERS)
+    """How to reach the nodes: pdsh, ssh, openmpi, mvapich or slurm."""
+    no_ssh: bool = option(False, flag="--no-ssh")
     """Start only this node's ranks; every node runs the same command with its own --node-rank."""
-    node_rank: int | None = None
-    """This node's index in the (filtered) hostfile, with no_ssh."""
-    master_addr: str | None = None
+    node_rank: int | None = option(None, min=0)
+    """This node's index in the (filtered) hostfile, with --no-ssh."""
+    master_addr: str | None = option(None, metavar="ADDR")
     """Address of rank 0; default: the first selected host."""
-    master_port: int = DEFAULT_MASTER_PORT
-    """Rendezvous port on the master."""
-    ssh_port: int | None = None
+    master_port: int | None = option(None, min=1, max=65535)
+    """Rendezvous port of rank 0; default: 29500 when a hostfile names the nodes, a free port on this machine
+    alone."""
+    ssh_port: int | None = option(None, min=1, max=65535)
     """ssh port of the workers, for the pdsh and ssh launchers."""
+
+    @property
+    def port(self) -> int:
+        """The rendezvous port this launch uses (DEFAULT_MASTER_PORT where none was chosen)."""
+        return self.master_port or DEFAULT_MASTER_PORT
 
 
 @dataclass(frozen=True)
@@ -206,7 +214,7 @@ def env_file_values(spec: LaunchSpec, master: str, environ: Mapping[str, str], c
         values.update(read_env_file(path))
     if spec.launcher in SCHEDULER_LAUNCHERS and not spec.no_ssh:
         # srun/mpirun start the ranks themselves; they need the rendezvous address like every other rank.
-        values.update(MASTER_ADDR=master, MASTER_PORT=str(spec.master_port))
+        values.update(MASTER_ADDR=master, MASTER_PORT=str(spec.port))
     return values
 
 
@@ -231,7 +239,7 @@ def launch_argv(
     node_rank: int | str,
     master_addr: str,
     master_port: int,
-    script_args: list[str],
+    rank_args: list[str],
     python: str,
     log_level: bool,
 ) -> list[str]:
@@ -245,19 +253,21 @@ def launch_argv(
     argv += [f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}"]
     if log_level:  # the runner's local path adds it; its pdsh path does not
         argv.append("--log_level=info")
-    return [*argv, str(TRAIN_SCRIPT), *script_args]
+    return [*argv, "--module", RANK_MODULE, *rank_args]
 
 
 def build_plan(
     spec: LaunchSpec,
-    script_args: list[str],
+    rank_args: list[str],
     *,
     run_dir: Path,
     environ: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     python: str | None = None,
 ) -> LaunchPlan:
-    """The commands for `launchers/train.py SCRIPT_ARGS` on every selected rank; starts and writes nothing."""
+    """The commands for `python -m scaling.rank RANK_ARGS` on every selected rank; starts and writes nothing.
+
+    RANK_ARGS are the job kind and its arguments (`train --resolved-config OUTPUT/run_config.json`)."""
     environ = dict(os.environ if environ is None else environ)
     cwd = cwd or Path.cwd()
     python = python or sys.executable
@@ -279,7 +289,6 @@ def build_plan(
     scheduler = spec.launcher in SCHEDULER_LAUNCHERS and not spec.no_ssh
     exports = deepspeed_exports(environ, cwd, file_values) if multi and not spec.no_ssh else {}
 
-    script = str(RANK_ENTRY if scheduler else TRAIN_SCRIPT)
     runner = [python, "-m", "deepspeed.launcher.runner"]
     if spec.hostfile is not None:
         runner += ["--hostfile", str(spec.hostfile)]
@@ -291,14 +300,19 @@ def build_plan(
         runner += ["--num_nodes", str(spec.num_nodes)]
     if spec.num_gpus:
         runner += ["--num_gpus", str(spec.num_gpus)]
-    runner += ["--master_addr", master, "--master_port", str(spec.master_port)]
+    runner += ["--master_addr", master, "--master_port", str(spec.port)]
     if multi and not spec.no_ssh:
         runner += ["--launcher", spec.launcher]
         if spec.ssh_port is not None:
             runner += ["--ssh_port", str(spec.ssh_port)]
     if spec.no_ssh:
         runner += ["--no_ssh", "--node_rank", str(spec.node_rank)]
-    runner += [script, *script_args]
+    if scheduler:
+        # srun/mpirun run `python -u USER_SCRIPT ARGS` themselves, and DeepSpeed's slurm runner ignores --module:
+        # "-m" as the script (after "--", so the runner does not read it as its own option) works for all three.
+        runner += ["--", "-m", RANK_MODULE, *rank_args]
+    else:
+        runner += ["--module", RANK_MODULE, *rank_args]
 
     ranks = _rank_ranges(resources)
     nodes: list[NodeCommand] = []
@@ -310,8 +324,8 @@ def build_plan(
             break
         local_launch = not multi or spec.no_ssh
         argv = launch_argv(
-            resources, node_rank=index, master_addr=master, master_port=spec.master_port,
-            script_args=script_args, python=python, log_level=local_launch,
+            resources, node_rank=index, master_addr=master, master_port=spec.port,
+            rank_args=rank_args, python=python, log_level=local_launch,
         )  # fmt: skip
         command = shlex.join(argv) if local_launch else f"{export_prefix}cd {cwd}; {shlex.join(argv)}"
         nodes.append(NodeCommand(host=host, node_rank=index, ranks=ranks[host], command=command))
@@ -321,7 +335,7 @@ def build_plan(
         local = [[*ssh, node.host, node.command] for node in nodes]
     if scheduler:
         notes.append(
-            f"{spec.launcher} starts every rank itself with `python -u {RANK_ENTRY.name} ...`; "
+            f"{spec.launcher} starts every rank itself with `python -u -m {RANK_MODULE} ...`; "
             "ranks read their place from the scheduler's variables (SLURM_PROCID, OMPI_COMM_WORLD_RANK, ...)"
         )
     return LaunchPlan(
@@ -356,7 +370,7 @@ def render_plan(plan: LaunchPlan, *, run_config: Path) -> str:
     """The dry run's text: what runs here, what runs on each node, and the environment it gets."""
     lines = [
         f"# {len(plan.resources)} node(s), {plan.world_size} rank(s); master {plan.master_addr}:"
-        f"{plan.spec.master_port}; launcher {'no-ssh' if plan.spec.no_ssh else plan.spec.launcher}",
+        f"{plan.spec.port}; launcher {'no-ssh' if plan.spec.no_ssh else plan.spec.launcher}",
         f"# every rank reads {run_config}",
         "# on this host:",
         *(shlex.join(argv) for argv in plan.local),

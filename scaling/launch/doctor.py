@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from scaling.errors import ConfigError
-from scaling.launch.command import REPO, LaunchPlan, LaunchSpec, select_resources
+from scaling.launch.command import LaunchPlan, LaunchSpec, select_resources
 from scaling.launch.hostfile import parse_hostfile
 
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+"""The checkout the package runs from, whose git commit every host must share (an installed wheel has none:
+the commit is then None on every host, and the package versions are compared instead)."""
 DOCTOR_DIR = ".doctor"
 VERSIONED = ("python", "torch", "deepspeed", "scaling", "transformers", "commit")
 
@@ -247,9 +250,14 @@ def run_doctor(
     baseline = dict(local) if local is not None else _probe_here(output, python)
     results: dict[str, dict[str, Any]] = {}
     for host, index in probed.items():
-        args = {"repo": str(REPO), "output": str(output), "token_path": str(token_path), "token": token}
-        if index == 0 and (spec.master_port and _is_master(host, master)):
-            args["port"] = spec.master_port
+        args = {
+            "repo": str(SOURCE_ROOT),
+            "output": str(output),
+            "token_path": str(token_path),
+            "token": token,
+        }
+        if index == 0 and _is_master(host, master):
+            args["port"] = spec.port
         started = time.monotonic()
         remote = spec.hostfile is not None and not spec.no_ssh
         result = runner(host, [python, "-c", PROBE, json.dumps(args)], timeout)
@@ -275,12 +283,12 @@ def run_doctor(
         for host, probe in results.items():
             _compare_with_other_nodes(report, host, probe, token_dir)
     if master not in probed and not any(_is_master(h, master) for h in probed):
-        report.add("port", master, True, f"{spec.master_port} not checked (master not probed from this node)")
+        report.add("port", master, True, f"{spec.port} not checked (master not probed from this node)")
     return report
 
 
 def _probe_here(output: Path, python: str) -> dict[str, Any]:
-    args = {"repo": str(REPO), "output": str(output), "token_path": "", "token": ""}
+    args = {"repo": str(SOURCE_ROOT), "output": str(output), "token_path": "", "token": ""}
     done = local_runner("localhost", [python, "-c", PROBE, json.dumps(args)], 60)
     try:
         return json.loads(done.stdout.strip().splitlines()[-1])

@@ -9,10 +9,10 @@ we exit, so a failed run leaves nothing behind on this host.
 from __future__ import annotations
 
 import ctypes
+import logging
 import shlex
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from contextlib import suppress
@@ -21,6 +21,8 @@ from typing import Any
 
 from scaling.launch.command import LaunchPlan, runner_environment, write_env_file
 from scaling.launch.status import clear_reports, conclude, read_reports
+
+log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
 ORPHAN_GRACE_S = 40.0
@@ -35,7 +37,7 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
     _become_subreaper()
     before = {p.pid for p in _descendants()}  # e.g. a test's worker pool: not ours to end
     for argv in plan.local:
-        print("+ " + shlex.join(argv), file=sys.stderr, flush=True)
+        log.info("+ %s", shlex.join(argv))
     procs = [subprocess.Popen(argv, env=env) for argv in plan.local]
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: _forward_sigterm(procs))
     try:
@@ -51,7 +53,7 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
         _reap_orphans(before)
     outcome = conclude(returncode, read_reports(output), plan.world_size)
     if outcome.message:
-        print(f"[scaling launch] {outcome.message}", file=sys.stderr, flush=True)
+        log.warning("[scaling launch] %s", outcome.message)
     return outcome.exit_code
 
 
@@ -114,7 +116,7 @@ def _reap_orphans(before: set[int]) -> None:
         return
     _gone, alive = psutil.wait_procs(left, timeout=ORPHAN_GRACE_S)
     for proc in alive:
-        print(f"[scaling launch] killing leftover process {proc.pid}", file=sys.stderr, flush=True)
+        log.warning("[scaling launch] killing leftover process %d", proc.pid)
         try:
             proc.kill()
         except psutil.Error:

@@ -10,15 +10,13 @@ import pytest
 from click.testing import CliRunner
 
 from scaling.cli.main import cli
-from scaling.compress import tiny
 
 pytest.importorskip("neural_compressor")
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.getbasetemp() / "compress-tiny"
-    return {k: tiny.cached(k, root) for k in tiny.KINDS}
+def models(tiny_models: dict[str, Path]) -> dict[str, Path]:
+    return tiny_models
 
 
 def run(*args: str) -> object:

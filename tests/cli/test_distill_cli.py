@@ -88,7 +88,7 @@ def test_vocabulary_mismatch(ok_args, tmp_path, teacher, clm_tokenizer):
 
 
 def test_tokenizer_other_than_the_teachers(ok_args, tmp_path):
-    from scaling.compress import tiny
+    import tiny
 
     other = tiny.train_tokenizer("gpt2", tiny.corpus(100), vocab_size=300)
     other.save_pretrained(tmp_path / "other-tok")

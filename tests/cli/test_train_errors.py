@@ -60,7 +60,7 @@ def test_empty_data(ok_args, tmp_path):
 
 def test_malformed_ds_json_names_line_and_column(ok_args, tmp_path):
     bad = tmp_path / "ds.json"
-    bad.write_text('{\n  "zero_optimization": {"stage": 2,}\n}\n')
+    bad.write_text('{\n  "zero_optimization": {"stage" 2}\n}\n')  # a missing colon (trailing commas load)
     result = run_train(*ok_args, "--ds-config", str(bad))
     assert_usage_error(result, "line 2, column")
 

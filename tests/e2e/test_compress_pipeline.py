@@ -8,10 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiny
 from click.testing import CliRunner
 
 from scaling.cli.main import cli
-from scaling.compress import tiny
 
 pytest.importorskip("neural_compressor")
 
@@ -19,9 +19,8 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.getbasetemp() / "compress-tiny"
-    return {k: tiny.cached(k, root) for k in ("llama",)}
+def models(tiny_models: dict[str, Path]) -> dict[str, Path]:
+    return tiny_models
 
 
 def test_pipeline_keeps_every_stage_and_reports(models: dict[str, Path], tmp_path: Path) -> None:

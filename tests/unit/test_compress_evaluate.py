@@ -7,9 +7,9 @@ import math
 from pathlib import Path
 
 import pytest
+import tiny
 import torch
 
-from scaling.compress import tiny
 from scaling.compress.config import EvalConfig, PruneConfig
 from scaling.compress.errors import CompressUserError
 from scaling.compress.evaluate import evaluate_path
@@ -21,9 +21,8 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.getbasetemp() / "compress-tiny"
-    return {k: tiny.cached(k, root) for k in tiny.KINDS}
+def models(tiny_models: dict[str, Path]) -> dict[str, Path]:
+    return tiny_models
 
 
 def test_clm_perplexity_matches_the_model_loss(models: dict[str, Path], tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ import pytest
 import torch
 import transformers
 
-from scaling.compress import tiny
 from scaling.compress.config import PruneConfig
 from scaling.compress.errors import CompressUserError, UnsupportedError
 from scaling.compress.feed import main_output
@@ -19,9 +18,8 @@ from scaling.compress.verify import verify_reload
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.getbasetemp() / "compress-tiny"
-    return {k: tiny.cached(k, root) for k in tiny.KINDS}
+def models(tiny_models: dict[str, Path]) -> dict[str, Path]:
+    return tiny_models
 
 
 def _sparsity(path: Path, auto: type) -> float:

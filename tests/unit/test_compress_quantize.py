@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("neural_compressor")
 
-from scaling.compress import inc, tiny
+from scaling.compress import inc
 from scaling.compress.config import QuantizeConfig
 from scaling.compress.errors import (
     CompressionFailed,
@@ -27,9 +27,8 @@ CALIB = dict(calib_data="builtin:pydoc", calib_samples=4, seq_len=32)
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.getbasetemp() / "compress-tiny"
-    return {k: tiny.cached(k, root) for k in tiny.KINDS}
+def models(tiny_models: dict[str, Path]) -> dict[str, Path]:
+    return tiny_models
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from scaling.cli.main import cli
-from scaling.config.estimate import Layout, ModelShape, activation_bytes, estimate, model_states
+from scaling.config.estimate import Layout, ModelShape, activation_bytes, estimate, model_shape, model_states
 
 PSI = 1_000_000
 
@@ -163,3 +163,29 @@ def test_estimate_cli_rejects_an_unknown_model() -> None:
     result = CliRunner().invoke(cli, ["estimate", "--model", "no-such-model"])
     assert result.exit_code == 2
     assert "--model = 'no-such-model': neither a directory, a config.json nor a model preset" in result.output
+
+
+def test_fused_attention_keeps_no_scores_and_real_models_default_to_it(tmp_path: Path) -> None:
+    eager = ModelShape(name="x", params=PSI, hidden=1024, layers=24, heads=16, vocab=0)
+    fused = ModelShape(name="x", params=PSI, hidden=1024, layers=24, heads=16, vocab=0, fused_attention=True)
+    s, b, h = 2048, 4, 1024
+    assert activation_bytes(fused, Layout(seq_len=s, micro_batch=b), "bf16") == 24 * s * b * h * 34
+    assert activation_bytes(eager, Layout(seq_len=s, micro_batch=b), "bf16") > 5 * 24 * s * b * h * 34
+    # transformers builds Llama with SDPA unless the config says otherwise; eager stays eager.
+    config = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "intermediate_size": 128, "vocab_size": 100}  # fmt: skip
+    (tmp_path / "sdpa.json").write_text(json.dumps(config))
+    (tmp_path / "eager.json").write_text(json.dumps({**config, "attn_implementation": "eager"}))
+    assert model_shape(str(tmp_path / "sdpa.json")).fused_attention is True
+    assert model_shape(str(tmp_path / "eager.json")).fused_attention is False
+
+
+def test_prefetch_bucket_is_read_under_either_of_its_names() -> None:
+    shape = ModelShape(name="x", params=10**9, hidden=64, layers=1, heads=1, vocab=0)
+    prefixed = {
+        "zero_optimization": {"stage": 3, "stage3_prefetch_bucket_size": 1000, "reduce_bucket_size": 10}
+    }
+    plain = {"zero_optimization": {"stage": 3, "prefetch_bucket_size": 1000, "reduce_bucket_size": 10}}
+    default = {"zero_optimization": {"stage": 3, "reduce_bucket_size": 10}}
+    a, b, c = (estimate(shape, Layout(), cfg, "bf16") for cfg in (prefixed, plain, default))
+    assert a.gpu_buffers == b.gpu_buffers < c.gpu_buffers

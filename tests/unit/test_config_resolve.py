@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from scaling.cli.main import cli
 from scaling.config.deepspeed import RunValues, list_presets, resolve_deepspeed
 from scaling.config.explain import DEEPSPEED_DEFAULT, rows, summary
+from scaling.errors import ConfigError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "ds"
 PRESETS = [
@@ -227,3 +228,85 @@ def test_list_and_show_presets() -> None:
     missing = runner.invoke(cli, ["config", "show", "zero9"])
     assert missing.exit_code == 2
     assert "--ds-config = 'zero9': neither a file nor a preset" in missing.output
+
+
+@pytest.mark.parametrize("preset", ["zero1", "zero2", "zero3"])
+def test_cuda_runs_take_torch_fused_adamw_instead_of_a_jit_build(preset: str) -> None:
+    # DeepSpeed 0.19.8's JIT FusedAdam build fails where TORCH_CUDA_ARCH_LIST names "9.0a" (seen on an H200).
+    run = RunValues(world_size=8, micro_batch=2, hidden_size=64, cpu_only=False)
+    params = resolve_deepspeed(preset, [], run).config["optimizer"]["params"]
+    assert params["torch_adam"] is True and params["fused"] is True and params["adam_w_mode"] is True
+
+
+def test_cuda_offload_keeps_deepspeeds_host_adam_and_explicit_choices_win() -> None:
+    run = RunValues(world_size=8, micro_batch=2, hidden_size=64, cpu_only=False)
+    offload = resolve_deepspeed("zero2_offload", [], run).config["optimizer"]["params"]
+    assert "torch_adam" not in offload
+    kept = resolve_deepspeed(
+        "zero2", ["optimizer.type=AdamW", "optimizer.params.torch_adam=false"], run
+    ).config
+    assert kept["optimizer"]["params"]["torch_adam"] is False and "fused" not in kept["optimizer"]["params"]
+    cpu = resolve_deepspeed("zero2_offload", [], RunValues(world_size=2, micro_batch=2, hidden_size=64))
+    assert cpu.config["optimizer"]["params"]["torch_adam"] is True  # no CUDA: never a 50 s CPU Adam build
+
+
+def test_sources_cite_no_option_that_the_commands_lack() -> None:
+    resolved = resolve_deepspeed({"optimizer": {"type": "AdamW", "params": {}}}, [], RunValues())
+    assert "--eps" not in resolved.sources["optimizer.params.eps"]
+    assert "no command-line option" in resolved.sources["optimizer.params.eps"]
+
+
+def test_batch_member_the_file_leaves_out_is_derived_like_deepspeed() -> None:
+    # train_batch_size and micro given: DeepSpeed derives accumulation = 64 / (4 x 8) = 2.
+    config = {"train_batch_size": 64, "train_micro_batch_size_per_gpu": 4}
+    resolved = resolve_deepspeed(config, [], RunValues(world_size=8))
+    assert resolved.config["gradient_accumulation_steps"] == 2
+    assert resolved.run.grad_accum == 2
+    # train_batch_size and accumulation given: micro = 64 / (2 x 8) = 4.
+    config = {"train_batch_size": 64, "gradient_accumulation_steps": 2}
+    resolved = resolve_deepspeed(config, [], RunValues(world_size=8))
+    assert resolved.config["train_micro_batch_size_per_gpu"] == 4
+    # only train_batch_size: accumulation 1, micro = 64 / 8.
+    resolved = resolve_deepspeed({"train_batch_size": 64}, [], RunValues(world_size=8))
+    assert (
+        resolved.config["train_micro_batch_size_per_gpu"],
+        resolved.config["gradient_accumulation_steps"],
+    ) == (8, 1)
+
+
+def test_batch_contradiction_with_a_typed_option_names_the_option() -> None:
+    config = {"train_batch_size": 64, "train_micro_batch_size_per_gpu": 4}
+    with pytest.raises(ConfigError) as err:
+        resolve_deepspeed(
+            config, [], RunValues(world_size=8, grad_accum=3, explicit=frozenset({"grad_accum"}))
+        )
+    assert "train_batch_size" in str(err.value) and "--world-size" in str(err.value)
+
+
+def test_auto_in_a_deepspeed_modelled_section_takes_deepspeeds_default() -> None:
+    config = {"zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": "auto"}}
+    resolved = resolve_deepspeed(config, [], RunValues())
+    assert resolved.config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is False
+    assert (
+        "DeepSpeed default" in resolved.sources["zero_optimization.stage3_gather_16bit_weights_on_model_save"]
+    )
+
+
+def test_comment_keys_are_noted_once_and_left_out_of_the_resolved_config() -> None:
+    config = {"_comment": "x", "zero_optimization": {"stage": 1, "_why": "y"}}
+    resolved = resolve_deepspeed(config, [], RunValues())
+    assert "_comment" not in resolved.config and "_why" not in resolved.config["zero_optimization"]
+    assert sum("comments" in n.render() for n in resolved.notes) == 1
+
+
+def test_explain_shows_no_default_for_a_key_written_under_its_field_name() -> None:
+    config = {"zero_optimization": {"stage": 3, "max_live_parameters": 0}}
+    table = rows(resolve_deepspeed(config, [], RunValues()))
+    assert not any(r.path == "zero_optimization.stage3_max_live_parameters" for r in table)
+
+
+def test_old_bfloat16_section_is_read_as_bf16() -> None:
+    resolved = resolve_deepspeed({"bfloat16": {"enabled": False}}, [], RunValues())
+    assert resolved.config["bf16"] == {"enabled": False} and "bfloat16" not in resolved.config
+    assert resolved.run.precision == "fp32"
+    assert any("use bf16" in n.render() for n in resolved.notes)

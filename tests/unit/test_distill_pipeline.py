@@ -9,7 +9,6 @@ import pytest
 from harness import run_ranks
 from ranks_distill import pipeline_cli
 
-from scaling.compress import tiny
 from scaling.compress.distill import run_distillation
 from scaling.compress.errors import CompressUserError
 
@@ -17,8 +16,8 @@ pytest.importorskip("neural_compressor")
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return tiny.cached("llama", tmp_path_factory.getbasetemp() / "compress-tiny")
+def llama(tiny_models):
+    return tiny_models["llama"]
 
 
 def test_prune_then_distill_recovers_quality(llama, tmp_path):

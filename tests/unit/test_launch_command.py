@@ -12,7 +12,6 @@ from click.testing import CliRunner
 
 from scaling.cli.main import cli
 from scaling.launch.command import (
-    REPO,
     LaunchSpec,
     build_plan,
     forwarded_environment,
@@ -21,7 +20,6 @@ from scaling.launch.command import (
     select_resources,
     write_env_file,
 )
-from scaling.launch.rank_entry import place_from_scheduler
 from scaling.launch.status import (
     EXIT_PREEMPTED,
     FAILED,
@@ -31,7 +29,9 @@ from scaling.launch.status import (
     read_reports,
     write_report,
 )
+from scaling.rank import place_from_scheduler
 
+REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests" / "fixtures" / "launch"
 ENV = {"HOME": "/nonexistent", "NCCL_DEBUG": "INFO", "GLOO_SOCKET_IFNAME": "eth0", "HF_HOME": "/shared/hf",
        "HF_TOKEN": "hf_secret", "PYTHONPATH": "/opt/lib", "OMP_NUM_THREADS": "4", "UNRELATED": "x",
@@ -53,8 +53,8 @@ def normalized(text: str, tmp_path: Path) -> str:
 
 def plan_text(spec, tmp_path, env=ENV) -> str:
     run = tmp_path / "run"
-    plan = build_plan(spec, ["--resolved-config", str(run / "run_config.json")], run_dir=run, environ=env,
-                      cwd=REPO)  # fmt: skip
+    plan = build_plan(spec, ["train", "--resolved-config", str(run / "run_config.json")], run_dir=run,
+                      environ=env, cwd=REPO)  # fmt: skip
     return normalized(render_plan(plan, run_config=run / "run_config.json"), tmp_path)
 
 
@@ -194,7 +194,7 @@ def test_cli_dry_run_prints_and_starts_nothing(hostfile, tmp_path, small_corpus,
     [
         (["--", "train", "--model", "tiny-gpt2", "--data", "x.txt", "--output", "o", "--num-gpus", "2"],
          "--num-gpus: is a launch option"),
-        (["--", "--model", "tiny-gpt2"], "expected `-- train"),
+        (["--", "--model", "tiny-gpt2"], "expected `-- train|distill"),
         (["--", "train", "--model", "nope-model", "--data", "x.txt", "--output", "o"], "--model"),
     ],
 )  # fmt: skip

@@ -90,11 +90,11 @@ def test_partition_methods(clm_tokenizer):
 
 def _validate(args: list[str], world_size: int):
     from scaling.cli.train import train as command
-    from scaling.cli.train_options import run_request_from_options
+    from scaling.cli.train_options import explicit_options, run_request_from_options
     from scaling.engine.prepare import validate
 
     ctx = command.make_context("scaling train", args)
-    request = run_request_from_options(ctx.params, world_size=world_size, explicit=frozenset(ctx.params))
+    request = run_request_from_options(ctx.params, world_size=world_size, explicit=explicit_options(ctx))
     return validate(request)
 
 
