@@ -34,3 +34,4 @@ test-quick: setup
 lint: setup
 	$(BIN)/ruff check scaling tests launchers bench
 	$(BIN)/ruff format --check scaling tests launchers bench
+	$(BIN)/mypy scaling

@@ -69,10 +69,10 @@ def init_dist(rank: int, world: int, port: int) -> None:
         OMP_NUM_THREADS="1",
     )
     import deepspeed
-    import deepspeed.comm.torch  # the module must be loaded before it is patched
 
-    # The notes' shm patch: `import deepspeed.comm.torch as m` would bind torch itself, so go via sys.modules.
-    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    from scaling.compat.deepspeed import skip_shm_comm_build
+
+    skip_shm_comm_build()
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
 
 

@@ -114,15 +114,15 @@ def tp_parity(
     """Train under AutoTP on fixed batches; return step losses and (rank 0) the gathered full weights."""
     import deepspeed
     import torch.distributed as dist
-    from deepspeed.utils import groups
 
+    from scaling.compat.deepspeed import consolidated_16bit_state_dict, init_tensor_parallel_groups
     from scaling.distributed import Topology
     from scaling.engine import dist as dist_setup
 
     env = _init()
     topo = Topology(world_size=env.world_size, tensor_parallel=tp)
     try:
-        groups._init_tp_mesh_device(tensor_model_parallel_size=tp)
+        groups = init_tensor_parallel_groups(tp)
         model = tiny_model(model_name, tokenizer_dir)
         config = ds_config(micro, accum, topo.data_parallel, zero, tensor_parallel={"autotp_size": tp})
         engine, *_ = deepspeed.initialize(
@@ -144,7 +144,7 @@ def tp_parity(
                 total += loss.item() / accum
             dist.all_reduce(total)  # tensor peers hold the same loss: average over the world
             losses.append(float(total) / env.world_size)
-        full = engine._consolidated_16bit_state_dict()
+        full = consolidated_16bit_state_dict(engine)
         weights = {k: v.detach().float().numpy().copy() for k, v in full.items()} if env.rank == 0 else None
     finally:
         dist_setup.teardown()
@@ -167,6 +167,7 @@ def dp_phase(
     import deepspeed
     import torch.distributed as dist
 
+    from scaling.compat.deepspeed import universal_checkpoint_loading
     from scaling.engine import dist as dist_setup
 
     env = _init()
@@ -181,8 +182,8 @@ def dp_phase(
             dist_init_required=False,
         )
         if load_tag is not None:
-            engine._config.load_universal_checkpoint = True
-            path, _ = engine.load_checkpoint(ckpt_dir, tag=load_tag)
+            with universal_checkpoint_loading(engine, True):
+                path, _ = engine.load_checkpoint(ckpt_dir, tag=load_tag)
             assert path is not None
         losses = []
         for step in range(first_step, last_step):
@@ -365,6 +366,7 @@ def sp_parity(
     gradient norm and (rank 0) the full weights."""
     import deepspeed
 
+    from scaling.compat.deepspeed import consolidated_16bit_state_dict
     from scaling.distributed import Topology
     from scaling.engine import dist as dist_setup
     from scaling.engine.sequence_parallel import (
@@ -413,7 +415,7 @@ def sp_parity(
                 norms.append(float(engine.get_global_grad_norm()))
         weights = None
         if zero == 3:
-            full = engine._zero3_consolidated_16bit_state_dict()
+            full = consolidated_16bit_state_dict(engine)
         else:
             full = engine.module.state_dict()
         if env.rank == 0:

@@ -90,6 +90,8 @@ class CheckpointManager:
         """Restore engine state and return this rank's own state."""
         import torch
 
+        from scaling.compat.deepspeed import universal_checkpoint_loading
+
         if self.rank == 0:
             verify(ref.path, hashes=True)
         rank_file = ref.ours / f"rank{self.rank:05d}.pt"
@@ -101,8 +103,8 @@ class CheckpointManager:
             )
         # A reshaped checkpoint (scaling checkpoint reshape) may be in DeepSpeed's universal format, which the
         # engine loads only with its load_universal switch on; the switch is read at load time.
-        record = _reshape_record(ref)
-        universal = bool(record and record.get("universal"))
+        record = _reshape_record(ref) or {}
+        universal = bool(record.get("universal"))
         stage = engine.zero_optimization_stage()
         if universal and (stage == 0 or (stage == 3 and record.get("zero_stage") != 3)):
             raise CheckpointError(
@@ -110,18 +112,13 @@ class CheckpointManager:
                 + (" or 3" if record.get("zero_stage") == 3 else "")
                 + f", not ZeRO-{stage}"
             )
-        config = engine._config
-        saved_switch = config.load_universal_checkpoint
-        config.load_universal_checkpoint = universal or saved_switch
-        try:
+        with universal_checkpoint_loading(engine, universal):
             path, _ = engine.load_checkpoint(
                 str(ref.root),
                 tag=ref.tag,
                 load_optimizer_states=load_optimizer,
                 load_lr_scheduler_states=load_optimizer,
             )
-        finally:
-            config.load_universal_checkpoint = saved_switch
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {ref.path}")
         return torch.load(rank_file, map_location="cpu", weights_only=False)

@@ -239,20 +239,15 @@ def _universal_from_zero3(source_dir: Path, out_dir: Path, zero3_ranks: int = 0)
     """
     import deepspeed
     import torch
-    from deepspeed.utils import zero_to_fp32 as z2f
 
-    model_files = z2f.get_model_state_files(str(source_dir))
-    optim_files = z2f.get_optim_files(str(source_dir))
-    model_states = z2f.parse_model_states(model_files)
+    from scaling.compat.deepspeed import Zero3Checkpoint
+
+    checkpoint = Zero3Checkpoint.read(source_dir)
     optim = [
-        torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"] for f in optim_files
+        torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        for f in checkpoint.optim_files
     ]
-    world = len(optim)
-
-    def gathered(flat_per_rank: list[list[torch.Tensor]]) -> dict[str, torch.Tensor]:
-        merged: dict[str, Any] = {}
-        z2f._zero3_merge_trainable_params(merged, world, flat_per_rank, model_states)
-        return {k: v.contiguous().clone() for k, v in z2f.to_torch_tensor(merged).items()}
+    gathered = checkpoint.merge
 
     fp32 = gathered([o["fp32_flat_groups"] for o in optim])
     inner = [o["optimizer_state_dict"] for o in optim]
@@ -283,9 +278,9 @@ def _universal_from_zero3(source_dir: Path, out_dir: Path, zero3_ranks: int = 0)
         },
         zero / "optimizer_state.pt",
     )
-    states = torch.load(model_files[0], map_location="cpu", weights_only=False)
+    states = torch.load(checkpoint.model_files[0], map_location="cpu", weights_only=False)
     module = dict(fp32)
-    for tied, source in model_states[0].shared_params:
+    for tied, source in checkpoint.shared_params:
         if source in module:
             module[tied] = module[source]
     states["module"] = module
@@ -333,10 +328,11 @@ def _write_rank_states(
     for state in saved:
         by_dp.setdefault(int(state["dp_rank"]), state)
     consumed_samples = sum(int(s["data"]["batches"]) for s in by_dp.values()) * int(source.micro_batch or 1)
-    assert target.micro_batch is not None
-    per_rank_batches = math.ceil(consumed_samples / (target.data_parallel * target.micro_batch))
+    micro_batch = target.micro_batch
+    assert micro_batch is not None  # reshape() fills it from the source
+    per_rank_batches = math.ceil(consumed_samples / (target.data_parallel * micro_batch))
     tokens = sum(int(s["tokens_seen"]) for s in by_dp.values())
-    data_states = _advanced_streams(ref, run, target, per_rank_batches)
+    data_states = _advanced_streams(ref, run, target, per_rank_batches, micro_batch)
     base = saved[0]
     topology = Topology(
         world_size=target.world_size,
@@ -357,7 +353,9 @@ def _write_rank_states(
         torch.save(state, ours / f"rank{rank:05d}.pt")
 
 
-def _advanced_streams(ref: CheckpointRef, run: dict[str, Any], target: Layout, batches: int) -> list[dict]:
+def _advanced_streams(
+    ref: CheckpointRef, run: dict[str, Any], target: Layout, batches: int, micro_batch: int
+) -> list[dict]:
     """The data-stream state of each new data-parallel rank after `batches` micro-batches."""
     from transformers import AutoTokenizer
 
@@ -372,7 +370,7 @@ def _advanced_streams(ref: CheckpointRef, run: dict[str, Any], target: Layout, b
             config.data,
             tokenizer,
             task=config.model.task,
-            micro_batch=target.micro_batch,
+            micro_batch=micro_batch,
             dp_rank=dp_rank,
             dp_size=target.data_parallel,
             seed=config.optim.seed,

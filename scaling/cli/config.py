@@ -115,10 +115,7 @@ def validate(ctx: click.Context, spec: str, with_deepspeed: bool, **params: Any)
 
 def deepspeed_check(resolved: ResolvedDeepSpeed) -> None:
     """DeepSpeed's own config validation for the data-parallel world size, without launching anything."""
-    from unittest import mock
-
-    import deepspeed.comm
-    from deepspeed.runtime.config import DeepSpeedConfig
+    from scaling.compat.deepspeed import validate_config
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     # DeepSpeed checks the batch against the data-parallel size its mpu reports; with no mpu it asks the
@@ -127,11 +124,7 @@ def deepspeed_check(resolved: ResolvedDeepSpeed) -> None:
     # DeepSpeed divides the world by sequence_parallel_size itself when there is no mpu.
     dp = topology.zero_partition if "sequence_parallel_size" in resolved.config else topology.data_parallel
     try:
-        with (
-            mock.patch.object(deepspeed.comm, "get_rank", return_value=0),
-            mock.patch.object(deepspeed.comm, "get_world_size", return_value=dp),
-        ):
-            DeepSpeedConfig(json.loads(json.dumps(resolved.config)))
+        validate_config(json.loads(json.dumps(resolved.config)), world_size=dp)
     except Exception as err:  # DeepSpeed raises AssertionError, pydantic ValidationError, ValueError, its own
         message = " ".join(str(err).split())
         raise ConfigError(

@@ -134,8 +134,8 @@ def parameter_count(loaded: LoadedModel) -> dict[str, int]:
             # INC keeps the bias as a buffer, so it is not among parameters() either; it also adds an
             # all-zero bias to layers that had none, which is not a parameter of the model.
             bias = getattr(module, "bias", None)
-            has_bias = bias is not None and bool(bias.any())
-            quantized += module.in_features * module.out_features + (bias.numel() if has_bias else 0)
+            bias_params = bias.numel() if bias is not None and bool(bias.any()) else 0
+            quantized += module.in_features * module.out_features + bias_params
     return {"parameters": total + quantized, "nonzero_parameters": nonzero + quantized}
 
 

@@ -90,7 +90,7 @@ def woq_config(method: str, bits: int, group_size: int, sym: bool, work_dir: Pat
         cfg = q.AWQConfig(bits=bits, group_size=group_size, use_sym=sym)
     else:
         raise UnsupportedError(f"not a weight-only method: {method}")
-    extra = {"use_layer_wise": False} if method != "awq" else {}
+    extra: dict[str, Any] = {"use_layer_wise": False} if method != "awq" else {}
     if method == "gptq":
         extra["model_path"] = str(work_dir)
     for name in skip:
@@ -154,7 +154,7 @@ def autotune_woq(
         return q.autotune(model, tune_config=tc, eval_fn=eval_fn, run_fn=calibrate, example_inputs=example)
 
 
-def woq_module_types() -> tuple[type, ...]:
+def woq_module_types() -> tuple[type[Any], ...]:
     from neural_compressor.torch.algorithms.weight_only.modules import WeightOnlyLinear
 
     return (WeightOnlyLinear,)
@@ -173,10 +173,11 @@ def load_woq(directory: Path, conv1d_to_linear: bool = False) -> Any:
     import torch
     from transformers import AutoConfig
 
+    from scaling.compat.transformers import model_from_config
     from scaling.compress.model_io import model_class
 
     config = AutoConfig.from_pretrained(str(directory))
-    fresh = model_class(config)._from_config(config, dtype=torch.float32)
+    fresh = model_from_config(model_class(config), config, dtype=torch.float32)
     if conv1d_to_linear:
         globals()["conv1d_to_linear"](fresh)
     with contextlib.redirect_stdout(io.StringIO()):  # INC prints progress with print()
@@ -188,26 +189,6 @@ def load_woq(directory: Path, conv1d_to_linear: bool = False) -> Any:
             f"{directory}: quantized state does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model.eval()
-
-
-def _patch_torchao_for_bert() -> None:
-    """torchao's X86 quantizer raises IndexError annotating some BERT linears; skip those instead."""
-    try:
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
-    except ImportError:
-        return
-    if getattr(xiq.X86InductorQuantizer, "_scaling_patched", False):
-        return
-    original = xiq.X86InductorQuantizer._annotate_linear_unary
-
-    def safe(self: Any, gm: Any, cfg: Any, filter_fn: Any = None) -> Any:
-        try:
-            return original(self, gm, cfg, filter_fn)
-        except (IndexError, ValueError):
-            return None
-
-    xiq.X86InductorQuantizer._annotate_linear_unary = safe
-    xiq.X86InductorQuantizer._scaling_patched = True
 
 
 def export_pt2e(wrapped: Any, example: tuple[Any, Any], max_batch: int, max_seq: int) -> Any:
@@ -232,8 +213,11 @@ def quantize_pt2e(
     quantization never runs its weight observers and quantizes every weight to zero."""
     import torch
 
+    from scaling.compat.inc import skip_unannotatable_linears
+
     q = api()
-    _patch_torchao_for_bert()
+    # torchao's X86 quantizer fails on some BERT linears; those stay in float instead.
+    skip_unannotatable_linears()
     graph = export_pt2e(wrapped, example, max_batch, max_seq)
     cfg = q.DynamicQuantConfig(w_granularity="per_channel") if method == "dynamic" else q.StaticQuantConfig()
     prepared = q.prepare(graph, cfg, example_inputs=example)

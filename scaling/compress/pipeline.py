@@ -165,6 +165,7 @@ def run(recipe: Recipe, output: Path, overwrite: bool = False) -> dict[str, Any]
                 quant_mod.quantize(current, out, cfg)
             else:
                 run_distillation = distiller()
+                assert run_distillation is not None  # checked before any stage ran
                 run_distillation(current, out, teacher_dir=Path(recipe.model), data=recipe.data, options=cfg)
             summary["stages"].append({"kind": stage.kind, "output": out.name})
             outputs.append(out)

@@ -222,17 +222,17 @@ def structured_prune(model: Any, cfg: PruneConfig, batches: list[Batch] | None) 
             keep_n = width - round(cfg.ffn * width)
             if keep_n < 1:
                 raise CompressUserError(f"--ffn {cfg.ffn} would remove every FFN channel")
-            for b in blocks:
-                out_w = _out_in_weight(model.get_submodule(b.ffn_out))
+            for block in blocks:
+                out_w = _out_in_weight(model.get_submodule(block.ffn_out))
                 score = out_w.norm(dim=0)
-                for n in b.ffn_in:
+                for n in block.ffn_in:
                     score = score * _out_in_weight(model.get_submodule(n)).norm(dim=1)
                 if norms is not None:
-                    score = out_w.norm(dim=0) * norms.sums[b.ffn_out]
+                    score = out_w.norm(dim=0) * norms.sums[block.ffn_out]
                 keep = torch.sort(torch.topk(score, keep_n).indices).values
-                for n in b.ffn_in:
+                for n in block.ffn_in:
                     _set(model, n, _slice(model.get_submodule(n), keep, 0))
-                _set(model, b.ffn_out, _slice(model.get_submodule(b.ffn_out), keep, 1))
+                _set(model, block.ffn_out, _slice(model.get_submodule(block.ffn_out), keep, 1))
             if family == "gpt2":
                 config.n_inner = keep_n
             else:
@@ -263,6 +263,7 @@ def _prune_llama_heads(
         )
     keep_groups = kv - drop
     for b in blocks:
+        assert b.q and b.k and b.v and b.o  # find_blocks names all four projections of a llama block
         o = model.get_submodule(b.o)
         col = o.weight.detach().norm(dim=0)  # [heads * head_dim]
         if norms is not None:
@@ -288,7 +289,9 @@ def rebuild(model: Any) -> Any:
     """A fresh model of the (edited) config carrying the pruned weights: proves the config describes them."""
     import torch
 
-    fresh = model_class(model.config)._from_config(model.config, dtype=torch.float32)
+    from scaling.compat.transformers import model_from_config
+
+    fresh = model_from_config(model_class(model.config), model.config, dtype=torch.float32)
     fresh.load_state_dict(model.state_dict(), strict=True)
     return fresh.eval()
 

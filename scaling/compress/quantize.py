@@ -275,7 +275,7 @@ def _tune(
     else:
         docs = read_documents(spec)
         batches = calibration_batches(docs, loaded.tokenizer, task, cfg.seq_len, 16, 8)
-    reference = None
+    reference: list[Any] = []  # float outputs to compare with, for feature extractors only
     if task == FEATURES:
         with _torch_no_grad():
             reference = [main_output(loaded.model, b.input_ids, b.attention_mask) for b in batches]

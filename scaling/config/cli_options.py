@@ -80,8 +80,11 @@ def _number_type(base: type, f: Field[Any]) -> Any:
     spec = spec_of(f)
     if spec.min is None and spec.max is None:
         return base
-    kind = click.IntRange if base is int else click.FloatRange
-    return kind(min=spec.min, max=spec.max, min_open=spec.min_open, max_open=spec.max_open)
+    if base is int:
+        low = None if spec.min is None else int(spec.min)
+        high = None if spec.max is None else int(spec.max)
+        return click.IntRange(min=low, max=high, min_open=spec.min_open, max_open=spec.max_open)
+    return click.FloatRange(min=spec.min, max=spec.max, min_open=spec.min_open, max_open=spec.max_open)
 
 
 def field_option(section: type, f: Field[Any], *, required: bool = False) -> FieldOption:

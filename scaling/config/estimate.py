@@ -212,7 +212,8 @@ def model_states(
 def activation_bytes(shape: ModelShape, layout: Layout, precision: str) -> int:
     s, b, h, a = layout.seq_len, layout.micro_batch, shape.hidden, shape.heads
     t = layout.tensor_parallel
-    scores = 0 if shape.fused_attention else 5 * a * s / (h * t)
+    scores = 0.0 if shape.fused_attention else 5 * a * s / (h * t)
+    per_layer: float
     if layout.activation_checkpointing:
         per_layer = 2 * s * b * h
     elif t == 1:

@@ -109,6 +109,7 @@ def preprocess(
     progress = tqdm(desc="preprocess", unit="doc", disable=not show_progress, mininterval=1.0)
     batches = _text_batches(specs, batch_docs, max_doc_chars, progress)
     pool = None
+    encoded_batches: Iterator[list[list[int]]]
     try:
         if workers > 1:
             pool = multiprocessing.get_context("fork").Pool(

@@ -7,12 +7,13 @@ behind it, so a stream can save where it is in O(1) and seek back there on resum
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import io
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,8 @@ class ReaderOptions:
     field: str | None
     label_column: str | None
     max_doc_chars: int
-    counts: ReadCounts = field(default_factory=ReadCounts)
+    # dataclasses.field: the bare name would be this class's `field` attribute
+    counts: ReadCounts = dataclasses.field(default_factory=ReadCounts)
 
 
 Record = tuple[str, int | None]
@@ -304,8 +306,10 @@ def _table(path: str, offset: int, opts: ReaderOptions) -> Iterator[tuple[Record
                 consumed[0] = pos
                 yield _decode(raw, opts.counts)
 
-        quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-        for row in csv.reader(lines(), delimiter=delimiter, quoting=quoting):
+        tsv = delimiter == "\t"
+        for row in csv.reader(
+            lines(), delimiter=delimiter, quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
+        ):
             if not row or not any(cell.strip() for cell in row):
                 opts.counts.skipped_empty += 1
                 continue

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -349,7 +350,7 @@ def build_train_stream(
     masker = (
         Masker(tokenizer, probability=data.mlm_probability, strategy=plan.mask_op) if task == "mlm" else None
     )
-    common = {
+    common: dict[str, Any] = {
         "data": data,
         "task": task,
         "micro_batch": micro_batch,
@@ -373,14 +374,16 @@ def build_train_stream(
                 ]
             )
         shards = PackedShards(packed_dirs[0].path, tokenizer=tokenizer, seq_len=data.seq_len)
-        chunker = ShardChunker(
+        shard_chunker = ShardChunker(
             shards,
             seed=seed,
             dp_rank=dp_rank,
             dp_size=dp_size,
             chunk_blocks=max(micro_batch, data.chunk_docs),
         )
-        return TrainStream(chunker, weights=[1.0], source_names=[specs[0].name], probe_factory=None, **common)
+        return TrainStream(
+            shard_chunker, weights=[1.0], source_names=[specs[0].name], probe_factory=None, **common
+        )
     streams = _open_streams(specs, data, task, dp_rank, dp_size, seed, shuffle=True)
     weights = initial_weights(
         [s.weight for s in specs],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -132,7 +133,8 @@ class HFRecordStream(RecordStream):
         self.dataset = _load_hf_streaming(spec)
         self.epoch = 0
         self._record_index = 0
-        self._iter = None
+        # its own name: the base class's `_iter` yields (record, offset) pairs, this one dataset examples
+        self._examples: Iterator[dict[str, Any]] | None = None
         self._ds_state: dict | None = None
 
     @property
@@ -144,7 +146,7 @@ class HFRecordStream(RecordStream):
 
     def state(self) -> dict:
         # The dataset's state is taken only here (chunk boundaries), not per record: it is a deep copy.
-        ds_state = self.dataset.state_dict() if self._iter is not None else self._ds_state
+        ds_state = self.dataset.state_dict() if self._examples is not None else self._ds_state
         return {
             "epoch": self.epoch,
             "record": self._record_index,
@@ -156,17 +158,17 @@ class HFRecordStream(RecordStream):
         self.epoch, self._record_index = state["epoch"], state["record"]
         self._ds_state = state["dataset"]
         self.options.counts = ReadCounts(**state["counts"])
-        self._iter = None
+        self._examples = None
 
     def next_record(self, *, stop_at_epoch_end: bool = False) -> SourceRecord | None:
         key = self.spec.field or "text"
         label_key = self.options.label_column
         while True:
-            if self._iter is None:
+            if self._examples is None:
                 if self._ds_state is not None:
                     self.dataset.load_state_dict(self._ds_state)
-                self._iter = iter(self.dataset)
-            for example in self._iter:
+                self._examples = iter(self.dataset)
+            for example in self._examples:
                 text = example.get(key)
                 if not isinstance(text, str) or not text.strip():
                     self.counts.skipped_empty += 1
@@ -186,7 +188,7 @@ class HFRecordStream(RecordStream):
                 raise DataError(f"data source {self.spec.raw!r}: fewer records than {self.dp_size} rank(s)")
             self.epoch += 1
             self._record_index = 0
-            self._iter = None
+            self._examples = None
             self._ds_state = None
             self.dataset = _load_hf_streaming(self.spec)
             if stop_at_epoch_end:

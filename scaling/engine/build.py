@@ -57,7 +57,8 @@ def _zero3_construction(run: RunConfig) -> Iterator[None]:
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no decay on biases and norm weights (1-D tensors), as HF Trainer and Megatron do."""
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for _, param in model.named_parameters():
         if not param.requires_grad:
             continue

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from scaling.distributed.env import LaunchEnv
 from scaling.errors import UserError
@@ -24,12 +23,12 @@ def init_process_group(env: LaunchEnv, *, timeout_s: float) -> None:
     """
     import torch
     import torch.distributed as dist
-    import torch.distributed.distributed_c10d as c10d
+
+    from scaling.compat.deepspeed import skip_shm_comm_build
+    from scaling.compat.torch_dist import set_default_group_timeout
 
     timeout = timedelta(seconds=timeout_s)
-    c10d.default_pg_timeout = timeout
-    if hasattr(dist, "constants"):
-        dist.constants.default_pg_timeout = timeout
+    set_default_group_timeout(timeout)
     if dist.is_initialized():
         set_collective_timeout(timeout_s)  # joined earlier (to receive the run config): adopt the run's bound
         return
@@ -37,7 +36,8 @@ def init_process_group(env: LaunchEnv, *, timeout_s: float) -> None:
         os.environ.setdefault(key, value)
     cuda = torch.cuda.is_available()
     if not cuda:
-        _skip_shm_comm_build()
+        # DeepSpeed would JIT-compile a shared-memory all-reduce op on every init and then use gloo anyway.
+        skip_shm_comm_build()
     import deepspeed
 
     deepspeed.init_distributed(
@@ -52,27 +52,25 @@ def init_process_group(env: LaunchEnv, *, timeout_s: float) -> None:
 def set_collective_timeout(timeout_s: float) -> None:
     """Bound every collective of every existing group (and of groups created later) by `timeout_s`.
 
-    `_set_pg_timeout` changes a live group's timeout; measured on gloo: a peer that stops answering makes the
-    next collective raise `Timed out waiting ...` after exactly the new bound."""
+    Measured on gloo: a peer that stops answering makes the next collective raise `Timed out waiting ...`
+    after exactly the new bound."""
     import torch.distributed as dist
-    import torch.distributed.distributed_c10d as c10d
+
+    from scaling.compat.torch_dist import set_default_group_timeout, set_live_group_timeouts
 
     timeout = timedelta(seconds=timeout_s)
-    c10d.default_pg_timeout = timeout
-    if not dist.is_initialized():
-        return
-    for group in list(c10d._world.pg_map):
-        if not c10d._rank_not_in_group(group):
-            c10d._set_pg_timeout(timeout, group)
+    set_default_group_timeout(timeout)
+    if dist.is_initialized():
+        set_live_group_timeouts(timeout)
 
 
 @contextmanager
 def collective_timeout(timeout_s: float) -> Iterator[None]:
     """Use a longer bound for a phase where ranks legitimately wait on each other (a checkpoint being
     written, rank 0 exporting), then return to the previous one."""
-    import torch.distributed.distributed_c10d as c10d
+    from scaling.compat.torch_dist import default_group_timeout
 
-    previous = c10d.default_pg_timeout.total_seconds()
+    previous = default_group_timeout().total_seconds()
     set_collective_timeout(timeout_s)
     try:
         yield
@@ -88,15 +86,6 @@ def abandon() -> None:
     if dist.is_initialized():
         with suppress(Exception):  # the group is already broken; exiting is all that is left to do
             dist.destroy_process_group()
-
-
-def _skip_shm_comm_build() -> None:
-    # On CPU DeepSpeed JIT-compiles a shared-memory all-reduce op on every init (~30 s on 2 cores) and falls
-    # back to plain gloo when it cannot. We go straight to gloo. The attribute must be patched on the module
-    # object in sys.modules: `import deepspeed.comm.torch as m` binds the `torch` package instead.
-    import deepspeed.comm.torch  # noqa: F401
-
-    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
 
 
 def teardown() -> None:
@@ -158,12 +147,12 @@ def _run_on_rank0(fn: Callable[[], T], *, rank: int, share_result: bool) -> T | 
         return result
     if not shared:
         return None
-    status, message, result = _broadcast(None)
+    status, message, shared_result = _broadcast(None)
     if status == "user":
         raise UserError(message)
     if status == "bug":
         raise PeerFailed(f"rank 0 failed: {message} (its traceback is in rank 0's output)")
-    return result if share_result else None
+    return cast("T", shared_result) if share_result else None
 
 
 def _broadcast(outcome: tuple[str, str | None, object] | None) -> tuple[str, str | None, object]:

@@ -108,7 +108,7 @@ def ssh_runner(ssh_port: int | None = None) -> Runner:
 
 
 def default_resolver(host: str) -> list[str]:
-    return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
+    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None)})
 
 
 @dataclass(frozen=True)
@@ -250,7 +250,7 @@ def run_doctor(
     baseline = dict(local) if local is not None else _probe_here(output, python)
     results: dict[str, dict[str, Any]] = {}
     for host, index in probed.items():
-        args = {
+        args: dict[str, Any] = {
             "repo": str(SOURCE_ROOT),
             "output": str(output),
             "token_path": str(token_path),

@@ -211,6 +211,7 @@ def build_pipeline_layers(model: PreTrainedModel) -> list[Any]:
     config = model.config
     family = family_of(config)
     tied = _tied(config)
+    base: Any  # the HF backbone; nn.Module's __getattr__ types submodules as Tensor | Module
     if family == "gpt2":
         base = model.transformer
         embed, blocks, norm = base.wte, list(base.h), base.ln_f
@@ -381,7 +382,7 @@ def sequence_parallel_problems(
             )
         )
         return problems
-    from transformers import AutoModelForCausalLM
+    from scaling.compat.transformers import causal_lm_class, supports_attention_backend
 
     text_config = config.get_text_config()
     layer_types = getattr(text_config, "layer_types", None) or []
@@ -399,8 +400,8 @@ def sequence_parallel_problems(
                 sequence_parallel,
             )
         )
-    model_class = AutoModelForCausalLM._model_mapping.get(type(config), None)
-    if model_class is None or not getattr(model_class, "_supports_attention_backend", False):
+    model_class = causal_lm_class(config)
+    if model_class is None or not supports_attention_backend(model_class):
         problems.append(
             Problem(
                 "--sequence-parallel",
