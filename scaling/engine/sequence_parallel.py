@@ -121,26 +121,14 @@ def install_ulysses(model: Any, *, sp_size: int, micro_batch: int) -> SequencePa
     """Create the sequence-parallel groups, route `model`'s attention through Ulysses, return the mpu
     DeepSpeed needs (sequence and sequence-data-parallel groups)."""
     import deepspeed.runtime.sequence_parallel.parallel_state_sp as mpu
-    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
     from transformers import AttentionInterface
 
-    class _AnyBatchUlysses(UlyssesSPAttentionHF):
-        """DeepSpeed fixes the micro-batch rows at construction; the last batch of a source may be shorter."""
-
-        def forward(self, module: Any, query: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            rows = query.shape[0]
-            if rows != self.batch_size:
-                self.batch_size = rows
-                heads, kv_heads, size = self.attn_head_count, self.global_kv_head_count, self.attn_head_size
-                self.required_query_shape = torch.Size([1, rows, heads, size])
-                self.required_key_value_shape = torch.Size([1, rows, kv_heads, size])
-                self.required_context_shape = torch.Size([1, rows, size * heads // self.world_size])
-            return super().forward(module, query, *args, **kwargs)
+    from scaling.compat.deepspeed import any_batch_ulysses
 
     mpu.initialize_sequence_parallel(sequence_parallel_size=sp_size)
     config = model.config.get_text_config()
     heads = config.num_attention_heads
-    ulysses = _AnyBatchUlysses(
+    ulysses = any_batch_ulysses(
         attn=partial(_core_attention, masks=_DocumentMasks()),
         batch_size=micro_batch,
         attn_head_count=heads,

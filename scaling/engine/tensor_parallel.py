@@ -29,7 +29,7 @@ class TensorParallelLayout(Layout):
     name = "tensor-parallel"
 
     def build_engine(self, objective: Objective, tokenizer: Any) -> tuple[Any, Any]:
-        from deepspeed.utils import groups
+        from scaling.compat.deepspeed import init_tensor_parallel_groups
 
         run = self.run
         config = dict(run.deepspeed)
@@ -37,7 +37,7 @@ class TensorParallelLayout(Layout):
             **config.get("tensor_parallel", {}),
             "autotp_size": run.parallel.tensor_parallel,
         }
-        groups._init_tp_mesh_device(tensor_model_parallel_size=run.parallel.tensor_parallel)
+        groups = init_tensor_parallel_groups(run.parallel.tensor_parallel)
         model = objective.build_model(run, tokenizer)
         self.engine = self.initialize_engine(model, config=config, mpu=groups)
         return self.engine, model.config
@@ -56,7 +56,9 @@ def save_consolidated(engine: Any, path: Path, *, rank: int) -> None:
 
     import torch
 
-    state = engine._consolidated_16bit_state_dict()
+    from scaling.compat.deepspeed import consolidated_16bit_state_dict
+
+    state = consolidated_16bit_state_dict(engine)
     if rank == 0 and state is not None:
         tmp = path.with_name(path.name + ".tmp")
         torch.save({k: v.detach().clone().float() for k, v in state.items()}, tmp)
