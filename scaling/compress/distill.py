@@ -397,7 +397,9 @@ def _write_random_student(
 
     torch.manual_seed(seed)
     model = build_model(describe_source(source), task=task, tokenizer=tokenizer, num_labels=num_labels)
-    if vocab is not None and model.get_input_embeddings().weight.shape[0] != vocab:
+    weight = model.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor)
+    if vocab is not None and weight.shape[0] != vocab:
         model.resize_token_embeddings(vocab)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

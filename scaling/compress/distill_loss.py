@@ -96,7 +96,7 @@ def hidden_mse(
 ) -> torch.Tensor:
     """Mean over layer pairs of the per-token MSE between (projected) student and teacher hidden states."""
     mask = token_mask.float()
-    total = 0.0
+    total: Any = 0.0  # a tensor after the first pair
     for s, t in pairs:
         hs = student_states[s].float()
         if projection is not None:
@@ -116,7 +116,7 @@ def attention_mse(
 
     With different head counts the maps are averaged over heads first."""
     mask = token_mask.float()
-    total = 0.0
+    total: Any = 0.0  # a tensor after the first pair
     for s, t in pairs:
         a_s, a_t = student_maps[s].float(), teacher_maps[t].float()
         if a_s.shape[1] != a_t.shape[1]:
