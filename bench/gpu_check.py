@@ -107,20 +107,21 @@ def run_ours(args: list[str], env: Any, warmup: int) -> dict[str, Any]:
 
     from bench.trainer_overhead import _resolve
     from scaling.checkpoint.store import CheckpointRef
-    from scaling.engine.trainer import TrainingRun, _loss_scale
+    from scaling.engine.step_window import loss_scale
+    from scaling.engine.trainer import Trainer
 
     marks: list[float] = []
     scales: list[float | None] = []
 
-    class Timed(TrainingRun):
+    class Timed(Trainer):
         def train_step(self, *a: Any) -> bool:
             stop = super().train_step(*a)
             sync()
             marks.append(time.perf_counter())
-            scales.append(_loss_scale(self.engine))
+            scales.append(loss_scale(self.engine))
             return stop
 
-        def _save(self, step: int, tokens_seen: int) -> CheckpointRef:
+        def save_checkpoint(self, step: int) -> CheckpointRef:
             # The final checkpoint of a 1B model is ~14 GB of disk and tens of seconds, outside the timed steps:
             # not what this check measures, so it is skipped (the loop's other work all runs).
             return CheckpointRef(self.ckpt.root, f"step-{step:08d}")

@@ -1,4 +1,4 @@
-"""Trainer overhead: `scaling train`'s loop (scaling.engine.trainer.TrainingRun) vs a minimal hand-written
+"""Trainer overhead: `scaling train`'s loop (scaling.engine.trainer.Trainer) vs a minimal hand-written
 DeepSpeed loop, same model, resolved DeepSpeed JSON, data and batch, ZeRO-0/2/3 on 2 gloo ranks.
 
     python -m bench trainer_overhead [--steps 65] [--warmup 5] [--repeats 1] [--stages 0 2 3]
@@ -131,7 +131,7 @@ def interleaved(args: list[str], env: Any, steps: int) -> dict[str, Any]:
     """Both loops alive in the same ranks, stepping alternately (ours first on even steps, the hand loop first
     on odd ones). Ours' time for a step includes what our fit loop did since our previous step ended (logging,
     metrics flushes, the stream, checkpoint checks)."""
-    from scaling.engine.trainer import TrainingRun
+    from scaling.engine.trainer import Trainer
 
     started = time.perf_counter()
     run = _resolve(args, env)
@@ -140,7 +140,7 @@ def interleaved(args: list[str], env: Any, steps: int) -> dict[str, Any]:
     hand_t: list[float] = []
     last: list[float] = []
 
-    class Timed(TrainingRun):
+    class Timed(Trainer):
         def train_step(self, step: int, *a: Any) -> bool:
             now = time.perf_counter()
             if not last:
@@ -186,16 +186,16 @@ def check_cost(env: Any, calls: int = 300) -> dict[str, float]:
     """Seconds per call of the loop's per-micro-step NaN/SIGTERM agreement (one small all-reduce)."""
     import torch
 
-    from scaling.engine.trainer import TrainingRun
+    from scaling.engine.trainer import Trainer
 
-    probe = TrainingRun.__new__(TrainingRun)
+    probe = Trainer.__new__(Trainer)
     probe.env, probe.rank = env, env.rank
     loss = torch.tensor(1.0)
     times = []
     for _ in range(3):
         start = time.perf_counter()
         for _ in range(calls):
-            probe._check(loss, False)
+            probe.agree(loss, False)
         times.append((time.perf_counter() - start) / calls)
     return summary(times)
 

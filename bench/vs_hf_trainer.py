@@ -141,14 +141,14 @@ def our_args(task: str, paths: dict[str, Any], out: Path, steps: int) -> list[st
 def arm_ours(task: str, paths: dict[str, Any], out: Path, steps: int, every: int) -> dict[str, Any]:
     from bench.trainer_overhead import _resolve
     from scaling.distributed import LaunchEnv
-    from scaling.engine.trainer import TrainingRun
+    from scaling.engine.trainer import Trainer
 
     env = LaunchEnv.from_environ()
     run = _resolve(our_args(task, paths, out, steps), env)
     state: dict[str, Any] = {"marks": [], "useful": [], "curve": [], "eval_time": 0.0}
     stream_pad: list[float] = []
 
-    class Timed(TrainingRun):
+    class Timed(Trainer):
         def train_step(self, step: int, window: Any, sigterm: Any) -> bool:
             if step == 0:
                 state["batches"] = eval_batches(task, paths[task], self.tokenizer)

@@ -41,7 +41,7 @@ def train_and_logits(args: list[str], input_ids: list[list[int]]) -> list[list[l
     from scaling.distributed import LaunchEnv
     from scaling.engine import dist as dist_setup
     from scaling.engine.prepare import materialize
-    from scaling.engine.trainer import TrainingRun
+    from scaling.engine.trainer import Trainer
 
     ctx = command.make_context("scaling train", list(args))
     env = LaunchEnv.from_environ()
@@ -54,7 +54,7 @@ def train_and_logits(args: list[str], input_ids: list[list[int]]) -> list[list[l
 
     run = RunConfig.load(Path(request.checkpoint.output) / "run_config.json")
     try:
-        training = TrainingRun(run, env)
+        training = Trainer(run, env)
         training.fit()
         training.engine.eval()
         with torch.no_grad():
@@ -69,21 +69,21 @@ def train_cli_with_nan(args: list[str], bad_rank: int, bad_calls: list[int]) -> 
     is NaN: what a corrupt sample or an overflow looks like to the loop."""
     import os
 
-    from scaling.engine.trainer import TrainingRun
+    from scaling.engine.objective import LanguageModelling
 
-    original = TrainingRun.compute_loss
+    original = LanguageModelling.loss
     calls = {"n": 0}
 
-    def poisoned(self: TrainingRun, batch: dict) -> Any:
-        loss = original(self, batch)
+    def poisoned(self: LanguageModelling, model: Any, batch: dict) -> Any:
+        loss = original(self, model, batch)
         index = calls["n"]
         calls["n"] += 1
         if int(os.environ["RANK"]) == bad_rank and index in bad_calls:
             return loss * float("nan")
         return loss
 
-    TrainingRun.compute_loss = poisoned
+    LanguageModelling.loss = poisoned
     try:
         return train_cli(args)
     finally:
-        TrainingRun.compute_loss = original
+        LanguageModelling.loss = original

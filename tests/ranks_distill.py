@@ -27,6 +27,8 @@ def make_model(
     seed: int = 0,
     init: float = 0.3,
     width: int | None = None,
+    heads: int | None = None,
+    kv_heads: int | None = None,
 ) -> Path:
     """A random tiny model saved as an HF directory with the tokenizer. A large init range gives peaked
     output distributions, so a teacher's soft labels carry information."""
@@ -40,6 +42,10 @@ def make_model(
     spec[LAYER_KEYS[kind]] = layers
     if width is not None:
         spec["n_embd" if kind == "gpt2" else "hidden_size"] = width
+    if heads is not None:  # tensor and sequence parallelism split heads: a degree must divide them
+        spec["n_head" if kind == "gpt2" else "num_attention_heads"] = heads
+    if kv_heads is not None:
+        spec["num_key_value_heads"] = kv_heads
     config = CONFIG_MAPPING[spec.pop("model_type")](**spec, vocab_size=len(tok), initializer_range=init)
     for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
         setattr(config, name, getattr(tok, name))
@@ -59,7 +65,7 @@ def held_out_kl(
     import torch
     from transformers import AutoTokenizer
 
-    from scaling.compress.distill import _aligned_logits, kd_loss
+    from scaling.compress.distill_loss import aligned_logits, kd_loss
     from scaling.models import model_class_for
 
     tok = AutoTokenizer.from_pretrained(teacher_dir)
@@ -70,7 +76,7 @@ def held_out_kl(
     with torch.no_grad():
         t = teacher(**batch).logits
         s = student(**batch).logits
-    s, t = _aligned_logits(task, s, t)
+    s, t = aligned_logits(task, s, t)
     mask = None
     if task != "seq-cls":
         mask = batch["attention_mask"][:, 1:] if task == "clm" else batch["attention_mask"]
@@ -82,18 +88,23 @@ def distill_cli(args: list[str]) -> dict[str, Any]:
     """Run `scaling compress distill ARGS` as one rank; rank 0 returns the metrics it logged."""
     import os
 
+    import click
+
     from scaling.cli.distill import distill
     from scaling.errors import UserError
 
-    code = 0
+    code, message = 0, ""
     try:
         distill.main(args, prog_name="scaling compress distill", standalone_mode=False)
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
-    except UserError:  # what the scaling group shows as `Error: ...`, exit 2
-        code = 2
+    except click.ClickException as err:
+        code, message = err.exit_code, err.format_message()
+    except UserError as err:  # what the scaling group shows as `Error: ...`, exit 2
+        code, message = 2, str(err)
     output = Path(args[args.index("--output") + 1])
-    return {"exit": code, "records": _records(output) if os.environ.get("RANK") == "0" else []}
+    records = _records(output) if os.environ.get("RANK") == "0" else []
+    return {"exit": code, "message": message, "records": records}
 
 
 def _records(output: Path) -> list[dict[str, Any]]:
@@ -102,16 +113,18 @@ def _records(output: Path) -> list[dict[str, Any]]:
 
 
 def teacher_partitioning(args: list[str]) -> dict[str, Any]:
-    """What `distill_cli` does, through a DistillRun kept at hand: also reports how the teacher is held on
+    """What `distill_cli` does, through a Trainer with the distillation objective kept at hand: also reports how the teacher is held on
     this rank."""
     import torch
 
     from scaling.cli.distill import _distill_config, distill
     from scaling.cli.train_options import run_request_from_options
-    from scaling.compress.distill import DistillRun, load_distill_config, prepare
+    from scaling.compress.distill import load_distill_config, prepare
+    from scaling.compress.distill_objective import DistillObjective
     from scaling.config.run import RunConfig
     from scaling.distributed import LaunchEnv
     from scaling.engine import dist as dist_setup
+    from scaling.engine.trainer import Trainer
     from scaling.launch.job import limit_threads
 
     ctx = distill.make_context("distill", list(args))
@@ -127,22 +140,25 @@ def teacher_partitioning(args: list[str]) -> dict[str, Any]:
             prepare(request, _distill_config(params))
         dist_setup.barrier()
         output = Path(request.checkpoint.output)
-        run = DistillRun(RunConfig.load(output / "run_config.json"), env, load_distill_config(output))
-        result = run.fit()
-        module = run._teacher_module()
+        config = RunConfig.load(output / "run_config.json")
+        objective = DistillObjective(config, load_distill_config(output))
+        result = Trainer(config, env, objective=objective).fit()
+        module = objective.teacher_module()
         # A partitioned parameter is an empty placeholder; this rank's share lives in ds_tensor.
         local = sum(
             p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in module.parameters()
         )
         full = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
         return {
-            "engine": type(run.teacher).__name__,
+            "engine": type(objective.teacher).__name__,
             "local_numel": local,
             "full_numel": full,
             "requires_grad": any(p.requires_grad for p in module.parameters()),
             "final_loss": result.final_loss,
             "eval": result.eval,
-            "is_tensor": isinstance(run.last_parts.total, torch.Tensor) if run.last_parts else False,
+            "is_tensor": isinstance(objective.last_parts.total, torch.Tensor)
+            if objective.last_parts
+            else False,
             "records": _records(output) if env.rank == 0 else [],
         }
     finally:

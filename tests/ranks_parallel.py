@@ -14,7 +14,7 @@ def tiny_model(model_name: str, tokenizer_dir: str) -> Any:
     """The preset model with the same initial weights in every process that calls this."""
     from transformers import AutoTokenizer
 
-    from scaling.engine.trainer import seed_everything
+    from scaling.engine.state import seed_everything
     from scaling.models import build_model, describe_source
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)

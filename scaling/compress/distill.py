@@ -1,17 +1,9 @@
 """Knowledge distillation as a DeepSpeed training run: a frozen teacher, a student trained like any model.
 
-The student is what `scaling train` would train (same engine, data stream, checkpoints, resume, export);
-`DistillRun` only swaps the objective and adds the teacher:
-
-    loss = alpha * task_loss + (1 - alpha) * T^2 * KL(teacher_T || student_T)
-           + hidden_loss * MSE(proj(h_student), h_teacher) + attention_loss * MSE(A_student, A_teacher)
-
-KL is taken at temperature T per predicted token (clm: positions whose next token is a label; mlm: the masked
-positions) or per sample (seq-cls). Hidden states and attention maps are matched through a layer map (student
-layer i <-> teacher layer map[i]); a learned linear projection bridges different widths.
-
-Under ZeRO-3 the teacher gets its own DeepSpeed engine, partitioned with ZeRO-3 and without an optimizer, so
-a teacher larger than one rank's share never sits whole on any rank. Otherwise each rank keeps a full copy.
+The student is what `scaling train` would train (same engine, layouts, data stream, checkpoints, resume,
+export); only the objective differs (scaling.compress.distill_objective, its arithmetic in
+scaling.compress.distill_loss). This module holds the settings (`DistillConfig`), the preparation on the
+launching host (`prepare`: teacher, student, tokenizer, checks) and the compression pipeline's distill stage.
 
 Run directory (OUTPUT): run_config.json and distill_config.json (read by every rank), student/ (the initial
 student when it was built here), teacher/ (a teacher exported from a training checkpoint), checkpoints/,
@@ -25,21 +17,18 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from scaling.compress.distill_loss import default_layer_map
 from scaling.compress.errors import CompressUserError, NotAModelError
 from scaling.config.fields import option
-from scaling.engine.trainer import TrainingRun
 from scaling.errors import ConfigError, Problem, UserError
 
 if TYPE_CHECKING:
-    from scaling.checkpoint.store import CheckpointRef
     from scaling.config.run import RunConfig
     from scaling.distributed.env import LaunchEnv
     from scaling.engine.prepare import RunRequest
@@ -144,144 +133,6 @@ def _join(layers: list[int]) -> str:
     return ",".join(map(str, layers))
 
 
-# -- the objective --------------------------------------------------------------------------------------
-
-
-@dataclass
-class LossParts:
-    """One micro-batch's objective and its terms (the terms detached, for reporting)."""
-
-    total: torch.Tensor
-    """What backward runs on."""
-    task: float
-    """The student's own task loss (cross-entropy against the labels)."""
-    kd: float
-    """KL(teacher || student) at temperature T, before the T^2 factor."""
-    hidden: float = 0.0
-    """Hidden-state MSE (0 when off)."""
-    attention: float = 0.0
-    """Attention-map MSE (0 when off)."""
-
-
-def kd_positions(task: str, labels: torch.Tensor) -> torch.Tensor | None:
-    """Which logits the KL compares: a bool mask shaped like the logits' leading dims (None: all samples)."""
-    if task == "seq-cls":
-        return None
-    if task == "clm":
-        # Position t predicts token t+1; only those with a real next token count.
-        return labels[:, 1:] != -100
-    return labels != -100
-
-
-def kd_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor | None, temperature: float
-) -> torch.Tensor:
-    """Mean KL(teacher_T || student_T) over the positions in `mask` (or over all rows), in fp32."""
-    import torch.nn.functional as F
-
-    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    kl = (log_t.exp() * (log_t - log_s)).sum(-1)
-    if mask is None:
-        return kl.mean()
-    mask = mask.to(kl.dtype)
-    return (kl * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-def _aligned_logits(
-    task: str, student: torch.Tensor, teacher: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if task == "clm":
-        return student[:, :-1], teacher[:, :-1]
-    return student, teacher
-
-
-def hidden_mse(
-    student_states: tuple[torch.Tensor, ...],
-    teacher_states: tuple[torch.Tensor, ...],
-    pairs: list[tuple[int, int]],
-    token_mask: torch.Tensor,
-    projection: Any | None,
-) -> torch.Tensor:
-    """Mean over layer pairs of the per-token MSE between (projected) student and teacher hidden states."""
-    mask = token_mask.float()
-    total = 0.0
-    for s, t in pairs:
-        hs = student_states[s].float()
-        if projection is not None:
-            hs = projection(hs)
-        per_token = (hs - teacher_states[t].float()).pow(2).mean(-1)
-        total = total + (per_token * mask).sum() / mask.sum().clamp(min=1.0)
-    return total / max(len(pairs), 1)
-
-
-def attention_mse(
-    student_maps: tuple[torch.Tensor, ...],
-    teacher_maps: tuple[torch.Tensor, ...],
-    pairs: list[tuple[int, int]],
-    token_mask: torch.Tensor,
-) -> torch.Tensor:
-    """Mean over layer pairs of the squared error of attention rows (summed over keys), over real queries.
-
-    With different head counts the maps are averaged over heads first."""
-    mask = token_mask.float()
-    total = 0.0
-    for s, t in pairs:
-        a_s, a_t = student_maps[s].float(), teacher_maps[t].float()
-        if a_s.shape[1] != a_t.shape[1]:
-            a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)
-        per_query = (a_s - a_t).pow(2).sum(-1).mean(1)  # [batch, queries]
-        total = total + (per_query * mask).sum() / mask.sum().clamp(min=1.0)
-    return total / max(len(pairs), 1)
-
-
-def distill_loss(
-    cfg: DistillConfig,
-    task: str,
-    student_out: Any,
-    teacher_out: Any,
-    batch: dict[str, torch.Tensor],
-    *,
-    layer_pairs: list[tuple[int, int]] | None = None,
-    projection: Any | None = None,
-) -> LossParts:
-    """The objective of one micro-batch from both models' outputs (see the module docstring)."""
-
-    labels = batch["labels"]
-    s_logits, t_logits = _aligned_logits(task, student_out.logits, teacher_out.logits)
-    kd = kd_loss(s_logits, t_logits, kd_positions(task, labels), cfg.temperature)
-    task_loss = student_out.loss if cfg.alpha > 0 else torch.zeros((), device=kd.device)
-    total = cfg.alpha * task_loss.float() + (1.0 - cfg.alpha) * cfg.temperature**2 * kd
-    parts = LossParts(total=total, task=float(task_loss.detach()), kd=float(kd.detach()))
-    if cfg.hidden_loss > 0 or cfg.attention_loss > 0:
-        assert layer_pairs is not None
-        ids = batch["input_ids"]
-        token_mask = batch.get("attention_mask")
-        if token_mask is None:
-            token_mask = torch.ones_like(ids)
-        if cfg.hidden_loss > 0:
-            # Index 0 of hidden_states is the embedding output; layer i's output is index i + 1.
-            pairs = [(0, 0)] + [(s + 1, t + 1) for s, t in layer_pairs]
-            hidden = hidden_mse(
-                student_out.hidden_states, teacher_out.hidden_states, pairs, token_mask, projection
-            )
-            total = total + cfg.hidden_loss * hidden
-            parts.hidden = float(hidden.detach())
-        if cfg.attention_loss > 0:
-            attention = attention_mse(student_out.attentions, teacher_out.attentions, layer_pairs, token_mask)
-            total = total + cfg.attention_loss * attention
-            parts.attention = float(attention.detach())
-        parts.total = total
-    return parts
-
-
-def default_layer_map(student_layers: int, teacher_layers: int, kept: list[int] | None) -> list[int]:
-    """A reduced student matches the layers it was copied from; any other evenly spaced, last to last."""
-    if kept is not None and len(kept) == student_layers:
-        return list(kept)
-    return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
-
-
 # -- preparing a run (launching host, once) --------------------------------------------------------------
 
 
@@ -340,12 +191,6 @@ def _check_teacher_task(config: Any, task: str, teacher: str) -> None:
 def _vocab_of(config: Any) -> int | None:
     value = getattr(config, "vocab_size", None)
     return int(value) if isinstance(value, int) else None
-
-
-def _widths(config: Any) -> int | None:
-    from scaling.models.load import hidden_size_of
-
-    return hidden_size_of(config)
 
 
 def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, DistillConfig]:
@@ -504,17 +349,11 @@ def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, Distill
 
 
 def _parallel_problems(parallel: Any) -> list[Problem]:
-    """DistillRun is the data-parallel (ZeRO) trainer; the pipeline, AutoTP and Ulysses engines are other
-    TrainingRun subclasses."""
-    return [
-        Problem(option, "distillation runs data-parallel with ZeRO only", value)
-        for option, value in (
-            ("--pipeline-stages", parallel.pipeline_stages),
-            ("--tensor-parallel", parallel.tensor_parallel),
-            ("--sequence-parallel", parallel.sequence_parallel),
-        )
-        if value > 1
-    ]
+    """Layouts no distillation runs on (the pipeline); attention maps under TP/SP depend on the loss terms and
+    are refused by the objective on every rank (see scaling.compress.distill_objective.parallel_problems)."""
+    from scaling.compress.distill_objective import parallel_problems
+
+    return [Problem(option, why, value) for option, why, value in parallel_problems(None, parallel)]
 
 
 def _check_same_objective(output: Path, cfg: DistillConfig, *, resuming: bool) -> None:
@@ -558,7 +397,9 @@ def _write_random_student(
 
     torch.manual_seed(seed)
     model = build_model(describe_source(source), task=task, tokenizer=tokenizer, num_labels=num_labels)
-    if vocab is not None and model.get_input_embeddings().weight.shape[0] != vocab:
+    weight = model.get_input_embeddings().weight
+    assert isinstance(weight, torch.Tensor)
+    if vocab is not None and weight.shape[0] != vocab:
         model.resize_token_embeddings(vocab)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -581,265 +422,14 @@ def load_distill_config(run_dir: Path) -> DistillConfig:
     return DistillConfig.load(path)
 
 
-def teacher_deepspeed_config(run: RunConfig) -> dict[str, Any]:
-    """The teacher's engine: ZeRO-3 partitioned like the student's, no optimizer, same precision."""
-    zero = run.deepspeed.get("zero_optimization", {})
-    section: dict[str, Any] = {"stage": 3}
-    for key, value in zero.items():
-        if key.startswith("stage3_") or key in ("offload_param", "param_persistence_threshold"):
-            section[key] = value
-    config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": run.optim.micro_batch,
-        "gradient_accumulation_steps": 1,
-        "zero_optimization": section,
-        "steps_per_print": 1 << 30,
-    }
-    for key in ("bf16", "fp16"):
-        if run.deepspeed.get(key, {}).get("enabled"):
-            config[key] = {"enabled": True}
-    return config
-
-
-@contextmanager
-def _zero3_init(ds_config: dict[str, Any]) -> Iterator[None]:
-    """Partition parameters as transformers creates them (see scaling.engine.build._zero3_construction)."""
-    from transformers.integrations import HfDeepSpeedConfig
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    keep_alive = HfDeepSpeedConfig(ds_config)
-    try:
-        yield
-    finally:
-        del keep_alive
-        unset_hf_deepspeed_config()
-
-
-class _StateKeepingCheckpoints:
-    """Wraps the run's CheckpointManager to keep the rank state a resume loaded (DistillRun restores its
-    own additions from it)."""
-
-    def __init__(self, inner: Any):
-        self._inner = inner
-        self.loaded_state: dict[str, Any] | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def load(self, engine: Any, ref: Any, **kwargs: Any) -> dict[str, Any]:
-        state = self._inner.load(engine, ref, **kwargs)
-        self.loaded_state = state
-        return state
-
-
-class DistillRun(TrainingRun):
-    """A training run whose model is the student and whose objective also looks at a frozen teacher."""
-
-    def __init__(self, run: RunConfig, env: LaunchEnv, distill: DistillConfig):
-        super().__init__(run, env)
-        self.distill = distill
-        self.ckpt = _StateKeepingCheckpoints(self.ckpt)  # type: ignore[assignment]
-        self.teacher: Any = None
-        self.projection: Any = None
-        self.projection_optim: Any = None
-        self.layer_pairs: list[tuple[int, int]] | None = None
-        self.last_parts: LossParts | None = None
-
-    @property
-    def _wants_hidden(self) -> bool:
-        return self.distill.hidden_loss > 0
-
-    @property
-    def _wants_attention(self) -> bool:
-        return self.distill.attention_loss > 0
-
-    def build_engine(self) -> tuple[Any, Any]:
-
-        from scaling.compress.student import num_layers
-
-        engine, hf_config = super().build_engine()
-        if self._wants_attention:
-            # sdpa returns no attention probabilities; eager computes the same function and does.
-            engine.module.set_attn_implementation("eager")
-        self.teacher = self._build_teacher(engine.device)
-        t_config = self._teacher_module().config
-        if self._wants_hidden or self._wants_attention:
-            layer_map = self.distill.layer_map or default_layer_map(
-                num_layers(hf_config), num_layers(t_config), self.distill.kept_layers
-            )
-            self.layer_pairs = list(enumerate(layer_map))
-        s_width, t_width = _widths(hf_config), _widths(t_config)
-        if self._wants_hidden and s_width != t_width:
-            assert s_width is not None and t_width is not None
-            # Trained alongside the student but not part of it (the export stays a plain student), so it
-            # has its own optimizer; its gradients are averaged over ranks by hand (see train_step).
-            generator = torch.Generator().manual_seed(self.run.optim.seed)
-            self.projection = torch.nn.Linear(s_width, t_width, bias=False)
-            with torch.no_grad():
-                bound = 1.0 / math.sqrt(s_width)
-                self.projection.weight.uniform_(-bound, bound, generator=generator)
-            self.projection.to(engine.device)
-            self.projection_optim = torch.optim.AdamW(
-                self.projection.parameters(),
-                lr=self.run.optim.lr,
-                betas=self.run.optim.betas,
-                eps=self.run.optim.eps,
-                weight_decay=0.0,
-            )
-        return engine, hf_config
-
-    def _teacher_module(self) -> Any:
-        return getattr(self.teacher, "module", self.teacher)
-
-    def _build_teacher(self, device: Any) -> Any:
-
-        from scaling.models import model_class_for
-
-        run = self.run
-        assert self.distill.teacher_dir is not None
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.optim.precision, torch.float32)
-        kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
-        if self._wants_attention:
-            kwargs["attn_implementation"] = "eager"
-        cls = model_class_for(run.model.task)
-        if run.zero_stage == 3:
-            import deepspeed
-
-            ds_config = teacher_deepspeed_config(run)
-            with _zero3_init(ds_config):
-                model = cls.from_pretrained(self.distill.teacher_dir, **kwargs)
-            model.requires_grad_(False)
-            teacher, _, _, _ = deepspeed.initialize(model=model, config=ds_config, dist_init_required=False)
-            teacher.eval()
-            return teacher
-        model = cls.from_pretrained(self.distill.teacher_dir, **kwargs).to(device)
-        model.requires_grad_(False)
-        model.eval()
-        return model
-
-    def _teacher_outputs(self, batch: dict[str, torch.Tensor], **extra: Any) -> Any:
-
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        with torch.no_grad():
-            return self.teacher(**inputs, **extra)
-
-    def _extra_outputs(self) -> dict[str, bool]:
-        extra = {}
-        if self._wants_hidden:
-            extra["output_hidden_states"] = True
-        if self._wants_attention:
-            extra["output_attentions"] = True
-        return extra
-
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        extra = self._extra_outputs()
-        student = self.engine(**batch, **extra)
-        teacher = self._teacher_outputs(batch, **extra)
-        parts = distill_loss(
-            self.distill,
-            self.run.model.task,
-            student,
-            teacher,
-            batch,
-            layer_pairs=self.layer_pairs,
-            projection=self.projection,
-        )
-        self.last_parts = parts
-        return parts.total
-
-    def train_step(self, step: int, window: Any, sigterm: Any) -> bool:
-        lr = float(self.engine.get_lr()[0])
-        stop = super().train_step(step, window, sigterm)
-        if self.projection is not None:
-            self._step_projection(lr)
-        return stop
-
-    def _step_projection(self, lr: float) -> None:
-        import torch.distributed as dist
-
-        from scaling.engine.trainer import _loss_scale
-
-        scale = _loss_scale(self.engine) or 1.0
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        for param in self.projection.parameters():
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
-            if world > 1:
-                dist.all_reduce(param.grad)
-            param.grad.div_(world * scale)
-        for group in self.projection_optim.param_groups:
-            group["lr"] = lr
-        self.projection_optim.step()
-        self.projection_optim.zero_grad(set_to_none=True)
-
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """The student's task metrics plus `eval_kd_loss`: KL(teacher || student) at T on the eval data."""
-        import torch.distributed as dist
-
-        metrics = super().evaluate()
-        task = self.run.model.task
-        engine = self.engine
-        engine.eval()
-        totals = torch.zeros(2, dtype=torch.float64)
-        for batch in self.eval_batches:
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            student = engine(**batch)
-            teacher = self._teacher_outputs(batch)
-            s, t = _aligned_logits(task, student.logits, teacher.logits)
-            mask = kd_positions(task, batch["labels"])
-            count = float(mask.sum()) if mask is not None else float(s.shape[0])
-            totals[0] += float(kd_loss(s, t, mask, self.distill.temperature)) * count
-            totals[1] += count
-        if dist.is_initialized():
-            dist.all_reduce(totals)
-        engine.train()
-        metrics["eval_kd_loss"] = (totals[0] / totals[1].clamp(min=1)).item()
-        return metrics
-
-    def before_commit(self, ref: CheckpointRef) -> None:
-        """The distillation settings beside run_config.json in every checkpoint, readable without torch (the
-        rank states keep a copy for the resume check)."""
-        super().before_commit(ref)
-        if self.rank == 0:
-            from scaling.checkpoint.store import atomic_write_text
-
-            atomic_write_text(ref.ours / DISTILL_CONFIG_FILE, self.distill.to_json())
-
-    def _rank_state(self, step: int, tokens_seen: int) -> dict[str, Any]:
-        state = super()._rank_state(step, tokens_seen)
-        state["distill"] = dataclasses.asdict(self.distill)
-        if self.projection is not None:
-            state["projection"] = self.projection.state_dict()
-            state["projection_optim"] = self.projection_optim.state_dict()
-        return state
-
-    def _maybe_resume(self) -> tuple[int, int]:
-        start = super()._maybe_resume()
-        state = self.ckpt.loaded_state
-        if state is None:
-            return start
-        saved = state.get("distill")
-        if saved is not None:
-            changed = [k for k in LOSS_FIELDS if saved.get(k) != getattr(self.distill, k)]
-            if changed:
-                raise UserError(
-                    "cannot resume: the checkpoint was distilled with different "
-                    + ", ".join(f"{k} ({saved.get(k)} -> {getattr(self.distill, k)})" for k in changed)
-                )
-        if self.projection is not None:
-            if "projection" not in state:
-                raise UserError("cannot resume: the checkpoint has no hidden-state projection")
-            self.projection.load_state_dict(state["projection"])
-            self.projection_optim.load_state_dict(state["projection_optim"])
-        return start
-
-
 def distill_train(run: RunConfig, distill: DistillConfig, env: LaunchEnv) -> TrainResult:
-    """Run (or resume) the distillation described by `run` + `distill` in this process, as rank `env.rank`
-    (process group, failure reports and teardown as for any training run)."""
+    """Run (or resume) the distillation described by `run` + `distill` in this process, as rank `env.rank`:
+    the composed trainer with the distillation objective on the run's layout (process group, failure reports
+    and teardown as for any training run)."""
+    from scaling.compress.distill_objective import DistillObjective
     from scaling.engine.trainer import train
 
-    return train(run, env, make=lambda r, e: DistillRun(r, e, distill))
+    return train(run, env, objective=DistillObjective(run, distill))
 
 
 # -- the pipeline's distill stage ------------------------------------------------------------------------

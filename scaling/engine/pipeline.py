@@ -1,32 +1,50 @@
-"""Pipeline-parallel training: the HF decoder split into stages, run by DeepSpeed's PipelineEngine.
+"""Pipeline-parallel layout: the HF decoder split into stages, run by DeepSpeed's PipelineEngine.
 
 The engine runs all `grad_accum` micro-batches of a step itself (`train_batch`), interleaving forward and
 backward passes of different micro-batches across stages (1F1B). Only the first stage consumes inputs and only
-the last stage consumes labels; middle stages read no data at all.
+the last stage consumes labels; middle stages read no data at all. The loss is the pipeline module's own
+causal-LM loss on the last stage, so only objectives whose loss that is (`pipeline_loss`) run here: a
+distillation teacher would have to be evaluated per stage, which this layout does not do (refused before
+launch, see scaling.compress.distill).
 """
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
-from scaling.engine.trainer import NonFiniteLoss, TrainingRun, _count_tokens, _SigtermFlag, _Window
+from scaling.engine.layout import Layout, StepLoop
+from scaling.engine.state import position_seed
+from scaling.engine.step_window import NonFiniteLoss, SigtermFlag, StepWindow, count_tokens
+from scaling.errors import UserError
+
+if TYPE_CHECKING:
+    from scaling.engine.objective import Objective
+
+__all__ = ["PipelineLayout", "fix_pipeline_clip_norm"]
 
 
-class PipelineRun(TrainingRun):
-    """A TrainingRun whose engine is a PipelineEngine over `run.parallel.pipeline_stages` stages."""
+class PipelineLayout(Layout):
+    """The engine is a PipelineEngine over `run.parallel.pipeline_stages` stages."""
 
-    def build_engine(self) -> tuple[Any, Any]:
-        from scaling.engine.build import make_model
+    name = "pipeline"
+
+    def build_engine(self, objective: Objective, tokenizer: Any) -> tuple[Any, Any]:
         from scaling.models.pipe import build_pipeline_module
 
+        if not objective.pipeline_loss:
+            raise UserError(
+                f"{type(objective).__name__} cannot run pipelined: the pipeline engine computes its own "
+                "language-modelling loss on the last stage"
+            )
         run = self.run
         # Build the whole HF model on every rank from the same seed, then keep this stage's layers: every
         # stage starts from exactly the weights the unpipelined model would have.
-        model = make_model(run, self.tokenizer)
+        model = objective.build_model(run, tokenizer)
         if run.model.activation_checkpointing:
             model.gradient_checkpointing_disable()  # the pipeline checkpoints whole layers itself
         pipe_cfg = (
@@ -47,28 +65,28 @@ class PipelineRun(TrainingRun):
             fix_pipeline_clip_norm(module, self.rank)
         self.is_first_stage = engine.is_first_stage()
         self.is_last_stage = engine.is_last_stage()
+        self.engine = engine
         return engine, model.config
 
-    def _micro_batches(self) -> list[dict[str, torch.Tensor]]:
+    def _micro_batches(self, loop: StepLoop) -> list[dict[str, torch.Tensor]]:
         if not (self.is_first_stage or self.is_last_stage):
             return []
-        return [next(self.stream) for _ in range(self.run.optim.grad_accum)]
+        return [loop.next_batch() for _ in range(self.run.optim.grad_accum)]
 
-    def train_step(self, step: int, window: _Window, sigterm: _SigtermFlag) -> bool:
+    def train_step(self, loop: StepLoop, step: int, window: StepWindow, sigterm: SigtermFlag) -> bool:
         from scaling.models.pipe import pipe_inputs
 
         engine = self.engine
-        window.note_lr(float(engine.get_lr()[0]))
+        lr = float(engine.get_lr()[0])
+        window.note_lr(lr)
         started = time.perf_counter()
-        batches = self._micro_batches()
+        batches = self._micro_batches(loop)
         data_wait = time.perf_counter() - started
         # One seed per step: the engine interleaves micro-batches, so a per-micro-step reseed is not ours
         # to place; dropout still replays exactly after a resume because the seed depends on the step only.
-        from scaling.engine.trainer import position_seed
-
         torch.manual_seed(position_seed(self.run.optim.seed, step, 0, self.rank))
         loss = engine.train_batch(data_iter=iter([pipe_inputs(b) for b in batches]))
-        bad_ranks, stop_requested = self._check(loss, sigterm.raised)
+        bad_ranks, stop_requested = loop.agree(loss, sigterm.raised)
         if bad_ranks:
             # The step is already applied: the pipeline cannot leave out a single micro-batch.
             raise NonFiniteLoss(
@@ -76,21 +94,20 @@ class PipelineRun(TrainingRun):
                 "single micro-batches)"
             )
         window.add_micro(loss.detach())
-        tokens = sum(_count_tokens(b) for b in batches) if self.is_first_stage else 0
+        loop.objective.after_step(engine, lr)
+        tokens = sum(count_tokens(b) for b in batches) if self.is_first_stage else 0
         window.end_step(time.perf_counter() - started, data_wait, tokens)
         return stop_requested
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Token-weighted eval loss, as the other engines report it: one pipeline pass per batch, so each
+    def evaluate(self, objective: Objective, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """Token-weighted eval loss, as the other layouts report it: one pipeline pass per batch, so each
         batch's mean loss can be weighted by its own number of targets."""
-        import math
-
         from scaling.models.pipe import pipe_inputs
 
         engine = self.engine
         totals = torch.zeros(2, dtype=torch.float64, device=engine.device)  # summed token loss, targets
-        for batch in self.eval_batches:
+        for batch in batches:
             # Unreduced and not broadcast: the default averages each batch's loss over the data-parallel
             # replicas before we could weight it by this replica's own targets.
             outputs = engine.eval_batch(

@@ -1,29 +1,35 @@
-"""Tensor-parallel training through DeepSpeed AutoTP (`"tensor_parallel": {"autotp_size": T}`).
+"""Tensor-parallel layout through DeepSpeed AutoTP (`"tensor_parallel": {"autotp_size": T}`).
 
 AutoTP shards the linear layers of the HF model across T consecutive ranks when `deepspeed.initialize` runs.
 We create the (data, tensor) process-group mesh ourselves and hand DeepSpeed its `groups` module as the mpu:
 without an mpu, DeepSpeed checks the batch size against the whole world instead of the data-parallel size.
 Tensor-parallel peers share a data-parallel rank, so they read identical batches (DeepSpeed also checks
-that on the first forward).
+that on the first forward). The sharded model's outputs (logits, hidden states) are whole on every peer, so
+any whole-sequence objective runs unchanged.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scaling.checkpoint.export import TP_CONSOLIDATED as CONSOLIDATED
-from scaling.checkpoint.store import CheckpointRef
-from scaling.engine.trainer import TrainingRun
+from scaling.engine.layout import Layout
+
+if TYPE_CHECKING:
+    from scaling.checkpoint.store import CheckpointRef
+    from scaling.engine.objective import Objective
+
+__all__ = ["TensorParallelLayout", "save_consolidated"]
 
 
-class TensorParallelRun(TrainingRun):
-    """A TrainingRun whose model is sharded by AutoTP over `run.parallel.tensor_parallel` ranks."""
+class TensorParallelLayout(Layout):
+    """The model is sharded by AutoTP over `run.parallel.tensor_parallel` ranks."""
 
-    def build_engine(self) -> tuple[Any, Any]:
-        from deepspeed.utils import groups
+    name = "tensor-parallel"
 
-        from scaling.engine.build import make_model
+    def build_engine(self, objective: Objective, tokenizer: Any) -> tuple[Any, Any]:
+        from scaling.compat.deepspeed import init_tensor_parallel_groups
 
         run = self.run
         config = dict(run.deepspeed)
@@ -31,9 +37,10 @@ class TensorParallelRun(TrainingRun):
             **config.get("tensor_parallel", {}),
             "autotp_size": run.parallel.tensor_parallel,
         }
-        groups._init_tp_mesh_device(tensor_model_parallel_size=run.parallel.tensor_parallel)
-        model = make_model(run, self.tokenizer)
-        return self.initialize_engine(model, config=config, mpu=groups), model.config
+        groups = init_tensor_parallel_groups(run.parallel.tensor_parallel)
+        model = objective.build_model(run, tokenizer)
+        self.engine = self.initialize_engine(model, config=config, mpu=groups)
+        return self.engine, model.config
 
     def before_commit(self, ref: CheckpointRef) -> None:
         save_consolidated(self.engine, ref.ours / CONSOLIDATED, rank=self.rank)
@@ -49,7 +56,9 @@ def save_consolidated(engine: Any, path: Path, *, rank: int) -> None:
 
     import torch
 
-    state = engine._consolidated_16bit_state_dict()
+    from scaling.compat.deepspeed import consolidated_16bit_state_dict
+
+    state = consolidated_16bit_state_dict(engine)
     if rank == 0 and state is not None:
         tmp = path.with_name(path.name + ".tmp")
         torch.save({k: v.detach().clone().float() for k, v in state.items()}, tmp)

@@ -1,25 +1,30 @@
-"""The training loop: DeepSpeed engine around an HF model, fed by the data stream, saving resumable
-checkpoints, logging from rank 0.
+"""The training loop, composed: one `Trainer` drives any layout with any objective.
+
+    Trainer = layout (how the model sits on the ranks: scaling.engine.layout and its pipeline, AutoTP and
+              Ulysses variants)
+            + objective (what is learnt: scaling.engine.objective.LanguageModelling, distillation in
+              scaling.compress.distill_objective)
+            + stateful extras (data stream, rng, counters, the objective's own state) gathered into each
+              checkpoint's rank state (scaling.engine.state)
+
+The trainer owns what every combination shares: the tokenizer, the data stream and eval batches, the step
+loop with logging, periodic eval and dynamic mixing, the agreement of all ranks on non-finite losses and
+SIGTERM (save at the step boundary, then `Preempted`, exit 75), checkpoints (atomic: committed by a manifest
+after every rank's files and the layout's and objective's extra files are written), resume (refusing a
+checkpoint of another layout) and the final export.
 
 Exactness across a resume rests on three things: the engine state (weights, optimizer, scheduler) that
-DeepSpeed restores; the data stream's own state (where each rank's sources stand); and randomness that is a
-function of position, not of history: every micro-step reseeds torch from (seed, step, micro-step, rank).
+DeepSpeed restores; the stateful extras; and randomness that is a function of position, not of history:
+every micro-step reseeds torch from (seed, step, micro-step, rank).
 """
 
 from __future__ import annotations
 
-import math
-import random
-import signal
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -29,16 +34,35 @@ from scaling.config.run import RunConfig
 from scaling.distributed.env import LaunchEnv
 from scaling.distributed.topology import Topology
 from scaling.engine import dist as dist_setup
+from scaling.engine.layout import Layout, layout_for
 from scaling.engine.metrics import MetricsSink, MfuMeter, memory_stats
-from scaling.engine.schedule import build_lr_scheduler
+from scaling.engine.objective import LanguageModelling, Objective
+from scaling.engine.state import (
+    Keyed,
+    RankState,
+    RngState,
+    position_seed,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from scaling.engine.step_window import NonFiniteLoss, SigtermFlag, StepWindow, all_reduce_int, loss_scale
 from scaling.errors import UserError
 from scaling.launch.status import EXIT_PREEMPTED, FAILED, PREEMPTED, write_report
 
-__all__ = ["EXIT_PREEMPTED", "Preempted", "TrainResult", "TrainingRun", "train"]
-
-
-class NonFiniteLoss(UserError):
-    """The loss became NaN/inf and the run was told to stop (`--on-nan stop`)."""
+__all__ = [
+    "EXIT_PREEMPTED",
+    "NonFiniteLoss",
+    "Preempted",
+    "TrainResult",
+    "Trainer",
+    "position_seed",
+    "rng_state",
+    "run_config_changes",
+    "seed_everything",
+    "set_rng_state",
+    "train",
+]
 
 
 class Preempted(Exception):
@@ -62,66 +86,14 @@ class TrainResult:
     eval: dict[str, float] = field(default_factory=dict)
 
 
-def position_seed(seed: int, step: int, micro: int, rank: int) -> int:
-    """A seed that depends only on where we are in the run, so dropout replays exactly after a resume."""
-    return int(np.random.SeedSequence([seed, step, micro, rank]).generate_state(1)[0])
-
-
-def _reseed(seed: int) -> None:
-    """torch.manual_seed for the devices we train on (CPU, CUDA), without its per-call cost: on a host without
-    an initialised CUDA it queues a lazy CUDA seed and formats a stack trace every call (~0.7% of a small
-    step, profiled); the resulting CPU and CUDA generator states are the same."""
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-    torch.default_generator.manual_seed(seed)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
-class _SigtermFlag:
-    """Records SIGTERM instead of dying mid-step; the loop saves at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.raised = False
-        self._previous: Any = None
-
-    def __enter__(self) -> _SigtermFlag:
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread (e.g. inside a test harness thread): nothing to catch
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.raised = True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def train(
-    run: RunConfig, env: LaunchEnv, *, make: Callable[[RunConfig, LaunchEnv], TrainingRun] | None = None
-) -> TrainResult:
+def train(run: RunConfig, env: LaunchEnv, *, objective: Objective | None = None) -> TrainResult:
     """Run (or resume) the training described by `run` in this process, as rank `env.rank`.
 
-    `make` builds the run object instead of `run_class_for(run)` (distillation passes its DistillRun)."""
+    The layout follows from the run's parallel degrees; `objective` defaults to language modelling on
+    `run.model.task` (distillation passes its own, see scaling.compress.distill_objective). On failure every
+    rank writes its report (rank, step, error) into the run directory before anything else can fail."""
     dist_setup.init_process_group(env, timeout_s=run.parallel.init_timeout_s)
-    training = (make or run_class_for(run))(run, env)
+    training = Trainer(run, env, objective=objective)
     try:
         result = training.fit()
     except Preempted as stop:
@@ -129,7 +101,6 @@ def train(
         dist_setup.teardown()
         raise
     except BaseException as err:
-        # Name this rank and its step in the run directory and the log before anything else can fail.
         error = f"{type(err).__name__}: {err}"
         write_report(run.output, rank=env.rank, step=training.current_step, kind=FAILED, error=error)
         where = f"rank {env.rank} failed at step {training.current_step}"
@@ -143,27 +114,60 @@ def train(
     return result
 
 
-def run_class_for(run: RunConfig) -> type[TrainingRun]:
-    """The TrainingRun subclass the parallel layout needs (the pipeline and AutoTP engines differ)."""
-    if run.parallel.pipeline_stages > 1:
-        from scaling.engine.pipeline import PipelineRun
+@dataclass
+class LoopCounters:
+    """The loop's own stateful extra: steps done, tokens this rank consumed, micro-batches skipped."""
 
-        return PipelineRun
-    if run.parallel.tensor_parallel > 1:
-        from scaling.engine.tensor_parallel import TensorParallelRun
+    step: int = 0
+    tokens_seen: int = 0
+    skipped_nonfinite: int = 0
 
-        return TensorParallelRun
-    if run.parallel.sequence_parallel > 1:
-        from scaling.engine.sequence_parallel import SequenceParallelRun
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "skipped_nonfinite": self.skipped_nonfinite,
+        }
 
-        return SequenceParallelRun
-    return TrainingRun
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.skipped_nonfinite = int(state["skipped_nonfinite"])
 
 
-class TrainingRun:
-    """One rank's share of a run: builds the engine, data and checkpointing, then `fit()`s."""
+class Provenance:
+    """Where a rank state was saved (world size, data-parallel rank, fp16 loss scale): read by `scaling
+    checkpoint reshape` and by people, never restored (the resume's layout check compares whole layouts)."""
 
-    def __init__(self, run: RunConfig, env: LaunchEnv):
+    def __init__(self, world_size: int, dp_rank: int, layout: Layout) -> None:
+        self.world_size = world_size
+        self.dp_rank = dp_rank
+        self.layout = layout
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "world_size": self.world_size,
+            "dp_rank": self.dp_rank,
+            "loss_scale": loss_scale(self.layout.engine),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Trainer:
+    """One rank's share of a run: builds the engine (through the layout and the objective), data and
+    checkpointing, then `fit()`s. The layout runs each step and calls back into `next_batch`, `agree` and
+    `handle_nonfinite` (its StepLoop)."""
+
+    def __init__(
+        self,
+        run: RunConfig,
+        env: LaunchEnv,
+        *,
+        layout: Layout | None = None,
+        objective: Objective | None = None,
+    ):
         self.run = run
         self.env = env
         self.rank = env.rank
@@ -176,12 +180,23 @@ class TrainingRun:
         self.dp_rank = self.topology.data_rank(self.rank)
         self.counts_data = self.topology.counts_data(self.rank)
         self.output = run.output
+        self.layout = layout or layout_for(run, env)
+        self.objective: Objective = objective or LanguageModelling(run.model.task)
         self.ckpt = CheckpointManager(self.output / "checkpoints", self.rank, run.checkpoint.keep_last)
-        self.skipped_nonfinite = 0
+        self.counters = LoopCounters()
+        self.rank_state = RankState()
         self.resume_changes: list[str] = []
         self.current_step = 0  # the optimizer step being run (1-based), named in failure reports
 
-    # -- building (extension points: build_engine, compute_loss, train_step) ------------------------------
+    @property
+    def engine(self) -> Any:
+        return self.layout.engine
+
+    @property
+    def skipped_nonfinite(self) -> int:
+        return self.counters.skipped_nonfinite
+
+    # -- building -------------------------------------------------------------------------------------
 
     def _build(self) -> None:
         from scaling.data import build_eval_batches, build_train_stream
@@ -190,7 +205,8 @@ class TrainingRun:
         run = self.run
         seed_everything(run.optim.seed)
         self.tokenizer = load_run_tokenizer(run, self.rank)
-        self.engine, self.hf_config = self.build_engine()
+        engine, self.hf_config = self.layout.build_engine(self.objective, self.tokenizer)
+        self.objective.attach(engine)
         self.stream = build_train_stream(
             run.data,
             self.tokenizer,
@@ -212,52 +228,23 @@ class TrainingRun:
                 max_batches=run.log.eval_batches,
             )
             # Under ZeRO-3 every forward gathers parameters collectively: all ranks must run as many.
-            count = _all_reduce_int(len(batches), dist.ReduceOp.MIN, device=self.engine.device)
+            count = all_reduce_int(len(batches), dist.ReduceOp.MIN, device=engine.device)
             self.eval_batches = batches[:count]
-
-    def build_engine(self) -> tuple[Any, Any]:
-        """The DeepSpeed engine around the model, and the HF config an export needs.
-
-        Subclasses swap in other engines (the pipeline engine) or models (a distillation student)."""
-        from scaling.engine.build import make_model
-
-        model = make_model(self.run, self.tokenizer)
-        return self.initialize_engine(model), model.config
-
-    def initialize_engine(self, model: Any, *, config: dict[str, Any] | None = None, mpu: Any = None) -> Any:
-        """deepspeed.initialize over `model` with our AdamW parameter groups and the run's JSON (or `config`).
-
-        Without a `scheduler` section in the JSON the schedule is ours (HF semantics); DeepSpeed still steps it
-        at each boundary and saves it in checkpoints."""
-        import deepspeed
-
-        from scaling.engine.build import param_groups
-
-        run = self.run
-        config = run.deepspeed if config is None else config
-        own_schedule = None
-        if "scheduler" not in config:
-            own_schedule = partial(build_lr_scheduler, optim=run.optim, total_steps=run.total_steps)
-        engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            model_parameters=param_groups(model, run.optim.weight_decay),
-            config=config,
-            lr_scheduler=own_schedule,
-            mpu=mpu,
-            dist_init_required=False,
-        )
-        return engine
-
-    def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The training objective of one micro-batch (distillation overrides it)."""
-        return self.engine(**batch).loss
+        for part in (
+            self.counters,
+            Provenance(self.env.world_size, self.dp_rank, self.layout),
+            Keyed("data", self.stream),
+            RngState(),
+            self.objective,
+        ):
+            self.rank_state.add(part)
 
     # -- the loop -------------------------------------------------------------------------------------
 
     def fit(self) -> TrainResult:
         run = self.run
         self._build()
-        start_step, tokens_seen = self._maybe_resume()
+        start_step = self._maybe_resume()
         if self.rank == 0:
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "run_config.json").write_text(run.to_json(), encoding="utf-8")
@@ -272,12 +259,13 @@ class TrainingRun:
         if mfu is not None:
             sink.message(mfu.describe())
         last_saved = start_step if start_step else None
-        window = _Window()
+        window = StepWindow()
         final_loss = None
         eval_metrics: dict[str, float] = {}
         step = start_step
+        counters = self.counters
         try:
-            with _SigtermFlag() as sigterm:
+            with SigtermFlag() as sigterm:
                 while step < run.total_steps:
                     self.current_step = step + 1
                     stop_now = self.train_step(step, window, sigterm)
@@ -286,11 +274,12 @@ class TrainingRun:
                         # stops answering for dist_timeout_s is dead or hung, and the job should end.
                         dist_setup.set_collective_timeout(run.parallel.dist_timeout_s)
                     step += 1
-                    tokens_seen += window.last_tokens_local
+                    counters.step = step
+                    counters.tokens_seen += window.last_tokens_local
                     sink.advance()
                     if step % run.log.log_every == 0 or step == run.total_steps:
                         record = window.flush(step, self.engine)
-                        record["skipped_nonfinite"] = self.skipped_nonfinite
+                        record["skipped_nonfinite"] = counters.skipped_nonfinite
                         record.update(self.stream.metrics())
                         record.update(memory_stats())
                         if mfu is not None:
@@ -304,10 +293,10 @@ class TrainingRun:
                     if adapted:
                         sink.log({"step": step, **{f"mix_weight/{k}": v for k, v in adapted.items()}})
                     if stop_now:
-                        ref = self._save(step, tokens_seen)
+                        ref = self.save_checkpoint(step)
                         raise Preempted(step, ref.path)
                     if run.checkpoint.save_every and step % run.checkpoint.save_every == 0:
-                        self._save(step, tokens_seen)
+                        self.save_checkpoint(step)
                         last_saved = step
                     if step == run.checkpoint.halt_at_step:
                         break
@@ -320,7 +309,7 @@ class TrainingRun:
                 eval_metrics = self.evaluate()
                 sink.log({"step": step, **eval_metrics})
             ref = (
-                self._save(step, tokens_seen)
+                self.save_checkpoint(step)
                 if last_saved != step
                 else CheckpointRef(self.ckpt.root, f"step-{step:08d}")
             )
@@ -335,43 +324,16 @@ class TrainingRun:
             final_loss=final_loss,
             checkpoint=ref.path,
             export_dir=export_dir,
-            skipped_nonfinite=self.skipped_nonfinite,
+            skipped_nonfinite=counters.skipped_nonfinite,
             eval=eval_metrics,
         )
 
-    def train_step(self, step: int, window: _Window, sigterm: _SigtermFlag) -> bool:
-        """One optimizer step of grad_accum good micro-batches. Returns whether any rank got SIGTERM.
+    def train_step(self, step: int, window: StepWindow, sigterm: SigtermFlag) -> bool:
+        """One optimizer step, run by the layout. Returns whether any rank got SIGTERM."""
+        return self.layout.train_step(self, step, window, sigterm)
 
-        The pipeline engine overrides this: it runs all micro-batches of a step itself (train_batch)."""
-        run = self.run
-        engine = self.engine
-        engine.train()
-        window.note_lr(float(engine.get_lr()[0]))
-        started = time.perf_counter()
-        data_wait = 0.0
-        micro = 0
-        attempts = 0
-        tokens = 0
-        while micro < run.optim.grad_accum:
-            fetch_started = time.perf_counter()
-            batch = next(self.stream)
-            data_wait += time.perf_counter() - fetch_started
-            _reseed(position_seed(run.optim.seed, step, attempts, self.rank))
-            attempts += 1
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            loss = self.compute_loss(batch)
-            bad_ranks, stop_requested = self._check(loss, sigterm.raised)
-            if bad_ranks:
-                self._handle_nonfinite(step, bad_ranks, attempts)
-                continue
-            engine.backward(loss)
-            engine.step()
-            window.add_micro(loss.detach())
-            if self.counts_data:  # tensor and sequence peers hold the same batch: count it once
-                tokens += _count_tokens(batch)
-            micro += 1
-        window.end_step(time.perf_counter() - started, data_wait, tokens)
-        return stop_requested
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        return next(self.stream)
 
     def _mfu_meter(self) -> MfuMeter | None:
         """MFU against the datasheet and a measured matmul peak, on GPU only (None elsewhere)."""
@@ -382,7 +344,7 @@ class TrainingRun:
         except (AttributeError, TypeError, ZeroDivisionError):  # a model config without the usual names
             return None
 
-    def _check(self, loss: torch.Tensor, sigterm_raised: bool) -> tuple[list[int], bool]:
+    def agree(self, loss: torch.Tensor, sigterm_raised: bool) -> tuple[list[int], bool]:
         """One small all-reduce per micro-step: which ranks saw a non-finite loss, and whether any rank
         was asked to stop. Every rank must agree, or a skipped backward would deadlock the others.
 
@@ -398,13 +360,13 @@ class TrainingRun:
         bad = [rank for rank, flag in enumerate(values[:-1]) if flag > 0]
         return bad, values[-1] > 0
 
-    def _handle_nonfinite(self, step: int, bad_ranks: list[int], attempts: int) -> None:
+    def handle_nonfinite(self, step: int, bad_ranks: list[int], attempts: int) -> None:
         where = f"step {step + 1}, rank(s) {', '.join(map(str, bad_ranks))}"
         if self.run.optim.on_nan == "stop":
             raise NonFiniteLoss(
                 f"non-finite loss at {where}; stopping without saving (use --on-nan skip to skip such batches)"
             )
-        self.skipped_nonfinite += 1
+        self.counters.skipped_nonfinite += 1
         # A diverged model makes every batch non-finite; skipping forever would hide that.
         if attempts > 10 * self.run.optim.grad_accum:
             raise NonFiniteLoss(
@@ -413,76 +375,35 @@ class TrainingRun:
 
     # -- evaluation -----------------------------------------------------------------------------------
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        task = self.run.model.task
-        engine = self.engine
-        engine.eval()
-        totals = torch.zeros(3, dtype=torch.float64, device=engine.device)  # loss * count, count, correct
-        for batch in self.eval_batches:
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
-            out = engine(**batch)
-            labels = batch["labels"]
-            if task == "seq-cls":
-                count = labels.numel()
-                totals[2] += (out.logits.argmax(-1) == labels).sum().item()
-            elif task == "clm":
-                count = int((labels[:, 1:] != -100).sum())
-            else:
-                count = int((labels != -100).sum())
-            totals[0] += float(out.loss) * count
-            totals[1] += count
-        if dist.is_initialized():
-            dist.all_reduce(totals)
-        engine.train()
-        loss = (totals[0] / totals[1].clamp(min=1)).item()
-        metrics = {"eval_loss": loss}
-        if task == "seq-cls":
-            metrics["eval_accuracy"] = (totals[2] / totals[1].clamp(min=1)).item()
-        else:
-            metrics["eval_perplexity"] = math.exp(min(loss, 50.0))
-        return metrics
+        """The objective's eval metrics over this rank's eval batches (collective)."""
+        return self.layout.evaluate(self.objective, self.eval_batches)
 
     def _evaluate_loss(self, batches: list[dict[str, torch.Tensor]]) -> float:
         """Collective eval loss over the given batches (the data stream's dynamic-mixing hook)."""
-        saved, self.eval_batches = self.eval_batches, batches
-        try:
-            return self.evaluate()["eval_loss"]
-        finally:
-            self.eval_batches = saved
+        return self.layout.evaluate(self.objective, batches)["eval_loss"]
 
     # -- checkpoints ----------------------------------------------------------------------------------
 
-    def _rank_state(self, step: int, tokens_seen: int) -> dict[str, Any]:
-        return {
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "skipped_nonfinite": self.skipped_nonfinite,
-            "data": self.stream.state_dict(),
-            "rng": rng_state(),
-            "world_size": self.env.world_size,
-            "dp_rank": self.dp_rank,
-            "loss_scale": _loss_scale(self.engine),
-        }
-
-    def _save(self, step: int, tokens_seen: int) -> CheckpointRef:
+    def save_checkpoint(self, step: int) -> CheckpointRef:
+        """Save and commit step `step` (collective: every rank)."""
         self._assert_finite_weights(step)
         # Ranks wait in barriers while the slowest writes its shards: allow the start-up bound for that.
         with dist_setup.collective_timeout(self.run.parallel.init_timeout_s):
             return self.ckpt.save(
                 self.engine,
                 step=step,
-                rank_state=self._rank_state(step, tokens_seen),
+                rank_state=self.rank_state.state_dict(),
                 run_config_json=self.run.to_json(),
                 hf_config=self.hf_config,
                 tokenizer=self.tokenizer,
                 barrier=dist_setup.barrier,
-                before_commit=self.before_commit,
+                before_commit=self._before_commit,
             )
 
-    def before_commit(self, ref: CheckpointRef) -> None:
-        """Called on every rank after all files of a save are written, before the manifest commits them:
-        the place for extra files a layout needs (tensor-parallel shards gathered for export)."""
+    def _before_commit(self, ref: CheckpointRef) -> None:
+        self.layout.before_commit(ref)
+        self.objective.before_commit(ref, self.rank)
 
     def _assert_finite_weights(self, step: int) -> None:
         # Never commit non-finite weights: a resume from them could never recover.
@@ -496,28 +417,29 @@ class TrainingRun:
         if finite.item() < 1:
             raise NonFiniteLoss(f"weights are non-finite at step {step}; refusing to save a checkpoint")
 
-    def _maybe_resume(self) -> tuple[int, int]:
+    def _maybe_resume(self) -> int:
+        """Restore the engine and every stateful extra from the checkpoint `--resume` names; the step to
+        continue from (0 for a fresh start)."""
         ref = resolve_resume(self.run.checkpoint.resume, self.ckpt.root)
         if ref is None:
-            return 0, 0
+            return 0
         self._check_layout(ref)
         state = self.ckpt.load(self.engine, ref)
         self.resume_changes = run_config_changes(saved_run_config(ref), self.run.to_dict())
-        self.stream.load_state_dict(state["data"])
-        set_rng_state(state["rng"])
-        self.skipped_nonfinite = state["skipped_nonfinite"]
-        return int(state["step"]), int(state["tokens_seen"])
+        self.rank_state.load_state_dict(state)
+        return self.counters.step
 
     def _check_layout(self, ref: CheckpointRef) -> None:
         """Refuse, on every rank alike, a checkpoint saved for other process counts or degrees: DeepSpeed may
         load its shards anyway (same ZeRO world) while the data positions belong to other data ranks."""
-        from scaling.checkpoint.reshape import Layout, reshape_record, source_layout
+        from scaling.checkpoint.reshape import Layout as SavedLayout
+        from scaling.checkpoint.reshape import reshape_record, source_layout
         from scaling.errors import CheckpointError
 
         record = reshape_record(ref)
-        saved = Layout(**record["target"]) if record else source_layout(saved_run_config(ref))
+        saved = SavedLayout(**record["target"]) if record else source_layout(saved_run_config(ref))
         parallel = self.run.parallel
-        current = Layout(
+        current = SavedLayout(
             world_size=self.env.world_size,
             pipeline_stages=parallel.pipeline_stages,
             tensor_parallel=parallel.tensor_parallel,
@@ -570,74 +492,3 @@ def run_config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[s
 
 def _normalise(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-def _count_tokens(batch: dict[str, torch.Tensor]) -> int:
-    mask = batch.get("attention_mask")
-    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
-
-
-def _all_reduce_int(value: int, op: Any, device: Any = "cpu") -> int:
-    tensor = torch.tensor([value], dtype=torch.int64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=op)
-    return int(tensor.item())
-
-
-def _loss_scale(engine: Any) -> float | None:
-    optimizer = getattr(engine, "optimizer", None)
-    scale = getattr(optimizer, "cur_scale", None) or getattr(optimizer, "loss_scale", None)
-    try:
-        return float(scale) if scale is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-class _Window:
-    """Accumulates per-step figures between log records without forcing a host sync every step."""
-
-    def __init__(self) -> None:
-        self._losses: list[torch.Tensor] = []
-        self._tokens = 0
-        self._time = 0.0
-        self._data_wait = 0.0
-        self._steps = 0
-        self._lr = float("nan")
-        self.last_tokens_local = 0
-
-    def note_lr(self, lr: float) -> None:
-        self._lr = lr
-
-    def add_micro(self, loss: torch.Tensor) -> None:
-        self._losses.append(loss.float())
-
-    def end_step(self, seconds: float, data_wait: float, tokens: int) -> None:
-        self._time += seconds
-        self._data_wait += data_wait
-        self._tokens += tokens
-        self._steps += 1
-        self.last_tokens_local = tokens
-
-    def flush(self, step: int, engine: Any) -> dict[str, Any]:
-        local = torch.stack(self._losses).mean() if self._losses else torch.tensor(float("nan"))
-        totals = torch.tensor([float(local), float(self._tokens)], dtype=torch.float64, device=local.device)
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        if dist.is_initialized():
-            dist.all_reduce(totals)
-        loss = float(totals[0] / world)
-        tokens = float(totals[1])
-        seconds = max(self._time, 1e-9)
-        grad_norm = engine.get_global_grad_norm()
-        record = {
-            "step": step,
-            "loss": loss,
-            "loss_hex": loss.hex(),
-            "lr": self._lr,
-            "grad_norm": float(grad_norm) if grad_norm is not None else None,
-            "tokens_per_s": tokens / seconds,
-            "samples_per_s": engine.train_batch_size() * self._steps / seconds,
-            "step_time_s": seconds / max(self._steps, 1),
-            "data_wait_pct": 100.0 * self._data_wait / seconds,
-        }
-        self.__init__()
-        return record

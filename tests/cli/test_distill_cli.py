@@ -108,13 +108,12 @@ def test_resume_with_another_objective(ok_args, tmp_path, teacher):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [DISTILL_CONFIG_FILE]
 
 
-@pytest.mark.parametrize("option", ["--pipeline-stages", "--sequence-parallel"])
-def test_model_parallel_layouts_are_refused(ok_args, tmp_path, option):
-    result = run(*ok_args, option, "2")
-    assert_usage_error(result, tmp_path, option, "data-parallel with ZeRO only")
+def test_pipeline_layout_is_refused_with_the_reason(ok_args, tmp_path):
+    result = run(*ok_args, "--pipeline-stages", "2")
+    assert_usage_error(result, tmp_path, "--pipeline-stages", "teacher cannot be evaluated per stage")
 
 
-def test_sequence_parallel_set_in_the_json_is_refused(ok_args, tmp_path):
+def test_sequence_parallel_set_in_the_json_is_accepted(ok_args, tmp_path):
     from scaling.cli.distill import _distill_config, distill
     from scaling.cli.train_options import run_request_from_options
     from scaling.compress.distill import prepare
@@ -124,9 +123,14 @@ def test_sequence_parallel_set_in_the_json_is_refused(ok_args, tmp_path):
     request = run_request_from_options(
         {**params, "model": params["teacher"]}, world_size=2, explicit=frozenset()
     )
-    with pytest.raises(ConfigError, match="data-parallel with ZeRO only"):
+    run_config, _ = prepare(request, _distill_config(params))  # distillation runs on Ulysses now
+    assert run_config.parallel.sequence_parallel == 2
+    params = distill.make_context("distill", [*ok_args, "--pipeline-stages", "2"]).params
+    request = run_request_from_options(
+        {**params, "model": params["teacher"]}, world_size=2, explicit=frozenset()
+    )
+    with pytest.raises(ConfigError, match="per stage"):
         prepare(request, _distill_config(params))
-    assert not (tmp_path / "run").exists()
 
 
 def test_missing_teacher(tmp_path, small_corpus):

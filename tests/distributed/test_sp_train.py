@@ -92,11 +92,10 @@ def test_sp2_x_dp2_zero3_trains_and_exports(tmp_path, small_corpus, clm_tokenize
 
 
 def test_refused_layout_exits_2_before_launch(tmp_path, small_corpus, clm_tokenizer):
-    from scaling.cli.train import train
-
     out = tmp_path / "bad"
     args = [*_args(out, small_corpus, clm_tokenizer), "--model", "tiny-bert", "--task", "mlm"]
-    result = CliRunner().invoke(train, [*args, "--sequence-parallel", "2", "--num-gpus", "2"])
+    # through the scaling group, which translates user errors to exit 2
+    result = CliRunner().invoke(cli, ["train", *args, "--sequence-parallel", "2", "--num-gpus", "2"])
     assert result.exit_code == 2, result.output
     assert "--task" in result.output and "causal LMs (clm) only" in result.output
     assert "Traceback" not in result.output

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scaling.compress.distill import (
-    DistillConfig,
+from scaling.compress.distill import DistillConfig
+from scaling.compress.distill_loss import (
     attention_mse,
     default_layer_map,
     distill_loss,

@@ -3,7 +3,7 @@
 from types import SimpleNamespace
 
 from scaling.config.deepspeed import RunValues, resolve_deepspeed
-from scaling.engine.trainer import _loss_scale
+from scaling.engine.step_window import loss_scale
 
 
 def test_fp16_resolution_enables_dynamic_loss_scaling():
@@ -15,6 +15,6 @@ def test_fp16_resolution_enables_dynamic_loss_scaling():
 
 
 def test_loss_scale_is_read_from_either_optimizer_flavour():
-    assert _loss_scale(SimpleNamespace(optimizer=SimpleNamespace(cur_scale=1024.0))) == 1024.0
-    assert _loss_scale(SimpleNamespace(optimizer=SimpleNamespace(loss_scale=512))) == 512.0
-    assert _loss_scale(SimpleNamespace(optimizer=SimpleNamespace())) is None
+    assert loss_scale(SimpleNamespace(optimizer=SimpleNamespace(cur_scale=1024.0))) == 1024.0
+    assert loss_scale(SimpleNamespace(optimizer=SimpleNamespace(loss_scale=512))) == 512.0
+    assert loss_scale(SimpleNamespace(optimizer=SimpleNamespace())) is None
