@@ -204,8 +204,8 @@ def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, Distill
     from scaling.models import describe_source, hf_config_for
 
     problems = cfg.problems()
-    # DistillRun is the data-parallel (ZeRO) trainer; the pipeline and AutoTP engines are other subclasses.
-    problems.extend(_parallel_problems(request.parallel))
+    # Every layout runs distillation except the combinations the objective refuses (and says why).
+    problems.extend(_parallel_problems(cfg, request.parallel))
     if problems:
         raise ConfigError(problems, header="cannot start this distillation")
     task = request.model.task
@@ -318,7 +318,7 @@ def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, Distill
     )
     # The options and the DeepSpeed JSON are checked against the teacher's shape before anything is written.
     checked = validate(dataclasses.replace(request, model=model))
-    layout = _parallel_problems(checked.parallel)  # degrees the JSON itself sets
+    layout = _parallel_problems(cfg, checked.parallel)  # degrees the JSON itself sets
     if layout:
         raise ConfigError(layout, header="cannot start this distillation")
 
@@ -348,12 +348,12 @@ def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, Distill
     return run, resolved
 
 
-def _parallel_problems(parallel: Any) -> list[Problem]:
-    """Layouts no distillation runs on (the pipeline); attention maps under TP/SP depend on the loss terms and
-    are refused by the objective on every rank (see scaling.compress.distill_objective.parallel_problems)."""
+def _parallel_problems(cfg: DistillConfig, parallel: Any) -> list[Problem]:
+    """The degrees this distillation cannot run with, refused before launch (the objective refuses them on
+    every rank as well, for runs started by a launcher we did not plan)."""
     from scaling.compress.distill_objective import parallel_problems
 
-    return [Problem(option, why, value) for option, why, value in parallel_problems(None, parallel)]
+    return [Problem(option, why, value) for option, why, value in parallel_problems(cfg, parallel)]
 
 
 def _check_same_objective(output: Path, cfg: DistillConfig, *, resuming: bool) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from scaling.config.autos import fill_model_autos
 from scaling.config.keys import is_comment
 from scaling.config.loading import DEFAULT_PRESET, PRESET_DIR, list_presets, load_config, load_json, locate
+from scaling.config.overrides import apply_overrides, leaf_paths, parse_override
 from scaling.config.schema import Heads, check_cross, check_schema
 from scaling.config.sections import (
     ASSUMED_GPUS_PER_NODE,
@@ -28,7 +29,15 @@ from scaling.config.sections import (
 from scaling.distributed.topology import Topology
 from scaling.errors import ConfigError, Problem
 
-__all__ = ["DEFAULT_PRESET", "PRESET_DIR", "list_presets", "load_json", "locate"]  # their old home
+__all__ = [  # their old home
+    "DEFAULT_PRESET",
+    "PRESET_DIR",
+    "apply_overrides",
+    "list_presets",
+    "load_json",
+    "locate",
+    "parse_override",
+]
 AUTO = "auto"
 # Run values no command has an option for: sources must not cite an option that does not exist.
 OPTIONLESS = frozenset({"--eps"})
@@ -185,49 +194,6 @@ def _fmt(value: Any) -> str:
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
-# -- loading -----------------------------------------------------------------------------------------------
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """`a.b.c=VALUE`: VALUE is JSON when it parses (numbers, true, null, lists), else a plain string."""
-    if "=" not in item:
-        raise ConfigError([Problem("--set", "expected KEY=VALUE with a dotted KEY", item)])
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key or any(not part for part in key.split(".")):
-        raise ConfigError([Problem("--set", "empty key segment", item)])
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key, value
-
-
-def apply_overrides(config: dict[str, Any], overrides: Iterable[str], sources: dict[str, str]) -> None:
-    for item in overrides:
-        key, value = parse_override(item)
-        node = config
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = value
-        for stale in [k for k in sources if k == key or k.startswith(key + ".")]:
-            del sources[stale]
-        for leaf in _leaves(value, key):
-            sources[leaf] = f"--set {item}"
-
-
-def _leaves(value: Any, prefix: str) -> Iterable[str]:
-    if isinstance(value, dict) and value:
-        for k, v in value.items():
-            yield from _leaves(v, f"{prefix}.{k}")
-    else:
-        yield prefix
-
-
 # -- resolution ----------------------------------------------------------------------------------------------
 
 
@@ -242,7 +208,7 @@ def resolve_deepspeed(
         path, origin = locate(spec)
         loaded = load_config(path)
         raw, load_notes = loaded.data, loaded.notes
-    sources = {leaf: origin for leaf in _leaves(raw, "")}
+    sources = {leaf: origin for leaf in leaf_paths(raw, "")}
     sources = {k.lstrip("."): v for k, v in sources.items()}
     apply_overrides(raw, overrides, sources)
 

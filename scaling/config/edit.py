@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scaling.config.deepspeed import parse_override
 from scaling.config.keys import canonical_path
 from scaling.config.loading import load_config, read_text
+from scaling.config.overrides import parse_override
 from scaling.config.schema import check_schema
 from scaling.errors import ConfigError, Problem
 

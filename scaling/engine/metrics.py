@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import resource
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from scaling.config.sections import LogConfig
+
+logger = logging.getLogger(__name__)
 
 
 class MetricsSink:
@@ -64,9 +67,9 @@ class MetricsSink:
         if not self.active:
             return
         if self._bar is not None:
-            self._bar.write(text, file=sys.stderr)
+            self._bar.write(text, file=sys.stderr)  # above the bar, which a log handler would tear
         else:
-            print(text, file=sys.stderr, flush=True)
+            logger.info(text)
 
     def close(self) -> None:
         for thing in (self._bar, self._tb, self._jsonl):

@@ -20,7 +20,7 @@ every micro-step reseeds torch from (seed, step, micro-step, rank).
 
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,8 @@ from scaling.engine.state import (
 from scaling.engine.step_window import NonFiniteLoss, SigtermFlag, StepWindow, all_reduce_int, loss_scale
 from scaling.errors import UserError
 from scaling.launch.status import EXIT_PREEMPTED, FAILED, PREEMPTED, write_report
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "EXIT_PREEMPTED",
@@ -104,7 +106,7 @@ def train(run: RunConfig, env: LaunchEnv, *, objective: Objective | None = None)
         error = f"{type(err).__name__}: {err}"
         write_report(run.output, rank=env.rank, step=training.current_step, kind=FAILED, error=error)
         where = f"rank {env.rank} failed at step {training.current_step}"
-        print(f"[scaling] {where}: {error}", file=sys.stderr, flush=True)
+        logger.error("%s: %s", where, error)
         if isinstance(err, UserError):
             dist_setup.teardown()  # raised on every rank together (non-finite loss, bad checkpoint)
         else:

@@ -243,7 +243,11 @@ def read_resolved(kind: JobKind, run_config: Path) -> dict[str, str]:
 
 
 def train_rank(kind: JobKind, texts: Mapping[str, str], env: LaunchEnv) -> TrainResult:
+    from scaling.logs import setup_logging
+
     limit_threads(env)
+    # Every rank keeps its own log in the run directory; only rank 0 speaks on the console below warnings.
+    setup_logging(env.rank, run_dir=run_config_from(texts).output, world_size=env.world_size)
     return kind.train(texts, env)
 
 

@@ -113,6 +113,22 @@ def test_pipeline_layout_is_refused_with_the_reason(ok_args, tmp_path):
     assert_usage_error(result, tmp_path, "--pipeline-stages", "teacher cannot be evaluated per stage")
 
 
+def test_attention_loss_with_sequence_parallelism_is_refused_before_anything_is_written(ok_args, tmp_path):
+    from scaling.cli.distill import _distill_config, distill
+    from scaling.cli.train_options import run_request_from_options
+    from scaling.compress.distill import prepare
+    from scaling.errors import ConfigError
+
+    argv = [*ok_args, "--attention-loss", "1", "--sequence-parallel", "2"]
+    params = distill.make_context("distill", argv).params
+    request = run_request_from_options(
+        {**params, "model": params["teacher"]}, world_size=2, explicit=frozenset()
+    )
+    with pytest.raises(ConfigError, match="--attention-loss needs whole attention maps"):
+        prepare(request, _distill_config(params))
+    assert not (tmp_path / "run").exists()
+
+
 def test_sequence_parallel_set_in_the_json_is_accepted(ok_args, tmp_path):
     from scaling.cli.distill import _distill_config, distill
     from scaling.cli.train_options import run_request_from_options
