@@ -200,9 +200,10 @@ def section_gpu(d: dict[str, Any] | None, dry: dict[str, Any] | None) -> list[st
         f"Memory: peak {(mem.get('peak_gpu_bytes') or 0) / 2**30:.1f} GiB vs `scaling estimate`"
         f" {(mem.get('estimate_total_bytes') or 0) / 2**30:.1f} GiB (model states"
         f" {(mem.get('estimate_model_states_bytes') or 0) / 2**30:.1f} GiB, activations"
-        f" {(mem.get('estimate_activation_bytes') or 0) / 2**30:.1f} GiB): the estimate is"
-        f" {1 / (mem.get('measured_over_estimate') or float('nan')):.1f}x the peak, all in the activation term"
+        f" {(mem.get('estimate_activation_bytes') or 0) / 2**30:.1f} GiB): measured / estimated"
+        f" {mem.get('measured_over_estimate') or float('nan'):.2f}"
         f" ({mem.get('note', '')}).",
+        *([f"fp16: {fp16['note']}."] if isinstance(fp16, dict) and fp16.get("note") else []),
     ]
 
 
