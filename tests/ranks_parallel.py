@@ -72,9 +72,9 @@ def pipe_parity(
     """Train the pipelined model on fixed batches; return the step losses and this stage's HF weights."""
     import deepspeed
 
+    from scaling.compat.deepspeed import count_every_pipeline_param_in_clip_norm
     from scaling.distributed import Topology
     from scaling.engine import dist as dist_setup
-    from scaling.engine.pipeline import fix_pipeline_clip_norm
     from scaling.models.pipe import build_pipeline_module, named_hf_parameters, pipe_inputs
 
     env = _init()
@@ -94,7 +94,7 @@ def pipe_parity(
             dist_init_required=False,
         )
         if zero == 0:
-            fix_pipeline_clip_norm(module, env.rank)
+            count_every_pipeline_param_in_clip_norm(module, env.rank)
         dp_rank = topo.data_rank(env.rank)
         losses = []
         for step in range(steps):

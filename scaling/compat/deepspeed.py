@@ -132,3 +132,29 @@ def any_batch_ulysses(**kwargs: Any) -> Any:
             return super().forward(module, query, *args, **kwargs)
 
     return AnyBatchUlysses(**kwargs)
+
+
+def sequence_parallel_state(sp_size: int) -> Any:
+    """Create DeepSpeed-Ulysses' sequence and sequence-data-parallel groups and return the module holding
+    them (`deepspeed.runtime.sequence_parallel.parallel_state_sp`), which DeepSpeed takes as its mpu. The
+    module is not part of DeepSpeed's documented API."""
+    import deepspeed.runtime.sequence_parallel.parallel_state_sp as state
+
+    state.initialize_sequence_parallel(sequence_parallel_size=sp_size)
+    return state
+
+
+def count_every_pipeline_param_in_clip_norm(module: Any, rank: int) -> None:
+    """Make DeepSpeed's fp32 (ZeRO-0) pipeline clip with the true global norm.
+
+    DeepSpeed's `clip_grad_norm_` counts a parameter only when its (undocumented) `model_parallel` attribute
+    is set or it lives on model-parallel rank 0, which in a pipeline is stage 0: the other stages' gradients
+    were left out of the norm. Mark every parameter model-parallel, except the tied embedding on all but one
+    of the stages that hold it (`PipelineModule.tied_comms`/`tied_modules`), so that it is counted once.
+    """
+    for param in module.parameters():
+        param.model_parallel = True
+    for key, comm in module.tied_comms.items():
+        if rank != min(comm["ranks"]):
+            for param in module.tied_modules[key].parameters():
+                param.model_parallel = False

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
+from scaling.compat.deepspeed import count_every_pipeline_param_in_clip_norm
 from scaling.engine.layout import Layout, StepLoop
 from scaling.engine.state import position_seed
 from scaling.engine.step_window import NonFiniteLoss, SigtermFlag, StepWindow, count_tokens
@@ -25,7 +26,7 @@ from scaling.errors import UserError
 if TYPE_CHECKING:
     from scaling.engine.objective import Objective
 
-__all__ = ["PipelineLayout", "fix_pipeline_clip_norm"]
+__all__ = ["PipelineLayout"]
 
 
 class PipelineLayout(Layout):
@@ -62,7 +63,7 @@ class PipelineLayout(Layout):
         )
         engine = self.initialize_engine(module)
         if run.zero_stage == 0:
-            fix_pipeline_clip_norm(module, self.rank)
+            count_every_pipeline_param_in_clip_norm(module, self.rank)
         self.is_first_stage = engine.is_first_stage()
         self.is_last_stage = engine.is_last_stage()
         self.engine = engine
@@ -123,19 +124,3 @@ class PipelineLayout(Layout):
         engine.train()
         value = float(totals[0] / totals[1].clamp(min=1))
         return {"eval_loss": value, "eval_perplexity": math.exp(min(value, 50.0))}
-
-
-def fix_pipeline_clip_norm(module: Any, rank: int) -> None:
-    """Make the fp32 (ZeRO-0) pipeline clip with the true global norm.
-
-    DeepSpeed's clip_grad_norm_ counts a parameter only when it is marked model-parallel or lives on
-    model-parallel rank 0, which in a pipeline is stage 0: the other stages' gradients were left out of the
-    norm. Mark every parameter model-parallel, except the tied embedding on all but one of the stages that
-    hold it, so that it is counted once.
-    """
-    for param in module.parameters():
-        param.model_parallel = True
-    for key, comm in module.tied_comms.items():
-        if rank != min(comm["ranks"]):
-            for param in module.tied_modules[key].parameters():
-                param.model_parallel = False

@@ -120,12 +120,11 @@ class SequenceParallelUnit:
 def install_ulysses(model: Any, *, sp_size: int, micro_batch: int) -> SequenceParallelUnit:
     """Create the sequence-parallel groups, route `model`'s attention through Ulysses, return the mpu
     DeepSpeed needs (sequence and sequence-data-parallel groups)."""
-    import deepspeed.runtime.sequence_parallel.parallel_state_sp as mpu
     from transformers import AttentionInterface
 
-    from scaling.compat.deepspeed import any_batch_ulysses
+    from scaling.compat.deepspeed import any_batch_ulysses, sequence_parallel_state
 
-    mpu.initialize_sequence_parallel(sequence_parallel_size=sp_size)
+    mpu = sequence_parallel_state(sp_size)
     config = model.config.get_text_config()
     heads = config.num_attention_heads
     ulysses = any_batch_ulysses(

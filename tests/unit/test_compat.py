@@ -218,6 +218,41 @@ def test_ulysses_attention_accepts_a_shorter_batch(gloo_world):
     assert output.numel() == rows * seq * heads * size
 
 
+def test_sequence_parallel_state_is_the_mpu_deepspeed_takes(gloo_world):
+    import deepspeed.runtime.sequence_parallel.parallel_state_sp as state
+
+    assert _params(state.initialize_sequence_parallel) == ["sequence_parallel_size"]
+    for name in (
+        "get_sequence_parallel_group",
+        "get_sequence_parallel_rank",
+        "get_sequence_data_parallel_group",
+    ):
+        assert callable(getattr(state, name, None)), name
+    # A 1-rank world cannot hold a group of 2 (the SP tests in tests/distributed build real ones); the call
+    # still reaches DeepSpeed's own check.
+    with pytest.raises(RuntimeError, match="less than sequence_parallel_size"):
+        ds_compat.sequence_parallel_state(2)
+
+
+def test_pipeline_clip_norm_marks_counted_params_the_way_deepspeed_reads_them():
+    from deepspeed.runtime import utils
+    from deepspeed.runtime.pipe.module import PipelineModule
+
+    # DeepSpeed's norm counts a parameter by its `model_parallel` attribute; the pipeline keeps tied groups.
+    assert "model_parallel" in inspect.getsource(utils)
+    assert "self.tied_comms" in inspect.getsource(PipelineModule)
+    tied = torch.nn.Linear(2, 2)
+    module = torch.nn.Module()
+    module.stage = torch.nn.Linear(2, 2)
+    module.tied_modules = torch.nn.ModuleDict({"embed": tied})
+    module.tied_comms = {"embed": {"ranks": [0, 1]}}
+    ds_compat.count_every_pipeline_param_in_clip_norm(module, rank=1)
+    assert all(p.model_parallel for p in module.stage.parameters())
+    assert not any(p.model_parallel for p in tied.parameters())  # counted on rank 0 only
+    ds_compat.count_every_pipeline_param_in_clip_norm(module, rank=0)
+    assert all(p.model_parallel for p in tied.parameters())
+
+
 # ---------------------------------------------------------------- transformers
 
 
