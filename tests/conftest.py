@@ -47,6 +47,17 @@ def clm_tokenizer(small_corpus: Path, tmp_path_factory: pytest.TempPathFactory) 
     return out
 
 
+def _pristine_linear():
+    import torch.nn.functional as functional
+
+    return functional.linear
+
+
+# Taken before any test or fixture runs: a module-scoped fixture that builds a ZeRO-3 engine patches it before
+# the per-test fixture below could take it.
+_PRISTINE_LINEAR = _pristine_linear()
+
+
 @pytest.fixture(autouse=True)
 def _restore_functional_linear():
     """deepspeed.zero.Init replaces torch.nn.functional.linear process-wide ("persists unless manually
@@ -54,9 +65,8 @@ def _restore_functional_linear():
     (torch.export traces, as INC's PT2E quantization does, fail on the wrapper's signature)."""
     import torch.nn.functional as functional
 
-    linear = functional.linear
     yield
-    functional.linear = linear
+    functional.linear = _PRISTINE_LINEAR
 
 
 @pytest.fixture(autouse=True)

@@ -85,7 +85,7 @@ def abandon() -> None:
 
     if dist.is_initialized():
         with suppress(Exception):  # the group is already broken; exiting is all that is left to do
-            dist.destroy_process_group()
+            _destroy_world()
 
 
 def teardown() -> None:
@@ -96,7 +96,22 @@ def teardown() -> None:
         try:
             dist.barrier()
         finally:
-            dist.destroy_process_group()
+            _destroy_world()
+
+
+def _destroy_world() -> None:
+    """Destroy every group, through DeepSpeed when it manages them: its `destroy_process_group` also drops the
+    groups it caches (world clone, data-parallel, ZeRO, sequence-parallel), which a torch-only destroy leaves
+    stale, so a later run in the same process (a notebook, `compress pipeline`, tests) would use dead groups."""
+    import sys
+
+    import torch.distributed as dist
+
+    comm = sys.modules.get("deepspeed.comm.comm")  # holds the live `cdb` (the package re-export does not)
+    if comm is not None and getattr(comm, "cdb", None) is not None:
+        comm.destroy_process_group()
+    else:
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -43,10 +43,9 @@ def world1() -> Any:
     saved = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     bench.init_dist(0, 1, bench.free_port())
     yield bench
-    import torch.distributed as dist
+    from scaling.engine import dist as dist_setup
 
-    dist.barrier()
-    dist.destroy_process_group()
+    dist_setup.teardown()  # through DeepSpeed, so its cached groups go too
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

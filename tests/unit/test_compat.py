@@ -17,6 +17,7 @@ from scaling.compat import deepspeed as ds_compat
 from scaling.compat import inc as inc_compat
 from scaling.compat import torch_dist
 from scaling.compat import transformers as hf_compat
+from scaling.engine import dist as dist_setup
 
 
 def _params(fn) -> list[str]:
@@ -42,12 +43,16 @@ def gloo_world():
             patch.setenv(key, value)
         created = not dist.is_initialized()
         if created:
-            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+            # Through DeepSpeed's own init, as the product does: it replaces deepspeed.comm's backend object,
+            # which an earlier in-process run (a CLI test) left holding its destroyed groups.
+            import deepspeed
+
+            deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, rank=0, world_size=1)
         previous = torch_dist.default_group_timeout()
         yield dist.group.WORLD
         torch_dist.set_default_group_timeout(previous)
         if created:
-            dist.destroy_process_group()
+            dist_setup.teardown()
 
 
 def _group_timeout(group) -> timedelta:

@@ -1,0 +1,40 @@
+"""Two runs in one process: teardown must leave DeepSpeed no dead groups for the next run to use."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import textwrap
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_second_zero3_run_in_the_same_process_after_teardown():
+    # A fresh interpreter: the process-global DeepSpeed state under test must not be pytest's own.
+    code = textwrap.dedent(
+        f"""
+        import deepspeed, torch
+        from scaling.distributed.env import LaunchEnv
+        from scaling.engine import dist as dist_setup
+
+        config = {{"train_micro_batch_size_per_gpu": 1, "zero_optimization": {{"stage": 3}},
+                   "zero_allow_untested_optimizer": True}}
+        for attempt in range(2):
+            dist_setup.init_process_group(LaunchEnv(master_port={_free_port()} + attempt), timeout_s=60)
+            model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 3))
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+            engine.backward(engine(torch.ones(2, 4)).sum())
+            engine.step()
+            engine.destroy()
+            dist_setup.teardown()
+        print("two runs ok")
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0 and "two runs ok" in result.stdout, result.stderr[-3000:]
