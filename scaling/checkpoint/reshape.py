@@ -76,13 +76,7 @@ class Layout:
     @property
     def topology(self) -> Topology:
         """These degrees as a layout, unchecked: `check_reshape` reports what is wrong with it."""
-        return Topology(
-            world_size=self.world_size,
-            tensor_parallel=self.tensor_parallel,
-            pipeline_stages=self.pipeline_stages,
-            sequence_parallel=self.sequence_parallel,
-            check=False,
-        )
+        return Topology.unchecked(self)
 
     @property
     def data_parallel(self) -> int:

@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from scaling.errors import ConfigError, UserError
-from scaling.launch.job import RUN_CONFIG, JobKind, JobRequest, job_launch_options, run_config_from, run_job
+from scaling.launch.job import (
+    RUN_CONFIG,
+    JobKind,
+    JobRequest,
+    job_launch_options,
+    result_summary,
+    run_config_from,
+    run_job,
+)
 
 if TYPE_CHECKING:
     from scaling.config.run import RunConfig
@@ -142,12 +150,7 @@ def _train(texts: Mapping[str, str], env: LaunchEnv) -> TrainResult:
 
 
 def _summary(result: TrainResult) -> list[str]:
-    loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
-    lines = [f"done: step {result.final_step}, loss {loss}, checkpoint {result.checkpoint}"]
-    lines += [f"{key}: {value:.4f}" for key, value in sorted(result.eval.items())]
-    if result.export_dir:
-        lines.append(f"student (HF model): {result.export_dir}")
-    return lines
+    return result_summary(result, model_label="student (HF model)", with_eval=True)
 
 
 JOB = JobKind(

@@ -15,7 +15,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from scaling.cli.train_options import explicit_options, run_options, run_request_from_options
-from scaling.launch.job import RUN_CONFIG, JobKind, JobRequest, job_launch_options, run_config_from, run_job
+from scaling.launch.job import (
+    RUN_CONFIG,
+    JobKind,
+    JobRequest,
+    job_launch_options,
+    result_summary,
+    run_config_from,
+    run_job,
+)
 
 if TYPE_CHECKING:
     from scaling.config.run import RunConfig
@@ -58,11 +66,7 @@ def _train(texts: Mapping[str, str], env: LaunchEnv) -> TrainResult:
 
 
 def _summary(result: TrainResult) -> list[str]:
-    loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
-    lines = [f"done: step {result.final_step}, loss {loss}, checkpoint {result.checkpoint}"]
-    if result.export_dir:
-        lines.append(f"HF model: {result.export_dir}")
-    return lines
+    return result_summary(result)
 
 
 JOB = JobKind(

@@ -99,13 +99,7 @@ class RunValues:
     @property
     def topology(self) -> Topology:
         """The layout of these degrees, unchecked (the resolver reports what is wrong with it)."""
-        return Topology(
-            world_size=self.world_size,
-            tensor_parallel=self.tensor_parallel,
-            pipeline_stages=self.pipeline_stages,
-            sequence_parallel=self.sequence_parallel,
-            check=False,
-        )
+        return Topology.unchecked(self)
 
     @property
     def data_parallel(self) -> int:

@@ -93,13 +93,7 @@ class Layout:
 
     @property
     def topology(self) -> Topology:
-        return Topology(
-            world_size=self.world_size,
-            tensor_parallel=self.tensor_parallel,
-            pipeline_stages=self.pipeline_stages,
-            sequence_parallel=self.sequence_parallel,
-            check=False,  # an estimate describes any layout; resolution reports what is wrong with it
-        )
+        return Topology.unchecked(self)
 
     @property
     def data_parallel(self) -> int:

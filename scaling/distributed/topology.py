@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import InitVar, dataclass
+from typing import Protocol
 
 from scaling.errors import ConfigError, Problem
 
@@ -12,6 +13,19 @@ SEQUENCE_PARALLEL_RULE = (
 )
 """Why a sequence-parallel degree > 1 refuses tensor and pipeline degrees > 1 (stated once, reported by
 every check of a layout: run options, DeepSpeed JSON, checkpoint reshape)."""
+
+
+class Degrees(Protocol):
+    """Anything that names the four degrees (run values, an estimate's or a reshape's layout)."""
+
+    @property
+    def world_size(self) -> int: ...
+    @property
+    def tensor_parallel(self) -> int: ...
+    @property
+    def pipeline_stages(self) -> int: ...
+    @property
+    def sequence_parallel(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -35,6 +49,17 @@ class Topology:
     check: InitVar[bool] = True
     """Raise ConfigError on an impossible layout. False describes any layout (data_parallel is then at least
     1) and leaves the verdict to `problems()`: for resolving and reporting, where every problem is listed."""
+
+    @classmethod
+    def unchecked(cls, degrees: Degrees) -> Topology:
+        """The layout of `degrees`, whatever they are: the caller reports `problems()` where it lists them."""
+        return cls(
+            world_size=degrees.world_size,
+            tensor_parallel=degrees.tensor_parallel,
+            pipeline_stages=degrees.pipeline_stages,
+            sequence_parallel=degrees.sequence_parallel,
+            check=False,
+        )
 
     def __post_init__(self, check: bool) -> None:
         problems = self.problems() if check else []

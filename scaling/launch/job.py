@@ -251,6 +251,19 @@ def train_rank(kind: JobKind, texts: Mapping[str, str], env: LaunchEnv) -> Train
     return kind.train(texts, env)
 
 
+def result_summary(
+    result: TrainResult, *, model_label: str = "HF model", with_eval: bool = False
+) -> list[str]:
+    """What rank 0 prints when a job ends: the last step and loss, the checkpoint, eval figures, the export."""
+    loss = "n/a" if result.final_loss is None else f"{result.final_loss:.4f}"
+    lines = [f"done: step {result.final_step}, loss {loss}, checkpoint {result.checkpoint}"]
+    if with_eval:
+        lines += [f"{key}: {value:.4f}" for key, value in sorted(result.eval.items())]
+    if result.export_dir:
+        lines.append(f"{model_label}: {result.export_dir}")
+    return lines
+
+
 def run_config_from(texts: Mapping[str, str]) -> RunConfig:
     from scaling.config.run import RunConfig
 
