@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from scaling.data.augment import AugmentPlan, augment_text, record_rng
-from scaling.data.chat import RecordError, check_format_name, encode_conversations, parse_record
+from scaling.data.chat import IGNORE, RecordError, check_format_name, encode_conversations, parse_record
 from scaling.data.config import DataConfig
 from scaling.data.streams import RecordStream, SourceRecord
 from scaling.errors import DataError
@@ -189,16 +189,23 @@ class TextChunker:
             "weights": list(state["weights"]),
         }
         stats = {"docs": len(records), "truncated": 0}
+        # A block or row without a single target (a long prompt) is dropped: alone in a micro-batch its mean
+        # loss would be 0/0, and it teaches nothing.
         if self.packed:
             blocks, next_state["carry"] = pack_conversations(encoded, state["carry"], self.data.seq_len)
+            blocks = blocks[((blocks[:, 1, 1:] != IGNORE) & (blocks[:, 2, 1:] == 0)).any(axis=1)]
             if self.shuffle and len(blocks) > 1:
                 blocks = blocks[
                     chunk_rng(self.seed, self.dp_rank, state["chunk"], 2).permutation(len(blocks))
                 ]
             return Chunk(blocks=blocks, batches=None, docs=len(records)), next_state, stats
         limit = self.data.seq_len
-        stats["truncated"] = sum(len(ids) > limit for ids, _ in encoded)
-        rows = [np.asarray([ids[:limit], labels[:limit]], dtype=np.int64) for ids, labels in encoded]
+        rows = []
+        for ids, labels in encoded:
+            if len(ids) > limit:
+                stats["truncated"] += 1
+            if any(label != IGNORE for label in labels[1:limit]):
+                rows.append(np.asarray([ids[:limit], labels[:limit]], dtype=np.int64))
         batches = self._group(rows, [None] * len(rows), state["chunk"])
         return Chunk(blocks=None, batches=batches, docs=len(records)), next_state, stats
 

@@ -26,7 +26,7 @@ from scaling.data.pipeline import (
 from scaling.data.shards import PackedShards, ShardChunker
 from scaling.data.sources import SourceSpec, is_packed_dir, parse_spec
 from scaling.data.streams import RecordStream, SourceRecord, open_record_stream
-from scaling.errors import ConfigError, Problem
+from scaling.errors import ConfigError, DataError, Problem
 
 TASKS = ("clm", "mlm", "seq-cls", "sft")
 STATE_VERSION = 1
@@ -123,7 +123,15 @@ class TrainStream:
         return self
 
     def _ensure_chunk(self) -> None:
+        first_epoch = None
         while self._chunk is None or self._emitted >= len(self._chunk):
+            # sft drops conversations without a target inside --seq-len: a whole pass of them would loop forever.
+            first_epoch = self.epoch if first_epoch is None else first_epoch
+            if self.epoch > first_epoch + 1:
+                raise DataError(
+                    f"data {', '.join(self.source_names)}: a whole pass yields no batch (task {self.task}: no "
+                    f"conversation has an assistant token within --seq-len {self.data.seq_len})"
+                )
             if self._chunk is not None:
                 assert self._next_state is not None
                 self._chunk_state = dict(self._next_state, weights=list(self._weights))
@@ -552,7 +560,8 @@ def _sft_eval_batches(
         tail[0], tail[1] = pad, -100
         tail[:, : carry.shape[1]] = carry
         tail[2, carry.shape[1]] = 1
-        blocks.append(tail)
+        if ((tail[1, 1:] != -100) & (tail[2, 1:] == 0)).any():  # a batch without targets has no mean loss
+            blocks.append(tail)
     for start in range(0, len(blocks), micro_batch):
         batches.append(sft_packed_batch(np.stack(blocks[start : start + micro_batch])))
     return batches[:wanted]

@@ -212,3 +212,38 @@ def test_packing_carries_a_partial_conversation_into_the_next_chunk():
     more, rest = pack_conversations([([20], [20])], carry, seq_len=3)
     assert more[0, 0].tolist() == [11, 12, 20] and more[0, 2].tolist() == [0, 0, 1] and rest == [[], [], []]
     assert np.array_equal(sft_packed_batch(more)["position_ids"][0].numpy(), [0, 1, 0])
+
+
+def _chat_file(tmp_path, n=8):
+    path = tmp_path / "chat.jsonl"
+    record = {
+        "messages": [
+            {"role": "user", "content": "a long question " * 8},
+            {"role": "assistant", "content": "ok"},
+        ]
+    }
+    path.write_text((json.dumps(record) + "\n") * n)
+    return path
+
+
+def test_unpacked_rows_carry_assistant_labels_and_padding_is_ignored(chat_tokenizer, tmp_path):
+    from scaling.data import DataConfig, build_train_stream
+
+    data = DataConfig(train=[str(_chat_file(tmp_path))], seq_len=128, packing=False)
+    batch = next(
+        build_train_stream(data, chat_tokenizer, task="sft", micro_batch=2, dp_rank=0, dp_size=1, seed=0)
+    )
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    targets = batch["labels"][0][batch["labels"][0] != -100]
+    assert chat_tokenizer.decode(targets).replace(" ", "").startswith("ok<|im_end|>")
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+def test_no_target_within_seq_len_is_a_data_error_not_a_hang(chat_tokenizer, tmp_path):
+    from scaling.data import DataConfig, build_train_stream
+    from scaling.errors import DataError
+
+    data = DataConfig(train=[str(_chat_file(tmp_path))], seq_len=8, packing=False)
+    stream = build_train_stream(data, chat_tokenizer, task="sft", micro_batch=2, dp_rank=0, dp_size=1, seed=0)
+    with pytest.raises(DataError, match="no conversation has an assistant token within --seq-len 8"):
+        next(stream)
