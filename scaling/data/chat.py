@@ -69,6 +69,8 @@ def to_messages(obj: object, fmt: str | None) -> list[Message]:
     """The conversation of one record as role/content messages, checked; RecordError says what is wrong."""
     if not isinstance(obj, dict):
         raise RecordError(f"a conversation record must be a JSON object, got {type(obj).__name__}")
+    # Tables (Parquet, HF datasets) hold one schema for all rows: another format's columns are null there.
+    obj = {key: value for key, value in obj.items() if value is not None}
     found = fmt or detect_format(obj)
     if found is None:
         raise RecordError(

@@ -247,3 +247,27 @@ def test_no_target_within_seq_len_is_a_data_error_not_a_hang(chat_tokenizer, tmp
     stream = build_train_stream(data, chat_tokenizer, task="sft", micro_batch=2, dp_rank=0, dp_size=1, seed=0)
     with pytest.raises(DataError, match="no conversation has an assistant token within --seq-len 8"):
         next(stream)
+
+
+def test_table_rows_with_other_formats_columns_null_are_detected(chat_tokenizer, tmp_path):
+    """Parquet (and HF datasets) give every row every column: an alpaca row has messages = null."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from scaling.data import DataConfig, build_train_stream
+
+    rows = [
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "yes"}], "instruction": None, "output": None},
+        {"messages": None, "instruction": "q", "output": "yes"},
+    ] * 4  # fmt: skip
+    path = tmp_path / "chat.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    assert parse_record(json.dumps(rows[1]), None) == [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": "yes"},
+    ]
+    data = DataConfig(train=[str(path)], seq_len=16)
+    batch = next(
+        build_train_stream(data, chat_tokenizer, task="sft", micro_batch=1, dp_rank=0, dp_size=1, seed=0)
+    )
+    assert (batch["labels"] != -100).any()
