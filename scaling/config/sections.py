@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from scaling.config.fields import option
 
-TASKS = ("clm", "mlm", "seq-cls")
+TASKS = ("clm", "mlm", "seq-cls", "sft")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 ON_NAN = ("stop", "skip")
@@ -26,9 +26,13 @@ class ModelConfig:
     """An HF model directory (weights loaded offline), a config.json (random init) or a preset (tiny-gpt2,
     tiny-llama, tiny-bert)."""
     task: str = option("clm", choices=TASKS)
-    """clm (causal LM), mlm (masked LM) or seq-cls (sequence classification)."""
+    """clm (causal LM), mlm (masked LM), seq-cls (sequence classification) or sft (chat fine-tuning of a
+    causal LM on conversations, loss on the assistant turns)."""
     tokenizer: str | None = option(None)
     """Tokenizer directory (default: the model's own, or one trained on --data for presets and bare configs)."""
+    chat_template: str | None = option(None, metavar="chatml|FILE")
+    """sft: the chat template, 'chatml' or a Jinja file (default: the tokenizer's own; ChatML, with its special
+    tokens added, for a tokenizer trained here)."""
     num_labels: int = option(2, min=2)
     """Classes for seq-cls."""
     vocab_size: int = option(4096, min=64)

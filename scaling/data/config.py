@@ -15,12 +15,15 @@ class DataConfig:
 
     train: list[str] = option(default_factory=list, flag="--data", param="data", metavar="SPEC")
     """Training source: [hf:]PATH|GLOB|DIR[:field|:line|:paragraph|:file][@weight], e.g.
-    `corpus/*.jsonl:text@0.7`; repeat to mix sources. A directory written by `scaling preprocess` is read as
+    `corpus/*.jsonl:text@0.7`; repeat to mix sources. For --task sft the part after ':' names the conversation
+    format (messages, alpaca, sharegpt; default: detected per record). A directory written by `scaling preprocess` is read as
     packed tokens."""
     eval: list[str] = option(default_factory=list, flag="--eval-data", param="eval_data", metavar="SPEC")
     """Held-out source spec (repeatable); evaluation is skipped without one."""
     seq_len: int = option(128, min=8)
     """Tokens per training sequence (packed block length for clm/mlm, max length for seq-cls)."""
+    train_on_prompt: bool = option(False)
+    """sft: make the prompt turns (system, user) training targets too, not only the assistant turns."""
     label_column: str = option("label")
     """Column (CSV/TSV) or field (JSONL) holding the class label for seq-cls."""
     packing: bool = option(True)

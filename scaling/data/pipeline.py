@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from scaling.data.augment import AugmentPlan, augment_text, record_rng
+from scaling.data.chat import IGNORE, RecordError, check_format_name, encode_conversations, parse_record
 from scaling.data.config import DataConfig
 from scaling.data.streams import RecordStream, SourceRecord
+from scaling.errors import DataError
 
 
 def tokenizer_ids(tokenizer) -> dict[str, int]:
@@ -91,6 +93,7 @@ class TextChunker:
         self.frame = (
             (cls_id, sep_id) if task == "seq-cls" and cls_id is not None and sep_id is not None else None
         )
+        self.formats = [check_format_name(s.spec.raw, s.spec.field) for s in streams] if task == "sft" else []
 
     def initial_state(self, weights: list[float]) -> dict:
         return {
@@ -139,6 +142,8 @@ class TextChunker:
                 augment_text(text, self.augment, record_rng(self.seed, src, r.epoch, r.index))
                 for text, (src, r) in zip(texts, records, strict=True)
             ]
+        if self.task == "sft":
+            return self._produce_sft(state, records)
         encoded = encode_texts(self.tokenizer, texts)
         next_state = {
             "chunk": state["chunk"] + 1,
@@ -159,6 +164,51 @@ class TextChunker:
         stats["truncated"] = truncated
         return Chunk(blocks=None, batches=batches, docs=len(records)), next_state, stats
 
+    def encode_conversations(
+        self, records: list[tuple[int, SourceRecord]]
+    ) -> list[tuple[list[int], list[int]]]:
+        conversations = []
+        for source, record in records:
+            try:
+                conversations.append(parse_record(record.text, self.formats[source]))
+            except RecordError as e:
+                raise DataError(
+                    f"data source {self.streams[source].spec.raw!r}, record {record.index + 1}: {e}"
+                ) from None
+        return encode_conversations(self.tokenizer, conversations, train_on_prompt=self.data.train_on_prompt)
+
+    def _produce_sft(
+        self, state: dict, records: list[tuple[int, SourceRecord]]
+    ) -> tuple[Chunk, dict, dict[str, int]]:
+        """Chat SFT: blocks [k, 3, seq_len] of ids, labels and conversation starts, or padded rows [2, n]."""
+        encoded = self.encode_conversations(records)
+        next_state = {
+            "chunk": state["chunk"] + 1,
+            "sources": [s.state() for s in self.streams],
+            "carry": [],
+            "weights": list(state["weights"]),
+        }
+        stats = {"docs": len(records), "truncated": 0}
+        # A block or row without a single target (a long prompt) is dropped: alone in a micro-batch its mean
+        # loss would be 0/0, and it teaches nothing.
+        if self.packed:
+            blocks, next_state["carry"] = pack_conversations(encoded, state["carry"], self.data.seq_len)
+            blocks = blocks[((blocks[:, 1, 1:] != IGNORE) & (blocks[:, 2, 1:] == 0)).any(axis=1)]
+            if self.shuffle and len(blocks) > 1:
+                blocks = blocks[
+                    chunk_rng(self.seed, self.dp_rank, state["chunk"], 2).permutation(len(blocks))
+                ]
+            return Chunk(blocks=blocks, batches=None, docs=len(records)), next_state, stats
+        limit = self.data.seq_len
+        rows = []
+        for ids, labels in encoded:
+            if len(ids) > limit:
+                stats["truncated"] += 1
+            if any(label != IGNORE for label in labels[1:limit]):
+                rows.append(np.asarray([ids[:limit], labels[:limit]], dtype=np.int64))
+        batches = self._group(rows, [None] * len(rows), state["chunk"])
+        return Chunk(blocks=None, batches=batches, docs=len(records)), next_state, stats
+
     def _bucket(self, encoded: list[list[int]], labels: list[int | None], chunk_index: int):
         limit = self.data.seq_len
         frame_len = 2 if self.frame else (1 if self.task != "seq-cls" and self.ids["eos"] >= 0 else 0)
@@ -173,16 +223,18 @@ class TextChunker:
             elif frame_len:
                 ids = [*ids, self.ids["eos"]]
             seqs.append(np.asarray(ids, dtype=np.int64))
+        return self._group(seqs, labels, chunk_index), truncated
+
+    def _group(self, seqs: list[np.ndarray], labels: list[int | None], chunk_index: int):
         # Length-grouped batching: neighbours in length share a batch (little padding); batch order is shuffled.
         order = np.argsort(
-            np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs)), kind="stable"
+            np.fromiter((s.shape[-1] for s in seqs), dtype=np.int64, count=len(seqs)), kind="stable"
         )
         groups = [order[i : i + self.micro_batch] for i in range(0, len(order), self.micro_batch)]
         if self.shuffle and len(groups) > 1:
             perm = chunk_rng(self.seed, self.dp_rank, chunk_index, 3).permutation(len(groups))
             groups = [groups[i] for i in perm]
-        batches = [([seqs[i] for i in g], [labels[i] for i in g]) for g in groups]
-        return batches, truncated
+        return [([seqs[i] for i in g], [labels[i] for i in g]) for g in groups]
 
 
 def pack_tokens(
@@ -218,27 +270,67 @@ def packed_batch(blocks: np.ndarray, *, eos: int, cross_doc_attention: bool) -> 
 
 
 def document_positions(input_ids: torch.Tensor, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, width = input_ids.shape
     starts = torch.zeros_like(input_ids, dtype=torch.bool)
-    starts[:, 0] = True
     starts[:, 1:] = input_ids[:, :-1] == eos
+    return positions_from_starts(starts), starts
+
+
+def positions_from_starts(starts: torch.Tensor) -> torch.Tensor:
+    """Position ids restarting at every marked document start (and at each row's first token)."""
+    starts[:, 0] = True
+    rows, width = starts.shape
     columns = torch.arange(width).expand(rows, width)
     last_start = torch.cummax(torch.where(starts, columns, torch.zeros_like(columns)), dim=1).values
-    return columns - last_start, starts
+    return columns - last_start
+
+
+def pack_conversations(
+    encoded: list[tuple[list[int], list[int]]], carry: list[list[int]], seq_len: int
+) -> tuple[np.ndarray, list[list[int]]]:
+    """Conversations (ids, labels) joined, prefixed by the carry, cut into blocks [k, 3, seq_len] of ids,
+    labels and a start flag on each conversation's first token; the rest carries over. No EOS is added: the
+    template's end token closes each assistant turn, and the start flags (not an EOS) separate conversations,
+    so a template whose end token is the EOS still keeps a multi-turn conversation in one piece."""
+    ids = list(chain.from_iterable(e[0] for e in encoded))
+    labels = list(chain.from_iterable(e[1] for e in encoded))
+    starts = list(chain.from_iterable([1] + [0] * (len(e[0]) - 1) for e in encoded if e[0]))
+    rows = np.asarray([ids, labels, starts], dtype=np.int64).reshape(3, -1)
+    if carry:
+        rows = np.concatenate([np.asarray(carry, dtype=np.int64).reshape(3, -1), rows], axis=1)
+    n_blocks = rows.shape[1] // seq_len
+    blocks = rows[:, : n_blocks * seq_len].reshape(3, n_blocks, seq_len).transpose(1, 0, 2)
+    return np.ascontiguousarray(blocks), rows[:, n_blocks * seq_len :].tolist()
+
+
+def sft_packed_batch(blocks: np.ndarray) -> dict[str, torch.Tensor]:
+    """Chat SFT batch of packed blocks [b, 3, seq_len]: positions restart at every conversation (no attention
+    mask, so HF models block attention across them, as for clm without cross-doc attention); the first token
+    of a later conversation is not a target of the one before."""
+    tensor = torch.from_numpy(np.ascontiguousarray(blocks)).long()
+    input_ids, labels, starts = tensor[:, 0].clone(), tensor[:, 1].clone(), tensor[:, 2].bool()
+    position_ids = positions_from_starts(starts)
+    labels[:, 1:][starts[:, 1:]] = -100
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
 
 
 def padded_batch(
     seqs: list[np.ndarray], labels: list[int | None], *, task: str, pad: int
 ) -> dict[str, torch.Tensor]:
     """Pad to the longest sequence of the batch (dynamic padding)."""
-    width = max(len(s) for s in seqs)
+    width = max(s.shape[-1] for s in seqs)
     input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    sft_labels = torch.full((len(seqs), width), -100, dtype=torch.long) if task == "sft" else None
     for row, seq in enumerate(seqs):
+        if sft_labels is not None:  # rows [2, n]: ids and labels
+            sft_labels[row, : seq.shape[-1]] = torch.from_numpy(seq[1])
+            seq = seq[0]
         input_ids[row, : len(seq)] = torch.from_numpy(seq)
         attention_mask[row, : len(seq)] = 1
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if task == "seq-cls":
+    if sft_labels is not None:
+        batch["labels"] = sft_labels
+    elif task == "seq-cls":
         batch["labels"] = torch.tensor([int(label) for label in labels], dtype=torch.long)  # type: ignore[arg-type]
     else:
         batch["labels"] = input_ids.masked_fill(attention_mask == 0, -100)

@@ -123,6 +123,8 @@ class ReaderOptions:
     field: str | None
     label_column: str | None
     max_doc_chars: int
+    records: bool = False
+    """Yield each JSONL line / Parquet row whole, as JSON text (chat SFT parses the conversation itself)."""
     # dataclasses.field: the bare name would be this class's `field` attribute
     counts: ReadCounts = dataclasses.field(default_factory=ReadCounts)
 
@@ -260,6 +262,9 @@ def _jsonl(path: str, offset: int, opts: ReaderOptions) -> Iterator[tuple[Record
             if not raw.strip():
                 opts.counts.skipped_empty += 1
                 continue
+            if opts.records:
+                yield (_decode(raw, opts.counts), None), pos
+                continue
             try:
                 obj = json.loads(_decode(raw, opts.counts))
                 text = obj[key]
@@ -344,6 +349,9 @@ def _parquet(path: str, offset: int, opts: ReaderOptions) -> Iterator[tuple[Reco
 
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
+    if opts.records:
+        yield from _parquet_rows(pf, offset)
+        return
     key = opts.field or ("text" if "text" in names else None)
     if key is None or key not in names:
         raise DataError(f"{path}: no column {opts.field or 'text'!r} (columns: {names})")
@@ -375,8 +383,23 @@ def _parquet(path: str, offset: int, opts: ReaderOptions) -> Iterator[tuple[Reco
                 yield from _split_long((text, label), row, opts)
 
 
-def file_reader(path: str, spec: SourceSpec):
+def _parquet_rows(pf, offset: int) -> Iterator[tuple[Record, int]]:
+    row = 0
+    for g in range(pf.metadata.num_row_groups):
+        size = pf.metadata.row_group(g).num_rows
+        if row + size <= offset:
+            row += size
+            continue
+        for values in pf.read_row_group(g).to_pylist():
+            row += 1
+            if row > offset:
+                yield (json.dumps(values), None), row
+
+
+def file_reader(path: str, spec: SourceSpec, *, records: bool = False):
     lower = path.lower()
+    if records and not lower.endswith(JSONL_EXTS + PARQUET_EXTS):
+        raise DataError(f"data source {spec.raw!r}: conversations are read from JSONL or Parquet, not {path}")
     if lower.endswith(TEXT_EXTS):
         unit = spec.field or "line"
         if unit not in TEXT_UNITS:

@@ -14,13 +14,21 @@ import torch
 from scaling.data.augment import Masker, batch_generator, parse_augment
 from scaling.data.config import MIX_MODES, DataConfig
 from scaling.data.mixing import dynamic_update, initial_weights
-from scaling.data.pipeline import Chunk, TextChunker, encode_texts, packed_batch, padded_batch, tokenizer_ids
+from scaling.data.pipeline import (
+    Chunk,
+    TextChunker,
+    encode_texts,
+    packed_batch,
+    padded_batch,
+    sft_packed_batch,
+    tokenizer_ids,
+)
 from scaling.data.shards import PackedShards, ShardChunker
 from scaling.data.sources import SourceSpec, is_packed_dir, parse_spec
-from scaling.data.streams import RecordStream, open_record_stream
-from scaling.errors import ConfigError, Problem
+from scaling.data.streams import RecordStream, SourceRecord, open_record_stream
+from scaling.errors import ConfigError, DataError, Problem
 
-TASKS = ("clm", "mlm", "seq-cls")
+TASKS = ("clm", "mlm", "seq-cls", "sft")
 STATE_VERSION = 1
 
 
@@ -36,6 +44,10 @@ def _validate(data: DataConfig, task: str, micro_batch: int, dp_rank: int, dp_si
         problems.append(Problem("--mix", f"must be one of {MIX_MODES}", data.mix))
     if not 0.0 < data.mlm_probability < 1.0:
         problems.append(Problem("mlm_probability", "must lie in (0, 1)", data.mlm_probability))
+    if task == "sft" and data.augment:
+        problems.append(
+            Problem("--augment", "text augmentation would corrupt chat records (task sft)", data.augment)
+        )
     if data.mix_update_every < 1:
         problems.append(Problem("--mix-update-every", "must be >= 1", data.mix_update_every))
     if problems:
@@ -54,6 +66,7 @@ def _open_streams(
             dp_rank=dp_rank,
             dp_size=dp_size,
             seed=seed,
+            records=task == "sft",
         )
         stream.shuffle_files = shuffle
         streams.append(stream)
@@ -110,7 +123,15 @@ class TrainStream:
         return self
 
     def _ensure_chunk(self) -> None:
+        first_epoch = None
         while self._chunk is None or self._emitted >= len(self._chunk):
+            # sft drops conversations without a target inside --seq-len: a whole pass of them would loop forever.
+            first_epoch = self.epoch if first_epoch is None else first_epoch
+            if self.epoch > first_epoch + 1:
+                raise DataError(
+                    f"data {', '.join(self.source_names)}: a whole pass yields no batch (task {self.task}: no "
+                    f"conversation has an assistant token within --seq-len {self.data.seq_len})"
+                )
             if self._chunk is not None:
                 assert self._next_state is not None
                 self._chunk_state = dict(self._next_state, weights=list(self._weights))
@@ -150,8 +171,11 @@ class TrainStream:
                 rows.append(self._chunk.blocks[self._emitted : self._emitted + take])
                 self._emitted += take
                 have += take
-            batch = packed_batch(
-                np.concatenate(rows), eos=self.eos_id, cross_doc_attention=self.data.cross_doc_attention
+            blocks = np.concatenate(rows)
+            batch = (
+                sft_packed_batch(blocks)
+                if self.task == "sft"
+                else packed_batch(blocks, eos=self.eos_id, cross_doc_attention=self.data.cross_doc_attention)
             )
         else:
             self._ensure_chunk()
@@ -261,14 +285,14 @@ class TrainStream:
         padded_batches = np.zeros(self.dp_size)
         for i, stream in enumerate(streams):
             open_docs, open_chars = np.zeros(self.dp_size), np.zeros(self.dp_size)
-            texts: list[str] = []
+            texts: list[SourceRecord] = []
             owners: list[int] = []
             while True:
                 record = stream.next_record(stop_at_epoch_end=True)
                 if record is not None:
                     rank = record.index % self.dp_size
                     docs[i, rank] += 1
-                    texts.append(record.text)
+                    texts.append(record)
                     owners.append(rank)
                     open_docs[rank] += 1
                     open_chars[rank] += len(record.text)
@@ -277,12 +301,7 @@ class TrainStream:
                         padded_batches[rank] += np.ceil(open_docs[rank] / self.micro_batch)
                         open_docs[rank] = open_chars[rank] = 0
                 if self._packed and (len(texts) >= 1000 or (record is None and texts)):
-                    ids = encode_texts(chunker.tokenizer, texts)
-                    np.add.at(
-                        tokens[i],
-                        np.asarray(owners),
-                        np.fromiter((len(x) + 1 for x in ids), dtype=np.float64, count=len(ids)),
-                    )
+                    np.add.at(tokens[i], np.asarray(owners), self._token_counts(chunker, i, texts))
                     texts, owners = [], []
                 elif not self._packed:
                     texts, owners = [], []
@@ -299,6 +318,14 @@ class TrainStream:
         avg_len = tokens.sum(1) / np.maximum(docs.sum(1), 1)
         docs_needed = self._mixed_docs_per_epoch(docs)
         return int(docs_needed * float((weights * avg_len).sum()) / self.data.seq_len / self.micro_batch)
+
+    def _token_counts(self, chunker: TextChunker, source: int, records: list[SourceRecord]) -> np.ndarray:
+        """Packed tokens per record: its tokens and EOS, or a conversation's tokens (sft adds no EOS)."""
+        if self.task == "sft":
+            pairs = chunker.encode_conversations([(source, r) for r in records])
+            return np.asarray([len(ids) for ids, _ in pairs], dtype=np.float64)
+        ids = encode_texts(chunker.tokenizer, [r.text for r in records])
+        return np.fromiter((len(x) + 1 for x in ids), dtype=np.float64, count=len(ids))
 
     def _mixed_docs_per_epoch(self, docs: np.ndarray) -> float:
         # With documents drawn from source i with probability p_i, source i is exhausted after n_i / p_i draws;
@@ -363,7 +390,7 @@ def build_train_stream(
     }
     packed_dirs = [s for s in specs if is_packed_dir(s.path)]
     if packed_dirs:
-        if len(specs) > 1 or task == "seq-cls":
+        if len(specs) > 1 or task in ("seq-cls", "sft"):
             raise ConfigError(
                 [
                     Problem(
@@ -446,6 +473,11 @@ def build_eval_batches(
                     packed_batch(rows, eos=ids["eos"], cross_doc_attention=data.cross_doc_attention)
                 )
             continue
+        if task == "sft":
+            global_batches.extend(
+                _sft_eval_batches(spec, data, tokenizer, micro_batch, wanted - len(global_batches))
+            )
+            continue
         streams = _open_streams([spec], data, task, 0, 1, 0, shuffle=False)
         chunker = TextChunker(
             streams,
@@ -490,6 +522,49 @@ def build_eval_batches(
         return []
     per_rank = max(1, len(global_batches) // dp_size)
     return [global_batches[(dp_rank + i * dp_size) % len(global_batches)] for i in range(per_rank)]
+
+
+def _sft_eval_batches(
+    spec: SourceSpec, data: DataConfig, tokenizer, micro_batch: int, wanted: int
+) -> list[dict[str, torch.Tensor]]:
+    """Held-out conversations, one pass, in order; the last partial block is padded with positions restarted
+    at the padding and no targets there, so every held-out target counts and none attends across."""
+    streams = _open_streams([spec], data, "sft", 0, 1, 0, shuffle=False)
+    chunker = TextChunker(
+        streams,
+        tokenizer,
+        data,
+        task="sft",
+        micro_batch=micro_batch,
+        seed=0,
+        dp_rank=0,
+        augment=None,
+        packed=data.packing,
+        shuffle=False,
+    )
+    state = chunker.initial_state([1.0])
+    blocks: list[np.ndarray] = []
+    batches: list[dict[str, torch.Tensor]] = []
+    pad = tokenizer_ids(tokenizer)["pad"]
+    while len(batches) + len(blocks) // micro_batch < wanted:
+        chunk, state, _ = chunker.produce(state)
+        if chunk.blocks is not None:
+            blocks.extend(chunk.blocks)
+        else:
+            batches.extend(padded_batch(s, lab, task="sft", pad=pad) for s, lab in (chunk.batches or []))
+        if state["sources"][0]["epoch"] > 0:
+            break
+    if data.packing and state["carry"] and state["carry"][0]:
+        carry = np.asarray(state["carry"], dtype=np.int64)
+        tail = np.zeros((3, data.seq_len), dtype=np.int64)
+        tail[0], tail[1] = pad, -100
+        tail[:, : carry.shape[1]] = carry
+        tail[2, carry.shape[1]] = 1
+        if ((tail[1, 1:] != -100) & (tail[2, 1:] == 0)).any():  # a batch without targets has no mean loss
+            blocks.append(tail)
+    for start in range(0, len(blocks), micro_batch):
+        batches.append(sft_packed_batch(np.stack(blocks[start : start + micro_batch])))
+    return batches[:wanted]
 
 
 def _tail_batch(

@@ -7,6 +7,7 @@ whole source (cheap) but tokenizes and augments only its own share (the expensiv
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,11 +43,14 @@ class RecordStream:
         dp_size: int,
         seed: int,
         shuffle_files: bool = True,
+        records: bool = False,
     ) -> None:
         self.spec = spec
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
         self.shuffle_files = shuffle_files
-        self.options = ReaderOptions(field=spec.field, label_column=label_column, max_doc_chars=max_doc_chars)
+        self.options = ReaderOptions(
+            field=spec.field, label_column=label_column, max_doc_chars=max_doc_chars, records=records
+        )
         self.files = expand_files(spec)
         self.epoch = 0
         self._file_pos = 0
@@ -99,7 +103,9 @@ class RecordStream:
                     return None
             if self._iter is None:
                 path = self._file_order(self.epoch)[self._file_pos]
-                self._iter = file_reader(path, self.spec)(path, self._offset, self.options)
+                self._iter = file_reader(path, self.spec, records=self.options.records)(
+                    path, self._offset, self.options
+                )
             for (text, label), offset in self._iter:
                 self._offset = offset
                 index = self._record_index
@@ -123,10 +129,13 @@ class HFRecordStream(RecordStream):
         dp_rank: int,
         dp_size: int,
         seed: int,
+        records: bool = False,
     ) -> None:
         self.spec = spec
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
-        self.options = ReaderOptions(field=spec.field, label_column=label_column, max_doc_chars=max_doc_chars)
+        self.options = ReaderOptions(
+            field=spec.field, label_column=label_column, max_doc_chars=max_doc_chars, records=records
+        )
         self.files = [spec.path] if os.path.exists(spec.path) else []
         if not self.files:
             raise DataError(f"data source {spec.raw!r}: {spec.path} does not exist")
@@ -169,7 +178,7 @@ class HFRecordStream(RecordStream):
                     self.dataset.load_state_dict(self._ds_state)
                 self._examples = iter(self.dataset)
             for example in self._examples:
-                text = example.get(key)
+                text = json.dumps(example, default=str) if self.options.records else example.get(key)
                 if not isinstance(text, str) or not text.strip():
                     self.counts.skipped_empty += 1
                     continue
@@ -183,7 +192,9 @@ class HFRecordStream(RecordStream):
                 index = self._record_index
                 self._record_index += 1
                 if index % self.dp_size == self.dp_rank:
-                    return SourceRecord(text[: self.options.max_doc_chars], label, self.epoch, index)
+                    # A whole record is JSON: cutting it would break it, and a conversation is not split.
+                    kept = text if self.options.records else text[: self.options.max_doc_chars]
+                    return SourceRecord(kept, label, self.epoch, index)
             if self._record_index < self.dp_size:
                 raise DataError(f"data source {self.spec.raw!r}: fewer records than {self.dp_size} rank(s)")
             self.epoch += 1
@@ -225,11 +236,20 @@ def _load_hf_streaming(spec: SourceSpec):
 
 
 def open_record_stream(
-    spec: SourceSpec, *, label_column: str | None, max_doc_chars: int, dp_rank: int, dp_size: int, seed: int
+    spec: SourceSpec,
+    *,
+    label_column: str | None,
+    max_doc_chars: int,
+    dp_rank: int,
+    dp_size: int,
+    seed: int,
+    records: bool = False,
 ) -> RecordStream:
+    """`records`: yield whole records as JSON text (chat SFT), not a text field."""
     cls = HFRecordStream if spec.hf else RecordStream
     return cls(
         spec,
+        records=records,
         label_column=label_column,
         max_doc_chars=max_doc_chars,
         dp_rank=dp_rank,

@@ -11,6 +11,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from scaling.data.chat import training_text
 from scaling.data.config import DataConfig
 from scaling.data.sources import is_packed_dir, parse_spec
 from scaling.data.streams import open_record_stream
@@ -49,9 +50,10 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def iter_training_text(
-    specs: Iterable[str], *, max_sentences: int, max_doc_chars: int = 100_000
+    specs: Iterable[str], *, max_sentences: int, max_doc_chars: int = 100_000, conversations: bool = False
 ) -> Iterator[str]:
-    """Text of the sources in file order, one pass, at most max_sentences records: deterministic by design."""
+    """Text of the sources in file order, one pass, at most max_sentences records: deterministic by design.
+    `conversations`: the sources hold chat records (task sft); their turns' contents are the text."""
     streams = []
     for raw in specs:
         spec = parse_spec(raw)
@@ -61,7 +63,13 @@ def iter_training_text(
             )
         streams.append(
             open_record_stream(
-                spec, label_column=None, max_doc_chars=max_doc_chars, dp_rank=0, dp_size=1, seed=0
+                spec,
+                label_column=None,
+                max_doc_chars=max_doc_chars,
+                dp_rank=0,
+                dp_size=1,
+                seed=0,
+                records=conversations,
             )
         )
     for stream in streams:
@@ -73,7 +81,7 @@ def iter_training_text(
             record = stream.next_record(stop_at_epoch_end=True)
             if record is None:
                 break
-            yield record.text
+            yield training_text(record.text) if conversations else record.text
 
 
 def train_sentencepiece(
@@ -181,7 +189,9 @@ def build_tokenizer(
             # Staged beside the target, on the same filesystem, so the rename is atomic.
             staging = Path(tempfile.mkdtemp(prefix=".tok-", dir=save_dir.parent))
             train_sentencepiece(
-                iter_training_text(data.train, max_sentences=DEFAULT_MAX_SENTENCES),
+                iter_training_text(
+                    data.train, max_sentences=DEFAULT_MAX_SENTENCES, conversations=task == "sft"
+                ),
                 staging,
                 vocab_size=vocab_size,
             )

@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from scaling.engine.schedule import build_lr_scheduler
 from scaling.engine.state import position_seed, reseed
-from scaling.engine.step_window import SigtermFlag, StepWindow, count_tokens
+from scaling.engine.step_window import SigtermFlag, StepWindow, count_targets, count_tokens
 
 if TYPE_CHECKING:
     from scaling.checkpoint.store import CheckpointRef
@@ -119,7 +119,8 @@ class Layout:
         data_wait = 0.0
         micro = 0
         attempts = 0
-        tokens = 0
+        tokens = targets = 0
+        causal = run.model.task in ("clm", "sft")
         stop_requested = False
         while micro < run.optim.grad_accum:
             fetch_started = time.perf_counter()
@@ -138,9 +139,10 @@ class Layout:
             window.add_micro(loss.detach())
             if loop.counts_data:  # tensor and sequence peers hold the same batch: count it once
                 tokens += count_tokens(batch)
+                targets += count_targets(batch, causal=causal)
             micro += 1
         loop.objective.after_step(engine, lr)
-        window.end_step(time.perf_counter() - started, data_wait, tokens)
+        window.end_step(time.perf_counter() - started, data_wait, tokens, targets)
         return stop_requested
 
     # -- evaluation -----------------------------------------------------------------------------------

@@ -82,8 +82,9 @@ def ratio(totals: EvalTotals, name: str) -> float:
 
 
 class LanguageModelling:
-    """The model's own task loss, per `run.model.task`: causal LM (clm), masked LM (mlm) or sequence
-    classification (seq-cls). Eval: token-weighted loss (clm: next-token targets, mlm: masked positions) and
+    """The model's own task loss, per `run.model.task`: causal LM (clm), masked LM (mlm), sequence
+    classification (seq-cls), or chat SFT (sft: the causal-LM loss on the labels the data pipeline masked to
+    the assistant turns). Eval: token-weighted loss (clm: next-token targets, mlm: masked positions) and
     perplexity, or sample-weighted loss and accuracy for seq-cls. No state of its own."""
 
     pipeline_loss = True
@@ -115,7 +116,7 @@ class LanguageModelling:
         """The weight of a batch's loss: the positions it averages over."""
         if self.task == "seq-cls":
             return labels.numel()
-        if self.task == "clm":
+        if self.task in ("clm", "sft"):
             return int((labels[:, 1:] != -100).sum())
         return int((labels != -100).sum())
 

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from scaling.compat.deepspeed import count_every_pipeline_param_in_clip_norm
 from scaling.engine.layout import Layout, StepLoop
 from scaling.engine.state import position_seed
-from scaling.engine.step_window import NonFiniteLoss, SigtermFlag, StepWindow, count_tokens
+from scaling.engine.step_window import NonFiniteLoss, SigtermFlag, StepWindow, count_targets, count_tokens
 from scaling.errors import UserError
 
 if TYPE_CHECKING:
@@ -97,7 +97,8 @@ class PipelineLayout(Layout):
         window.add_micro(loss.detach())
         loop.objective.after_step(engine, lr)
         tokens = sum(count_tokens(b) for b in batches) if self.is_first_stage else 0
-        window.end_step(time.perf_counter() - started, data_wait, tokens)
+        targets = sum(count_targets(b, causal=True) for b in batches) if self.is_first_stage else 0
+        window.end_step(time.perf_counter() - started, data_wait, tokens, targets)
         return stop_requested
 
     @torch.no_grad()

@@ -131,6 +131,8 @@ def materialize(request: RunRequest) -> RunConfig:
             save_dir=tokenizer_dir,
         )
         tokenizer.save_pretrained(tokenizer_dir)
+    if run.model.task == "sft":
+        _prepare_chat(run, request, tokenizer, tokenizer_dir)
     request = dataclasses.replace(
         request, model=dataclasses.replace(request.model, tokenizer=str(tokenizer_dir.resolve()))
     )
@@ -170,6 +172,20 @@ def materialize(request: RunRequest) -> RunConfig:
     run = validate(request, total_steps=total_steps)
     write_run_config(run)
     return run
+
+
+def _prepare_chat(run: RunConfig, request: RunRequest, tokenizer: Any, tokenizer_dir: Path) -> None:
+    """Give the run's tokenizer its chat template (saved, so every rank renders the same) and read every
+    conversation before launch: a bad record or a template without an end token stops here, with exit 2."""
+    from scaling.data.chat import check_sources, prepare_chat_tokenizer
+    from scaling.data.tokenizer import has_tokenizer
+
+    trained_here = request.model.tokenizer is None and not has_tokenizer(request.model.source)
+    before = (tokenizer.chat_template, len(tokenizer))
+    name = prepare_chat_tokenizer(tokenizer, run.model.chat_template, trained_here=trained_here)
+    if (tokenizer.chat_template, len(tokenizer)) != before:
+        tokenizer.save_pretrained(tokenizer_dir)
+    check_sources(list(run.data.train) + list(run.data.eval), tokenizer, name)
 
 
 def write_run_config(run: RunConfig) -> Path:

@@ -15,7 +15,15 @@ import torch.distributed as dist
 
 from scaling.errors import UserError
 
-__all__ = ["NonFiniteLoss", "SigtermFlag", "StepWindow", "all_reduce_int", "count_tokens", "loss_scale"]
+__all__ = [
+    "NonFiniteLoss",
+    "SigtermFlag",
+    "StepWindow",
+    "all_reduce_int",
+    "count_targets",
+    "count_tokens",
+    "loss_scale",
+]
 
 
 class NonFiniteLoss(UserError):
@@ -54,6 +62,15 @@ def count_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
 
 
+def count_targets(batch: dict[str, torch.Tensor], *, causal: bool) -> int:
+    """Token targets of a micro-batch: labels other than -100 (causal: after the first position, which
+    nothing predicts); 0 for per-sequence labels (seq-cls), which log no target count."""
+    labels = batch.get("labels")
+    if labels is None or labels.dim() != 2:
+        return 0
+    return int(((labels[:, 1:] if causal else labels) != -100).sum())
+
+
 def all_reduce_int(value: int, op: Any, device: Any = "cpu") -> int:
     """`value` reduced with `op` over the world (itself without a process group)."""
     tensor = torch.tensor([value], dtype=torch.int64, device=device)
@@ -85,6 +102,7 @@ class StepWindow:
     def _reset(self) -> None:
         self._losses: list[torch.Tensor] = []
         self._tokens = 0
+        self._targets = 0
         self._time = 0.0
         self._data_wait = 0.0
         self._steps = 0
@@ -97,7 +115,8 @@ class StepWindow:
     def add_micro(self, loss: torch.Tensor) -> None:
         self._losses.append(loss.float())
 
-    def end_step(self, seconds: float, data_wait: float, tokens: int) -> None:
+    def end_step(self, seconds: float, data_wait: float, tokens: int, targets: int = 0) -> None:
+        self._targets += targets
         self._time += seconds
         self._data_wait += data_wait
         self._tokens += tokens
@@ -106,7 +125,11 @@ class StepWindow:
 
     def flush(self, step: int, engine: Any) -> dict[str, Any]:
         local = torch.stack(self._losses).mean() if self._losses else torch.tensor(float("nan"))
-        totals = torch.tensor([float(local), float(self._tokens)], dtype=torch.float64, device=local.device)
+        totals = torch.tensor(
+            [float(local), float(self._tokens), float(self._targets)],
+            dtype=torch.float64,
+            device=local.device,
+        )
         world = dist.get_world_size() if dist.is_initialized() else 1
         if dist.is_initialized():
             dist.all_reduce(totals)
@@ -125,5 +148,7 @@ class StepWindow:
             "step_time_s": seconds / max(self._steps, 1),
             "data_wait_pct": 100.0 * self._data_wait / seconds,
         }
+        if totals[2] > 0:  # loss targets per optimizer step, all ranks (sft: the assistant tokens)
+            record["target_tokens"] = float(totals[2]) / max(self._steps, 1)
         self._reset()
         return record
