@@ -9,7 +9,22 @@ import pytest
 from harness import run_ranks
 from ranks import train_cli
 
-WORDS = ["apple", "river", "stone", "cloud", "table", "window", "garden", "music", "paper", "light", "silver", "horse", "bread", "candle"]
+WORDS = [
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "table",
+    "window",
+    "garden",
+    "music",
+    "paper",
+    "light",
+    "silver",
+    "horse",
+    "bread",
+    "candle",
+]
 ANSWER = "The answer is yes."
 
 
