@@ -58,6 +58,22 @@ def _pristine_linear():
 _PRISTINE_LINEAR = _pristine_linear()
 
 
+_DIST_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _restore_distributed_environment():
+    """A run inside the pytest process exports its rendezvous (MASTER_PORT...) into os.environ; later tests'
+    subprocesses would inherit a port that may be taken (EADDRINUSE in every launcher test after it)."""
+    saved = {key: os.environ.get(key) for key in _DIST_VARIABLES}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(autouse=True)
 def _restore_functional_linear():
     """deepspeed.zero.Init replaces torch.nn.functional.linear process-wide ("persists unless manually
