@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from scaling.compress.config import DISTILL_CONFIG_FILE
 from scaling.errors import ConfigError, UserError
 from scaling.launch.job import (
     RUN_CONFIG,
@@ -34,9 +35,6 @@ if TYPE_CHECKING:
     from scaling.distributed.env import LaunchEnv
     from scaling.engine.trainer import TrainResult
 
-DISTILL_CONFIG_FILE = "distill_config.json"
-"""The resolved distillation settings beside run_config.json: scaling.compress.distill.DISTILL_CONFIG_FILE, named
-here without importing torch (a test keeps the two equal)."""
 SHORT_HELP = "Distil a teacher into a smaller student (a DeepSpeed training run)."
 HELP = """Distil a frozen TEACHER into a STUDENT with DeepSpeed, like `scaling train` (same data, DeepSpeed
 configs, checkpoints, --resume and launcher options).

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+DISTILL_CONFIG_FILE = "distill_config.json"
+"""The resolved distillation settings, beside run_config.json and in every checkpoint of a distillation."""
+
 WOQ_METHODS = ("rtn", "gptq", "awq")
 """Weight-only methods: weights stored as int4/int8 + scales; activations stay fp32."""
 PT2E_METHODS = ("dynamic", "static")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from scaling.compress.config import DISTILL_CONFIG_FILE
 from scaling.compress.distill_loss import default_layer_map
 from scaling.compress.errors import CompressUserError, NotAModelError
 from scaling.config.fields import option
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from scaling.engine.prepare import RunRequest
     from scaling.engine.trainer import TrainResult
 
-DISTILL_CONFIG_FILE = "distill_config.json"
 STUDENT_DIR = "student"
 TEACHER_DIR = "teacher"
 LOSS_FIELDS = ("alpha", "temperature", "hidden_loss", "attention_loss", "layer_map")

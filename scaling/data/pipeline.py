@@ -145,24 +145,31 @@ class TextChunker:
         if self.task == "sft":
             return self._produce_sft(state, records)
         encoded = encode_texts(self.tokenizer, texts)
-        next_state = {
+        next_state = self._next_state(state)
+        stats = {"docs": len(records), "truncated": 0}
+        if self.packed:
+            blocks, carry = pack_tokens(encoded, state["carry"], self.ids["eos"], self.data.seq_len)
+            next_state["carry"] = carry
+            blocks = self._shuffled(blocks, state["chunk"])
+            return Chunk(blocks=blocks, batches=None, docs=len(records)), next_state, stats
+        batches, truncated = self._bucket(encoded, [r.label for _, r in records], state["chunk"])
+        stats["truncated"] = truncated
+        return Chunk(blocks=None, batches=batches, docs=len(records)), next_state, stats
+
+    def _next_state(self, state: dict) -> dict:
+        """The chunk state after this chunk (its carry is filled in by packing)."""
+        return {
             "chunk": state["chunk"] + 1,
             "sources": [s.state() for s in self.streams],
             "carry": [],
             "weights": list(state["weights"]),
         }
-        stats = {"docs": len(records), "truncated": 0}
-        if self.packed:
-            blocks, carry = pack_tokens(encoded, state["carry"], self.ids["eos"], self.data.seq_len)
-            next_state["carry"] = carry
-            if self.shuffle and len(blocks) > 1:
-                blocks = blocks[
-                    chunk_rng(self.seed, self.dp_rank, state["chunk"], 2).permutation(len(blocks))
-                ]
-            return Chunk(blocks=blocks, batches=None, docs=len(records)), next_state, stats
-        batches, truncated = self._bucket(encoded, [r.label for _, r in records], state["chunk"])
-        stats["truncated"] = truncated
-        return Chunk(blocks=None, batches=batches, docs=len(records)), next_state, stats
+
+    def _shuffled(self, blocks: np.ndarray, chunk: int) -> np.ndarray:
+        """Packed blocks in a seeded order of (seed, data rank, chunk): the same after a resume."""
+        if self.shuffle and len(blocks) > 1:
+            return blocks[chunk_rng(self.seed, self.dp_rank, chunk, 2).permutation(len(blocks))]
+        return blocks
 
     def encode_conversations(
         self, records: list[tuple[int, SourceRecord]]
@@ -182,22 +189,14 @@ class TextChunker:
     ) -> tuple[Chunk, dict, dict[str, int]]:
         """Chat SFT: blocks [k, 3, seq_len] of ids, labels and conversation starts, or padded rows [2, n]."""
         encoded = self.encode_conversations(records)
-        next_state = {
-            "chunk": state["chunk"] + 1,
-            "sources": [s.state() for s in self.streams],
-            "carry": [],
-            "weights": list(state["weights"]),
-        }
+        next_state = self._next_state(state)
         stats = {"docs": len(records), "truncated": 0}
         # A block or row without a single target (a long prompt) is dropped: alone in a micro-batch its mean
         # loss would be 0/0, and it teaches nothing.
         if self.packed:
             blocks, next_state["carry"] = pack_conversations(encoded, state["carry"], self.data.seq_len)
             blocks = blocks[((blocks[:, 1, 1:] != IGNORE) & (blocks[:, 2, 1:] == 0)).any(axis=1)]
-            if self.shuffle and len(blocks) > 1:
-                blocks = blocks[
-                    chunk_rng(self.seed, self.dp_rank, state["chunk"], 2).permutation(len(blocks))
-                ]
+            blocks = self._shuffled(blocks, state["chunk"])
             return Chunk(blocks=blocks, batches=None, docs=len(records)), next_state, stats
         limit = self.data.seq_len
         rows = []

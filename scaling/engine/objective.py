@@ -98,7 +98,7 @@ class LanguageModelling:
         return make_model(run, tokenizer)
 
     def attach(self, engine: Any) -> None:
-        pass
+        """Language modelling needs nothing beside the engine."""
 
     def loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(**batch).loss
@@ -145,13 +145,13 @@ class LanguageModelling:
         return metrics
 
     def after_step(self, engine: Any, lr: float) -> None:
-        pass
+        """No parameters outside the engine to step."""
 
     def before_commit(self, ref: CheckpointRef, rank: int) -> None:
-        pass
+        """No files of its own in a checkpoint."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """No state of its own (see state_dict)."""

@@ -154,7 +154,7 @@ class Provenance:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        """Nothing to restore: provenance describes the run that saved, not this one."""
 
 
 class Trainer:

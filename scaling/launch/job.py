@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from scaling.config.run import RUN_CONFIG_FILE
 from scaling.errors import UserError
 
 if TYPE_CHECKING:
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
     from scaling.engine.trainer import TrainResult
     from scaling.launch.command import LaunchSpec
 
-RUN_CONFIG = "run_config.json"
-"""The file every rank is pointed at; a kind's other resolved files lie beside it."""
+# The file every rank is pointed at (written by prepare); a kind's other resolved files lie beside it.
+RUN_CONFIG = RUN_CONFIG_FILE
 
 KINDS: dict[str, str] = {"train": "scaling.cli.train:JOB", "distill": "scaling.cli.distill:JOB"}
 """Job kind -> where its `JobKind` is defined (imported on use: the rank entry loads only its own kind)."""

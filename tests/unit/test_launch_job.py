@@ -85,7 +85,7 @@ def test_every_kind_names_its_command_and_resolved_files():
         kind = job_kind(name)
         assert kind.name == name and kind.files[0] == RUN_CONFIG_FILE
         assert kind.click_command().name == name
-    # the distill kind names the file scaling.compress.distill writes (without importing torch to do so)
+    # the distill kind names the file the distillation objective writes into checkpoints
     assert job_kind("distill").files == (RUN_CONFIG_FILE, DISTILL_CONFIG_FILE)
 
 
