@@ -33,7 +33,11 @@ def init_process_group(env: LaunchEnv, *, timeout_s: float) -> None:
         set_collective_timeout(timeout_s)  # joined earlier (to receive the run config): adopt the run's bound
         return
     for key, value in env.export().items():
-        os.environ.setdefault(key, value)
+        if env.launched:
+            os.environ.setdefault(key, value)  # the launcher's rendezvous stands
+        else:
+            # A run we start ourselves uses the port it chose, not one an earlier run left in the environment.
+            os.environ[key] = value
     cuda = torch.cuda.is_available()
     if not cuda:
         # DeepSpeed would JIT-compile a shared-memory all-reduce op on every init and then use gloo anyway.

@@ -38,3 +38,24 @@ def test_a_second_zero3_run_in_the_same_process_after_teardown():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
     assert result.returncode == 0 and "two runs ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_a_run_started_here_uses_its_own_port_not_one_left_in_the_environment():
+    with socket.socket() as busy:  # what an earlier run in this environment left behind, still taken
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        code = textwrap.dedent(
+            f"""
+            import os
+            from scaling.distributed.env import LaunchEnv
+            from scaling.engine import dist as dist_setup
+
+            os.environ["MASTER_PORT"] = "{taken}"
+            dist_setup.init_process_group(LaunchEnv(master_port={_free_port()}), timeout_s=60)
+            dist_setup.teardown()
+            print("own port ok")
+            """
+        )
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0 and "own port ok" in result.stdout, result.stderr[-3000:]
