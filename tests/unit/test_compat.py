@@ -5,13 +5,13 @@ transformers or torchao upgrade names the wrapper to update."""
 from __future__ import annotations
 
 import inspect
-import socket
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+from harness import free_port
 
 from scaling.compat import deepspeed as ds_compat
 from scaling.compat import inc as inc_compat
@@ -24,18 +24,12 @@ def _params(fn) -> list[str]:
     return list(inspect.signature(fn).parameters)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def gloo_world():
     """A gloo process group of one rank (created here unless the process already has one)."""
     import torch.distributed as dist
 
-    port = str(_free_port())
+    port = str(free_port())
     with pytest.MonkeyPatch.context() as patch:
         # What a launcher exports; DeepSpeed reads them (zero.Init the local rank).
         launch = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}

@@ -7,11 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from harness import free_port
 
 
 def test_a_second_zero3_run_in_the_same_process_after_teardown():
@@ -25,7 +21,7 @@ def test_a_second_zero3_run_in_the_same_process_after_teardown():
         config = {{"train_micro_batch_size_per_gpu": 1, "zero_optimization": {{"stage": 3}},
                    "zero_allow_untested_optimizer": True}}
         for attempt in range(2):
-            dist_setup.init_process_group(LaunchEnv(master_port={_free_port()} + attempt), timeout_s=60)
+            dist_setup.init_process_group(LaunchEnv(master_port={[free_port(), free_port()]}[attempt]), timeout_s=60)
             model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 3))
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
             engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
@@ -52,7 +48,7 @@ def test_a_run_started_here_uses_its_own_port_not_one_left_in_the_environment():
             from scaling.engine import dist as dist_setup
 
             os.environ["MASTER_PORT"] = "{taken}"
-            dist_setup.init_process_group(LaunchEnv(master_port={_free_port()}), timeout_s=60)
+            dist_setup.init_process_group(LaunchEnv(master_port={free_port()}), timeout_s=60)
             dist_setup.teardown()
             print("own port ok")
             """
