@@ -6,12 +6,18 @@ All ranks call `save`/`load`; only rank 0 commits (manifest, `latest`, retention
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scaling.checkpoint.state_file import (
+    find_rank_file,
+    rank_file,
+    rank_files,
+    read_rank_state,
+    write_rank_state,
+)
 from scaling.checkpoint.store import (
     CheckpointRef,
     atomic_write_text,
@@ -52,8 +58,6 @@ class CheckpointManager:
     ) -> CheckpointRef:
         """`before_commit(ref)`, when given, runs on every rank after all state is written and before the
         manifest, so what it adds (e.g. gathered tensor-parallel weights) is covered by the commit."""
-        import torch
-
         ref = CheckpointRef(self.root, tag_for(step))
         if is_complete(ref.path):  # this step is already committed (e.g. saved just before a resume)
             return ref
@@ -66,10 +70,7 @@ class CheckpointManager:
             str(self.root), tag=ref.tag, client_state={"scaling_step": step}, save_latest=False
         )
         ref.ours.mkdir(parents=True, exist_ok=True)
-        rank_file = ref.ours / f"rank{self.rank:05d}.pt"
-        tmp = rank_file.with_name(rank_file.name + ".tmp")
-        torch.save(rank_state, tmp)
-        os.replace(tmp, rank_file)
+        write_rank_state(rank_file(ref.ours, self.rank), rank_state)
         if self.rank == 0:
             atomic_write_text(ref.ours / "run_config.json", run_config_json)
             model_dir = ref.ours / MODEL_DIR
@@ -88,15 +89,14 @@ class CheckpointManager:
 
     def load(self, engine: Any, ref: CheckpointRef, *, load_optimizer: bool = True) -> dict[str, Any]:
         """Restore engine state and return this rank's own state."""
-        import torch
-
         from scaling.compat.deepspeed import universal_checkpoint_loading
+        from scaling.compat.safe_load import restricted_torch_load
 
         if self.rank == 0:
             verify(ref.path, hashes=True)
-        rank_file = ref.ours / f"rank{self.rank:05d}.pt"
-        if not rank_file.is_file():
-            saved = sorted(ref.ours.glob("rank*.pt"))
+        own_file = find_rank_file(ref.ours, self.rank)
+        if own_file is None:
+            saved = rank_files(ref.ours)
             raise CheckpointError(
                 f"{ref.path} was saved by {len(saved)} rank(s) and has no state for rank {self.rank}; "
                 "resume with the same number of processes, or reshape it (scaling checkpoint reshape)"
@@ -112,7 +112,7 @@ class CheckpointManager:
                 + (" or 3" if record.get("zero_stage") == 3 else "")
                 + f", not ZeRO-{stage}"
             )
-        with universal_checkpoint_loading(engine, universal):
+        with universal_checkpoint_loading(engine, universal), restricted_torch_load():
             path, _ = engine.load_checkpoint(
                 str(ref.root),
                 tag=ref.tag,
@@ -121,7 +121,7 @@ class CheckpointManager:
             )
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {ref.path}")
-        return torch.load(rank_file, map_location="cpu", weights_only=False)
+        return read_rank_state(own_file)
 
 
 def _reshape_record(ref: CheckpointRef) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from scaling.data.config import DataConfig
 from scaling.data.sources import is_packed_dir, parse_spec
 from scaling.data.streams import open_record_stream
 from scaling.errors import ConfigError, DataError, Problem
+from scaling.files import apply_umask
 
 MODEL_TYPES = ("unigram", "bpe")
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
@@ -195,6 +196,7 @@ def build_tokenizer(
                 staging,
                 vocab_size=vocab_size,
             )
+            apply_umask(staging)
             try:
                 os.replace(staging, save_dir)
             except OSError:
