@@ -19,7 +19,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from scaling.launch.command import LaunchPlan, runner_environment, write_env_file
+from scaling.launch.command import LaunchPlan, runner_environment, shown_local, write_env_file
 from scaling.launch.status import clear_reports, conclude, read_reports
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
     env = runner_environment(plan, environ)
     _become_subreaper()
     before = {p.pid for p in _descendants()}  # e.g. a test's worker pool: not ours to end
-    for argv in plan.local:
+    for argv in shown_local(plan):  # forwarded values masked
         log.info("+ %s", shlex.join(argv))
     procs = [subprocess.Popen(argv, env=env) for argv in plan.local]
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: _forward_sigterm(procs))
