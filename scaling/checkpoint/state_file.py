@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.errors import CheckpointError
+from scaling.files import apply_umask
 
 SUFFIX = ".safetensors"
 LEGACY_SUFFIX = ".pt"
@@ -51,6 +52,7 @@ def write_rank_state(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     meta = json.dumps({"format": _FORMAT, "state": tree}, separators=(",", ":"))
     save_file(tensors, str(tmp), metadata={_META_KEY: meta})
+    apply_umask(tmp)  # safetensors creates its files 0600; the checkpoint's other files follow the umask
     os.replace(tmp, path)
 
 

@@ -52,6 +52,9 @@ def test_rank_state_round_trips_exactly_without_pickle(tmp_path):
     assert back["projection_optim"]["param_groups"][0]["betas"] == (0.9, 0.999)
     assert back["__odd__"] == b"\x00\x01" and back["bf16"].dtype == torch.bfloat16
     assert b"\x80\x04" not in path.read_bytes()[:64]  # a safetensors header, not a pickle
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # safetensors alone writes 0600
 
 
 def test_legacy_rank_state_reads_safely_and_a_payload_is_refused(tmp_path):
