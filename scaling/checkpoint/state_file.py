@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ SUFFIX = ".safetensors"
 LEGACY_SUFFIX = ".pt"
 _META_KEY = "scaling_rank_state"
 _FORMAT = 1
+_NUMERIC_DTYPE = re.compile(r"^[<>|=]?[biufc]\d{1,2}$")
 
 
 def rank_file(directory: Path, rank: int) -> Path:
@@ -127,7 +129,10 @@ def _decode(value: Any, tensors: dict[str, Any]) -> Any:
     if "__npscalar__" in value:
         import numpy as np
 
-        return np.dtype(value["__npscalar__"]).type(value["value"])
+        code = value["__npscalar__"]
+        if not (isinstance(code, str) and _NUMERIC_DTYPE.match(code)):
+            raise ValueError(f"not a numeric numpy type: {code!r}")
+        return np.dtype(code).type(value["value"])
     if "__bytes__" in value:
         return base64.b64decode(value["__bytes__"])
     if "__tuple__" in value:

@@ -115,3 +115,18 @@ def test_copy_contained_refuses_links_out_of_the_model_directory(tmp_path):
     snap = repo / "snapshots" / "abc"
     copy_contained(snap / "tokenizer.json", tmp_path / "ok.json", snap)
     assert (tmp_path / "ok.json").read_text() == "{}" and not (tmp_path / "ok.json").is_symlink()
+
+
+def test_a_forged_rank_state_is_refused_as_malformed(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    path = tmp_path / "rank00000.safetensors"
+    forged = {"format": 1, "state": {"x": {"__npscalar__": "O", "value": 1}}}
+    save_file({}, str(path), metadata={"scaling_rank_state": json.dumps(forged)})
+    with pytest.raises(CheckpointError, match="malformed rank state"):
+        read_rank_state(path)
+    save_file({}, str(path), metadata={"other": "{}"})
+    with pytest.raises(CheckpointError, match="not a rank state"):
+        read_rank_state(path)
