@@ -410,7 +410,7 @@ def _check_pdsh_words(cwd: Path, python: str, rank_args: list[str], exports: Map
     ]
     if bad:
         raise ConfigError(
-            bad[:1] + [Problem(p.path, p.message, p.value) for p in bad[1:]],
+            bad,
             header="unsafe for --launcher pdsh (use --launcher ssh, which quotes every piece)",
         )
 
