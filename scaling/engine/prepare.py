@@ -43,10 +43,14 @@ class RunRequest:
     """Processes the run will have."""
     explicit: frozenset[str]
     """Options typed on the command line; the rest are defaults that yield to the DeepSpeed JSON."""
+    ranks_here: bool = True
+    """The ranks run on this machine, so its devices are checked against the run (False: a hostfile names
+    other hosts, whose devices this one cannot see)."""
 
 
 def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfig:
     """Resolve everything that needs no data: raises ConfigError listing every problem."""
+    from scaling.config.device import probe
     from scaling.models import describe_source, hf_config_for
     from scaling.models.load import hidden_size_of
 
@@ -77,6 +81,7 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
             num_heads=heads,
             kv_heads=kv_heads,
             total_steps=steps,
+            devices=probe() if request.ranks_here else None,
         )
     except ConfigError as err:
         problems.extend(err.problems)
