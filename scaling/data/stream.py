@@ -24,7 +24,7 @@ from scaling.data.pipeline import (
     tokenizer_ids,
 )
 from scaling.data.shards import PackedShards, ShardChunker
-from scaling.data.sources import SourceSpec, is_packed_dir, parse_spec
+from scaling.data.sources import ReadLimits, SourceSpec, is_packed_dir, parse_spec
 from scaling.data.streams import RecordStream, SourceRecord, open_record_stream
 from scaling.errors import ConfigError, DataError, Problem
 
@@ -67,6 +67,7 @@ def _open_streams(
             dp_size=dp_size,
             seed=seed,
             records=task == "sft",
+            limits=ReadLimits.of(data),
         )
         stream.shuffle_files = shuffle
         streams.append(stream)

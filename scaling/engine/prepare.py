@@ -48,9 +48,11 @@ class RunRequest:
     other hosts, whose devices this one cannot see)."""
 
 
-def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfig:
-    """Resolve everything that needs no data: raises ConfigError listing every problem."""
+def validate(request: RunRequest, *, total_steps: int | None = None, scan_data: bool = True) -> RunConfig:
+    """Resolve everything that needs no model or tokenizer, with a bounded scan of each data source's head
+    (scan_data): raises ConfigError listing every problem."""
     from scaling.config.device import probe
+    from scaling.data.quality import scan_sources
     from scaling.models import describe_source, hf_config_for
     from scaling.models.load import hidden_size_of
 
@@ -65,6 +67,8 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
         problems.extend(err.problems)
     if request.model.tokenizer is not None and not Path(request.model.tokenizer).is_dir():
         problems.append(Problem("--tokenizer", "no such tokenizer directory", request.model.tokenizer))
+    if scan_data:
+        problems.extend(scan_sources(request.data, request.model.task))
     steps = total_steps or request.optim.max_steps or 1
     try:
         run = resolve_run(
@@ -116,6 +120,7 @@ def _layout_problems(hf_config: Any, request: RunRequest, parallel: Any) -> list
 def materialize(request: RunRequest) -> RunConfig:
     """Validate, prepare the tokenizer and the run length, and write OUTPUT/run_config.json."""
     from scaling.data import build_eval_batches, build_tokenizer, build_train_stream
+    from scaling.data.quality import short_source_notices
     from scaling.distributed import Topology
 
     run = validate(request)
@@ -159,6 +164,7 @@ def materialize(request: RunRequest) -> RunConfig:
     # Reading the first batch here, before any rank starts, turns a missing, empty or unreadable source
     # into a message on the launching host instead of a failure on every rank after start-up.
     next(stream)
+    short_source_notices(run.data, tokenizer, run.model.task)
     if run.data.eval:
         build_eval_batches(
             run.data,
@@ -174,7 +180,7 @@ def materialize(request: RunRequest) -> RunConfig:
         per_epoch = stream.steps_per_epoch(run.optim.grad_accum)
         assert run.optim.epochs is not None
         total_steps = max(1, math.ceil(per_epoch * run.optim.epochs))
-    run = validate(request, total_steps=total_steps)
+    run = validate(request, total_steps=total_steps, scan_data=False)
     write_run_config(run)
     return run
 
