@@ -128,7 +128,8 @@ class TrainStream:
         while self._chunk is None or self._emitted >= len(self._chunk):
             # sft drops conversations without a target inside --seq-len: a whole pass of them would loop forever.
             first_epoch = self.epoch if first_epoch is None else first_epoch
-            if self.epoch > first_epoch + 1:
+            # Packed clm/mlm always progress (each pass adds its tokens to the carry, however short the source).
+            if self.task == "sft" and self.epoch > first_epoch + 1:
                 raise DataError(
                     f"data {', '.join(self.source_names)}: a whole pass yields no batch (task {self.task}: no "
                     f"conversation has an assistant token within --seq-len {self.data.seq_len})"

@@ -161,10 +161,10 @@ def materialize(request: RunRequest) -> RunConfig:
         dp_size=topology.data_parallel,
         seed=run.optim.seed,
     )
+    short_source_notices(run.data, tokenizer, run.model.task)
     # Reading the first batch here, before any rank starts, turns a missing, empty or unreadable source
     # into a message on the launching host instead of a failure on every rank after start-up.
     next(stream)
-    short_source_notices(run.data, tokenizer, run.model.task)
     if run.data.eval:
         build_eval_batches(
             run.data,

@@ -135,3 +135,16 @@ def test_fp16_on_cpu_exits_2_in_seconds_before_anything_is_written(ok_args, tmp_
     assert "IMPORTED False" in proc.stdout  # refused before DeepSpeed was even imported
     assert not (tmp_path / "run").exists()
     assert elapsed < 60, elapsed  # ~5 s on 2 busy cores: mostly the imports of transformers' configs
+
+
+def test_garbage_text_exits_2_naming_file_and_first_bad_offset(ok_args, tmp_path):
+    """Random bytes in a .txt file used to train without a word (only `data/repaired_utf8: 778` in metrics)."""
+    import os
+
+    garbage = tmp_path / "garbage.txt"
+    garbage.write_bytes(b"a fine first line\n\xff" + os.urandom(100_000))
+    result = run_train(*replace(ok_args, "--data", str(garbage)))
+    assert_usage_error(
+        result, f"{garbage}:2 (byte offset 18)", "not utf-8", "--max-bad-fraction", "--encoding"
+    )
+    assert not (tmp_path / "run").exists()  # refused at validation: nothing prepared

@@ -187,3 +187,23 @@ def test_tokenizer_training_failure_speaks_of_our_options(tmp_path: Path) -> Non
         train_sentencepiece(many_chars, tmp_path / "tok", vocab_size=256)
     message = str(err.value)
     assert "--vocab-size" in message and "--encoding" in message and "character_coverage" not in message
+
+
+def test_a_source_shorter_than_one_block_still_trains_clm(tmp_path: Path, clm_tokenizer: Path) -> None:
+    """It used to stop with "a whole pass yields no batch ... no conversation has an assistant token" (an sft
+    guard) once two passes gave no full block; packing a short source only needs more passes."""
+    from transformers import AutoTokenizer
+
+    from scaling.data import build_train_stream
+
+    tokenizer = AutoTokenizer.from_pretrained(clm_tokenizer)
+    one_line = tmp_path / "one.txt"
+    one_line.write_text("To be, or not to be.\n")
+    data = DataConfig(train=[str(one_line)], seq_len=64)
+    stream = build_train_stream(data, tokenizer, task="clm", micro_batch=2, dp_rank=0, dp_size=1, seed=0)
+    batch = next(stream)
+    ids = tokenizer("To be, or not to be.", add_special_tokens=False)["input_ids"]
+    assert batch["input_ids"].shape == (2, 64)
+    cycle = ",".join(map(str, [*ids, tokenizer.eos_token_id] * 40))
+    for row in batch["input_ids"].tolist():  # the line, again and again
+        assert ",".join(map(str, row)) in cycle
