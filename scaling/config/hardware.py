@@ -23,12 +23,13 @@ def hardware_problems(
     precision_source: str,
     deepspeed: dict[str, Any],
     output: str | os.PathLike,
-    ranks_here: int,
+    ranks_here: int | None,
     devices: Devices,
 ) -> list[Problem]:
     """Every way this machine cannot run the resolved run, each with its fix.
 
-    `ranks_here`: ranks the run starts on this machine; `precision_source`: where the precision came from
+    `ranks_here`: ranks the run starts on this machine (None: a launcher placed them, and each may see only
+    its own GPU); `precision_source`: where the precision came from
     (an option or the DeepSpeed JSON), named in the message.
     """
     problems = []
@@ -57,7 +58,7 @@ def hardware_problems(
                 else f"switch bf16 off where it is set ({precision_source}); fp16 and fp32 run on these GPUs",
             )
         )
-    if devices.gpus and ranks_here > devices.gpus:
+    if devices.gpus and ranks_here is not None and ranks_here > devices.gpus:
         problems.append(
             Problem(
                 "--num-gpus",

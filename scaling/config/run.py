@@ -176,12 +176,14 @@ def resolve_run(
     total_steps: int,
     cpu_only: bool | None = None,
     devices: Devices | None = None,
+    ranks_here: int | None = None,
 ) -> RunConfig:
     """Resolve the DeepSpeed JSON against the run options and return the complete run.
 
     `explicit` names the options the user gave (others yield to values written in the JSON); `cpu_only`
     None asks this machine (scaling.config.device). `devices`: the machine the ranks run on, checked against
-    the run (precision, ranks per node, writable paths); None when they run elsewhere.
+    the run (precision, writable paths, and `ranks_here`, the ranks started on it, when known); None when
+    they run elsewhere.
     Raises ConfigError with every problem found.
     """
     problems = check_sections(model, data, optim, checkpoint)
@@ -204,7 +206,7 @@ def resolve_run(
     except ConfigError as err:
         problems.extend(err.problems)
     if devices is not None:
-        problems.extend(_machine_problems(resolved, values, checkpoint, parallel, world_size, devices))
+        problems.extend(_machine_problems(resolved, values, checkpoint, ranks_here, devices))
     if problems:
         raise ConfigError(problems, header="cannot start this run")
     assert resolved is not None
@@ -236,8 +238,7 @@ def _machine_problems(
     resolved: ResolvedDeepSpeed | None,
     values: RunValues,
     checkpoint: CheckpointConfig,
-    parallel: ParallelConfig,
-    world_size: int,
+    ranks_here: int | None,
     devices: Devices,
 ) -> list[Problem]:
     """The run as far as it resolved (the options alone when the JSON did not) against this machine."""
@@ -249,6 +250,6 @@ def _machine_problems(
         precision_source=source.split(" (")[0],
         deepspeed=resolved.config if resolved is not None else {},
         output=checkpoint.output,
-        ranks_here=parallel.gpus_per_node or world_size,
+        ranks_here=ranks_here,
         devices=devices,
     )

@@ -46,6 +46,9 @@ class RunRequest:
     ranks_here: bool = True
     """The ranks run on this machine, so its devices are checked against the run (False: a hostfile names
     other hosts, whose devices this one cannot see)."""
+    ranks_placed: bool = False
+    """A launcher we did not plan started the ranks (deepspeed, srun, mpirun): each may see only its own
+    GPUs, so their number is not checked against the ranks per node."""
 
 
 def validate(request: RunRequest, *, total_steps: int | None = None, scan_data: bool = True) -> RunConfig:
@@ -86,6 +89,7 @@ def validate(request: RunRequest, *, total_steps: int | None = None, scan_data: 
             kv_heads=kv_heads,
             total_steps=steps,
             devices=probe() if request.ranks_here else None,
+            ranks_here=None if request.ranks_placed else request.parallel.gpus_per_node or request.world_size,
         )
     except ConfigError as err:
         problems.extend(err.problems)

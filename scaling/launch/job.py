@@ -153,6 +153,8 @@ def run_job(kind: JobKind, ctx: click.Context, params: dict[str, Any]) -> None:
         if launching:
             spec = _local_spec(params)
             sys.exit(launch_prepared(kind, on_hosts(request, spec), spec))
+        if env.launched:
+            request = replace(request, run=replace(request.run, ranks_placed=True))
         job = (
             partial(rank_from_request, kind, request, env)
             if env.world_size > 1

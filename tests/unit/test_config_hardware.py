@@ -25,7 +25,9 @@ V100S = Devices(gpus=2, names=("Tesla V100-SXM2-32GB",) * 2, bf16=False)
 A100S = Devices(gpus=2, names=("NVIDIA A100-SXM4-80GB",) * 2, bf16=True)
 
 
-def check(precision: str, devices: Devices, *, ranks: int = 1, ds: dict | None = None, output: str = "/tmp"):
+def check(
+    precision: str, devices: Devices, *, ranks: int | None = 1, ds: dict | None = None, output: str = "/tmp"
+):
     return hardware_problems(
         precision=precision,
         precision_source="option --precision",
@@ -54,6 +56,8 @@ def test_more_ranks_than_gpus_is_refused_but_cpu_ranks_are_processes() -> None:
     assert problem.path == "--num-gpus" and problem.value == 4 and "at most 2" in problem.fix
     assert check("bf16", A100S, ranks=2) == []
     assert check("bf16", Devices(), ranks=8) == []
+    # Ranks a launcher placed (srun --gpus-per-task=1) may each see only their own GPU: not counted.
+    assert check("bf16", Devices(gpus=1, names=("NVIDIA H200",)), ranks=None) == []
 
 
 def test_unwritable_nvme_and_output_paths_are_all_reported(tmp_path: Path) -> None:
@@ -115,7 +119,7 @@ def test_resolution_names_a_precision_the_json_chose(tmp_path: Path) -> None:
 def test_resolution_reports_hardware_with_the_other_problems(tmp_path: Path) -> None:
     optim = OptimConfig(max_steps=0, precision="fp16")
     with pytest.raises(ConfigError) as err:
-        _resolve(tmp_path, A100S, optim=optim, world_size=4, explicit=frozenset({"precision"}))
+        _resolve(tmp_path, A100S, optim=optim, world_size=4, ranks_here=4, explicit=frozenset({"precision"}))
     text = str(err.value)
     assert "--max-steps" in text and "4 ranks on this machine" in text and "2 GPU(s)" in text
 
