@@ -73,6 +73,8 @@ class RecordStream:
         self._offset = 0
         self._record_index = 0
         self._iter: Iterator[tuple[tuple[str, int | None], int]] | None = None
+        self._path = ""
+        """The file `_iter` reads."""
 
     @property
     def size_bytes(self) -> int:
@@ -117,12 +119,12 @@ class RecordStream:
                 self._file_pos = self._offset = self._record_index = 0
                 if stop_at_epoch_end:
                     return None
-            path = self._file_order(self.epoch)[self._file_pos]
             if self._iter is None:
+                self._path = path = self._file_order(self.epoch)[self._file_pos]
                 self._iter = file_reader(path, self.spec, records=self.options.records)(
                     path, self._offset, self.options
                 )
-            while (item := self._next_of(path)) is not None:
+            while (item := self._next_of(self._path)) is not None:
                 (text, label), offset = item
                 self._offset = offset
                 index = self._record_index
