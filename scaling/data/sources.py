@@ -454,13 +454,15 @@ def _table(path: str, offset: int, opts: ReaderOptions) -> Iterator[tuple[Record
 
 
 def _merged_rows(lines: list[str], delimiter: str, width: int, label_col: int | None) -> bool:
-    """Whether a row read over several lines swallowed rows of its own: a line inside it (not the last, where
-    the quote closes) that alone has the header's field count (and an integer label, when there is a label
-    column). A quoted field may span lines; its inner lines rarely look like rows. With one column every line
+    """Whether a row read over several lines swallowed rows of its own, told by field counts: a line inside it
+    (not the last, where the quote closes) that alone has the header's field count, and, with a label column,
+    an integer label; with one, also the first line without its quotes (two rows merged: `"text,1` then
+    `more",0`). A quoted field may span lines; its lines rarely look like rows. With one column every line
     does: nothing to tell them apart by."""
     if width < 2:
         return False
-    for line in lines[1:-1]:
+    candidates = lines[1:-1] + ([lines[0].replace('"', "")] if label_col is not None else [])
+    for line in candidates:
         cells = next(csv.reader([line], delimiter=delimiter), [])
         if len(cells) == width and (label_col is None or cells[label_col].strip().lstrip("-").isdigit()):
             return True

@@ -114,6 +114,13 @@ def test_rows_merged_by_a_stray_quote_are_detected_by_field_counts(tmp_path: Pat
     table.write_text("\n".join(rows) + "\n")
     (problem,) = problems(table, task="seq-cls")
     assert "quotes.csv:6" in problem and "5 lines read as one row" in problem and "stray" in problem
+    two = tmp_path / "two.csv"
+    rows = ["text,label"] + [f"review number {i},{i % 2}" for i in range(50)]
+    rows[5] = '"a stray quote merges two rows,1'
+    rows[6] = 'the next one" ends it,0'
+    two.write_text("\n".join(rows) + "\n")
+    (problem,) = problems(two, task="seq-cls")
+    assert "two.csv:6" in problem and "2 lines read as one row" in problem
     # A quoted field that really spans lines is fine.
     legit = tmp_path / "multiline.csv"
     legit.write_text('text,label\n"a review\nover two lines",1\nshort,0\n')
