@@ -105,7 +105,13 @@ def on_hosts(request: JobRequest, spec: LaunchSpec) -> JobRequest:
 
 
 def _is_this_host(host: str) -> bool:
-    return host == "localhost" or host.startswith("127.") or host in {socket.gethostname(), socket.getfqdn()}
+    # getfqdn last: it may wait on DNS
+    return (
+        host == "localhost"
+        or host.startswith("127.")
+        or host == socket.gethostname()
+        or host == socket.getfqdn()
+    )
 
 
 def with_init_timeout(request: JobRequest, timeout_s: float) -> JobRequest:
