@@ -138,24 +138,6 @@ def train_sentencepiece(
     return _wrap_sentencepiece(model.getvalue(), Path(output), model_type)
 
 
-def _training_failure(error: str, vocab_size: int, model_type: str) -> str:
-    """SentencePiece's complaint in terms of our options (its advice names its own flags, not ours)."""
-    head = f"tokenizer training failed (--vocab-size {vocab_size}, {model_type})"
-    chars = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", error)
-    if chars:
-        needed = int(chars.group(2))
-        return (
-            f"{head}: the training text has {needed - len(_SPECIAL_PIECES)} distinct characters and every one "
-            f"needs a piece of the vocabulary. Binary data or text read in the wrong encoding looks like this "
-            f"(check the sources, or name their encoding with --encoding); for real text with that many "
-            f"characters, pass --vocab-size {needed} or more, or give a --tokenizer"
-        )
-    too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", error)
-    if too_high:
-        return f"{head}: too little text for that vocabulary: pass --vocab-size {too_high.group(2)} or less, or more --data"
-    return f"{head}: {error}"
-
-
 def _wrap_sentencepiece(model_proto: bytes, output: Path, model_type: str):
     import transformers
 
@@ -242,3 +224,21 @@ def check_tokenizer_for_task(tok, task: str) -> None:
         raise ConfigError(
             [Problem("tokenizer", "packing needs an eos (or sep) token between documents", tok.name_or_path)]
         )
+
+
+def _training_failure(error: str, vocab_size: int, model_type: str) -> str:
+    """SentencePiece's complaint in terms of our options (its advice names its own flags, not ours)."""
+    head = f"tokenizer training failed (--vocab-size {vocab_size}, {model_type})"
+    chars = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", error)
+    if chars:
+        needed = int(chars.group(2))
+        return (
+            f"{head}: the training text has {needed - len(_SPECIAL_PIECES)} distinct characters and every one "
+            f"needs a piece of the vocabulary. Binary data or text read in the wrong encoding looks like this "
+            f"(check the sources, or name their encoding with --encoding); for real text with that many "
+            f"characters, pass --vocab-size {needed} or more, or give a --tokenizer"
+        )
+    too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", error)
+    if too_high:
+        return f"{head}: too little text for that vocabulary: pass --vocab-size {too_high.group(2)} or less, or more --data"
+    return f"{head}: {error}"
