@@ -173,10 +173,10 @@ def resolve_run(
     hidden_size: int | None,
     num_heads: int | None = None,
     kv_heads: int | None = None,
-    total_steps: int,
-    cpu_only: bool | None = None,
     devices: Devices | None = None,
     ranks_here: int | None = None,
+    total_steps: int,
+    cpu_only: bool | None = None,
 ) -> RunConfig:
     """Resolve the DeepSpeed JSON against the run options and return the complete run.
 

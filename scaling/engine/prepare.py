@@ -41,19 +41,20 @@ class RunRequest:
     deepspeed_source: DeepSpeedSource
     world_size: int
     """Processes the run will have."""
-    explicit: frozenset[str]
-    """Options typed on the command line; the rest are defaults that yield to the DeepSpeed JSON."""
     ranks_here: bool = True
     """The ranks run on this machine, so its devices are checked against the run (False: a hostfile names
     other hosts, whose devices this one cannot see)."""
     ranks_placed: bool = False
     """A launcher we did not plan started the ranks (deepspeed, srun, mpirun): each may see only its own
     GPUs, so their number is not checked against the ranks per node."""
+    explicit: frozenset[str]
+    """Options typed on the command line; the rest are defaults that yield to the DeepSpeed JSON."""
 
 
-def validate(request: RunRequest, *, total_steps: int | None = None, scan_data: bool = True) -> RunConfig:
+def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfig:
     """Resolve everything that needs no model or tokenizer, with a bounded scan of each data source's head
-    (scan_data): raises ConfigError listing every problem."""
+    (on the first resolution: with total_steps, the data has been read already): raises ConfigError listing
+    every problem."""
     from scaling.config.device import probe
     from scaling.data.quality import scan_sources
     from scaling.models import describe_source, hf_config_for
@@ -70,7 +71,7 @@ def validate(request: RunRequest, *, total_steps: int | None = None, scan_data: 
         problems.extend(err.problems)
     if request.model.tokenizer is not None and not Path(request.model.tokenizer).is_dir():
         problems.append(Problem("--tokenizer", "no such tokenizer directory", request.model.tokenizer))
-    if scan_data:
+    if total_steps is None:
         problems.extend(scan_sources(request.data, request.model.task))
     steps = total_steps or request.optim.max_steps or 1
     try:
@@ -83,13 +84,13 @@ def validate(request: RunRequest, *, total_steps: int | None = None, scan_data: 
             parallel=request.parallel,
             deepspeed_source=request.deepspeed_source,
             world_size=request.world_size,
+            devices=probe() if request.ranks_here else None,
+            ranks_here=None if request.ranks_placed else request.parallel.gpus_per_node or request.world_size,
             explicit=request.explicit,
             hidden_size=hidden,
             num_heads=heads,
             kv_heads=kv_heads,
             total_steps=steps,
-            devices=probe() if request.ranks_here else None,
-            ranks_here=None if request.ranks_placed else request.parallel.gpus_per_node or request.world_size,
         )
     except ConfigError as err:
         problems.extend(err.problems)
@@ -184,7 +185,7 @@ def materialize(request: RunRequest) -> RunConfig:
         per_epoch = stream.steps_per_epoch(run.optim.grad_accum)
         assert run.optim.epochs is not None
         total_steps = max(1, math.ceil(per_epoch * run.optim.epochs))
-    run = validate(request, total_steps=total_steps, scan_data=False)
+    run = validate(request, total_steps=total_steps)
     write_run_config(run)
     return run
 
