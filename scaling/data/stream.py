@@ -61,13 +61,13 @@ def _open_streams(
     for spec in specs:
         stream = open_record_stream(
             spec,
+            limits=ReadLimits.of(data),
             label_column=data.label_column if task == "seq-cls" else None,
             max_doc_chars=data.max_doc_chars,
             dp_rank=dp_rank,
             dp_size=dp_size,
             seed=seed,
             records=task == "sft",
-            limits=ReadLimits.of(data),
         )
         stream.shuffle_files = shuffle
         streams.append(stream)
