@@ -94,6 +94,26 @@ def rank_args(kind: JobKind, run_config: Path, *, init_timeout_s: float | None =
     return args
 
 
+def on_hosts(request: JobRequest, spec: LaunchSpec) -> JobRequest:
+    """The request with where its ranks run: this machine's devices are checked against the run only when
+    every selected host is this machine."""
+    from scaling.launch.command import select_resources
+
+    if spec.hostfile is None or all(_is_this_host(host) for host in select_resources(spec)):
+        return request
+    return replace(request, run=replace(request.run, ranks_here=False))
+
+
+def _is_this_host(host: str) -> bool:
+    # getfqdn last: it may wait on DNS
+    return (
+        host == "localhost"
+        or host.startswith("127.")
+        or host == socket.gethostname()
+        or host == socket.getfqdn()
+    )
+
+
 def with_init_timeout(request: JobRequest, timeout_s: float) -> JobRequest:
     parallel = replace(request.run.parallel, init_timeout_s=timeout_s)
     return replace(request, run=replace(request.run, parallel=parallel))
@@ -137,7 +157,10 @@ def run_job(kind: JobKind, ctx: click.Context, params: dict[str, Any]) -> None:
         per_node = params["num_gpus"] if launching else env.local_world_size
         request = kind.request(ctx, world, per_node)
         if launching:
-            sys.exit(launch_prepared(kind, request, _local_spec(params)))
+            spec = _local_spec(params)
+            sys.exit(launch_prepared(kind, on_hosts(request, spec), spec))
+        if env.launched:
+            request = replace(request, run=replace(request.run, ranks_placed=True))
         job = (
             partial(rank_from_request, kind, request, env)
             if env.world_size > 1
