@@ -127,6 +127,10 @@ def run_job(kind: JobKind, ctx: click.Context, params: dict[str, Any]) -> None:
     from scaling.distributed import LaunchEnv
 
     env = LaunchEnv.from_environ(local_rank=params["local_rank"])
+    if env.launched:
+        from scaling.launch.watch import watch_launchers
+
+        watch_launchers()  # a launcher that dies stops this rank like SIGTERM (saved, exit 75)
     job: Callable[[], TrainResult]
     if params["resolved_config"]:
         path = Path(params["resolved_config"])
