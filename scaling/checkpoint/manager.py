@@ -1,6 +1,7 @@
 """Save and load complete training checkpoints: DeepSpeed's engine state plus our per-rank state.
 
-All ranks call `save`/`load`; only rank 0 commits (manifest, `latest`, retention).
+All ranks call `save`/`load`; only the writer commits (manifest, `latest`, retention): rank 0, or each node's
+local rank 0 for its node's copy when the nodes keep their checkpoints on their own disks.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ class CheckpointManager:
     root: Path
     rank: int
     keep_last: int
+    writer: bool | None = None
+    """Whether this rank writes the files every rank's checkpoint shares and commits (manifest, `latest`,
+    retention): rank 0 by default; each node's local rank 0 when every node keeps its own checkpoints."""
+
+    def __post_init__(self) -> None:
+        if self.writer is None:
+            self.writer = self.rank == 0
 
     def save(
         self,
@@ -57,7 +65,7 @@ class CheckpointManager:
         ref = CheckpointRef(self.root, tag_for(step))
         if is_complete(ref.path):  # this step is already committed (e.g. saved just before a resume)
             return ref
-        if self.rank == 0:
+        if self.writer:
             self.root.mkdir(parents=True, exist_ok=True)
             if ref.path.exists():  # an interrupted save of this very step: start it over
                 shutil.rmtree(ref.path)  # no manifest, so never mistaken for a checkpoint meanwhile
@@ -70,7 +78,7 @@ class CheckpointManager:
         tmp = rank_file.with_name(rank_file.name + ".tmp")
         torch.save(rank_state, tmp)
         os.replace(tmp, rank_file)
-        if self.rank == 0:
+        if self.writer:
             atomic_write_text(ref.ours / "run_config.json", run_config_json)
             model_dir = ref.ours / MODEL_DIR
             model_dir.mkdir(exist_ok=True)
@@ -79,7 +87,7 @@ class CheckpointManager:
         if before_commit is not None:
             before_commit(ref)
         barrier()  # every rank's files are on disk before the commit marker describes them
-        if self.rank == 0:
+        if self.writer:
             write_manifest(ref.path, step=step)
             publish_latest(ref)
             retain(self.root, self.keep_last)
@@ -92,7 +100,7 @@ class CheckpointManager:
 
         from scaling.compat.deepspeed import universal_checkpoint_loading
 
-        if self.rank == 0:
+        if self.writer:
             verify(ref.path, hashes=True)
         rank_file = ref.ours / f"rank{self.rank:05d}.pt"
         if not rank_file.is_file():

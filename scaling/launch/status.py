@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+EXIT_USER_ERROR = 2  # a UserError: one message, no traceback, on every rank
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run saved and stopped on SIGTERM; `--resume auto` continues it
 REPORTS_DIR = "reports"
 PREEMPTED = "preempted"
@@ -111,6 +112,9 @@ def conclude(returncode: int, reports: list[RankReport], world_size: int) -> Out
         )
     if returncode == 0 and not failed:
         return Outcome(0, "")
+    if returncode == EXIT_USER_ERROR and not reports:
+        # Every rank raised the same user error before training (it is on the console once, from rank 0).
+        return Outcome(EXIT_USER_ERROR, "the ranks stopped before training on the error above")
     code = returncode if returncode > 0 else 1
     silent = sorted(set(range(world_size)) - {r.rank for r in reports})
     causes = [r for r in failed if not r.peer_failure]

@@ -1,0 +1,61 @@
+"""Rank functions for the run-directory checks (importable by name from the harness's forkserver)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def storage_cases(base: str) -> dict[str, Any]:
+    """Each rank plays one node (local rank 0 of a node of one): the checks' outcome per case on this rank."""
+    import os
+
+    import torch.distributed as dist
+
+    from scaling.checkpoint.store import (
+        CheckpointRef,
+        publish_latest,
+        resolve_resume,
+        tag_for,
+        write_manifest,
+    )
+    from scaling.distributed.env import LaunchEnv
+    from scaling.engine.run_dir import agree_on_resume, check_storage
+    from scaling.errors import UserError
+
+    rank = int(os.environ["RANK"])
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    env = LaunchEnv(rank=rank, local_rank=0, world_size=2, local_world_size=1, launched=True)
+    own, shared = Path(base) / f"node{rank}", Path(base) / "shared"
+    out: dict[str, Any] = {}
+
+    def outcome(directory: Path, node_local: bool) -> str:
+        try:
+            check_storage(directory, env, node_local=node_local)
+        except UserError as err:
+            return str(err)
+        return "ok"
+
+    out["own_dirs_assumed_shared"] = outcome(own, False)
+    out["own_dirs_node_local"] = outcome(own, True)
+    out["shared_dir_shared"] = outcome(shared, False)
+    out["shared_dir_node_local"] = outcome(shared, True)
+    out["probes_left"] = sorted(p.name for p in own.iterdir())
+
+    root = own / "checkpoints"
+    for step in (3, 6) if rank == 0 else (3,):  # node 1 died between the nodes' commits of step 6
+        ref = CheckpointRef(root, tag_for(step))
+        (ref.ours).mkdir(parents=True)
+        (ref.ours / f"rank{rank:05d}.pt").write_bytes(b"state")
+        write_manifest(ref.path, step=step)
+        publish_latest(ref)
+    found = agree_on_resume(lambda: resolve_resume("auto", root), root, env)
+    out["resume_step"] = found.step if found else None
+    empty = own / "empty"
+    try:
+        agree_on_resume(lambda: resolve_resume("auto", root if rank == 0 else empty), root, env)
+        out["one_node_without"] = "ok"
+    except UserError as err:
+        out["one_node_without"] = str(err)
+    dist.destroy_process_group()
+    return out
