@@ -59,3 +59,43 @@ def storage_cases(base: str) -> dict[str, Any]:
         out["one_node_without"] = str(err)
     dist.destroy_process_group()
     return out
+
+
+def adopt_case(base: str) -> dict[str, Any]:
+    """Node-local storage, each rank one node: what rank 1's node receives from rank 0's run directory."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from scaling.checkpoint import gather
+    from scaling.distributed.env import LaunchEnv
+    from scaling.engine.run_dir import adopt_run_dir
+
+    gather.CHUNK = 7  # many chunks per file
+    rank = int(os.environ["RANK"])
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    env = LaunchEnv(rank=rank, local_rank=0, world_size=2, local_world_size=1, launched=True)
+    origin, own = Path(base) / "node0", Path(base) / f"node{rank}"
+    if rank == 0:
+        (origin / "tokenizer").mkdir(parents=True)
+        (origin / "tokenizer" / "tokenizer.json").write_text('{"vocab": "' + "x" * 50 + '"}')
+        (origin / "student").mkdir()
+        (origin / "student" / "model.safetensors").write_bytes(bytes(range(256)) * 3)
+        (origin / "checkpoints" / "step-00000001").mkdir(parents=True)
+        (origin / "checkpoints" / "step-00000001" / "big.pt").write_bytes(b"never shipped")
+    run = {
+        "deepspeed": {"checkpoint": {"use_node_local_storage": True}},
+        "checkpoint": {"output": str(origin), "resume": f"{origin}/checkpoints/step-00000001"},
+        "model": {"tokenizer": f"{origin}/tokenizer", "source": f"{origin}/student"},
+        "data": {"train": [f"{base}/corpus.txt"]},
+    }
+    texts = {
+        "run_config.json": json.dumps(run),
+        "distill_config.json": json.dumps({"student_dir": f"{origin}/student"}),
+    }
+    adopted = {name: json.loads(text) for name, text in adopt_run_dir(texts, own, env).items()}
+    files = sorted(p.relative_to(own).as_posix() for p in own.rglob("*") if p.is_file())
+    same = rank == 0 or all((own / f).read_bytes() == (origin / f).read_bytes() for f in files)
+    dist.destroy_process_group()
+    return {"config": adopted, "files": files, "same": same}

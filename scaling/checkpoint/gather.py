@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from scaling.checkpoint.store import MANIFEST, CheckpointRef, write_manifest
 
@@ -99,3 +99,39 @@ def _receive(path: Path, size: int, owner: int, torch: Any) -> None:
 def discard_gathered(staged: CheckpointRef | None) -> None:
     if staged is not None:
         shutil.rmtree(staged.root, ignore_errors=True)
+
+
+def broadcast_tree(sources: dict[str, Path] | None, dest: Path, rank: int, *, write: bool) -> None:
+    """Collective: rank 0's files (`sources`: relative name -> its path; None elsewhere) reach `dest/NAME` on
+    every rank with `write` (one writer per directory; the others receive and discard), in chunks."""
+    import torch
+    import torch.distributed as dist
+
+    listing: list[Any] = [
+        [(rel, path.stat().st_size) for rel, path in sorted(sources.items())] if sources is not None else None
+    ]
+    dist.broadcast_object_list(listing, src=0)
+    for rel, size in listing[0]:
+        handle: IO[bytes] | None = None
+        if rank == 0:
+            assert sources is not None
+            handle = open(sources[rel], "rb")  # noqa: SIM115 (closed below, after the chunks)
+        elif write:
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            handle = open(dest / rel, "wb")  # noqa: SIM115
+        try:
+            left = size
+            while left:
+                count = min(CHUNK, left)
+                if rank == 0:
+                    assert handle is not None
+                    block = torch.frombuffer(bytearray(handle.read(count)), dtype=torch.uint8)
+                else:
+                    block = torch.empty(count, dtype=torch.uint8)
+                dist.broadcast(block, src=0)
+                if rank != 0 and handle is not None:
+                    handle.write(block.numpy().tobytes())
+                left -= count
+        finally:
+            if handle is not None:
+                handle.close()

@@ -151,36 +151,65 @@ def _probes(directory: Path, prefix: str) -> set[int]:
 
 def adopt_run_dir(texts: Mapping[str, str], directory: Path, env: LaunchEnv) -> dict[str, str]:
     """Collective, for a job on more than one node: check the storage mode against what the ranks see, and
-    under node-local storage give this node what it needs from rank 0's run directory (its tokenizer) and
-    the run config that names this node's own directory. Returns the resolved files to train from."""
+    under node-local storage give this node what the resolved files name inside rank 0's run directory (the
+    tokenizer; a distillation's student and teacher) and resolved files that name this node's own directory
+    instead. Returns the resolved files to train from."""
     import torch.distributed as dist
+
+    from scaling.checkpoint.gather import broadcast_tree
 
     if env.world_size == env.local_world_size:  # one node: one run directory
         return dict(texts)
-    data = json.loads(texts[RUN_CONFIG_FILE])
-    node_local = node_local_storage(data["deepspeed"])
+    data = {name: json.loads(text) for name, text in texts.items()}
+    node_local = node_local_storage(data[RUN_CONFIG_FILE]["deepspeed"])
     check_storage(directory, env, node_local=node_local)
     if not node_local:
         return dict(texts)
-    from scaling.engine.prepare import TOKENIZER_DIR
+    origin = str(data[RUN_CONFIG_FILE]["checkpoint"]["output"])
+    sources = None
+    if env.rank == 0:
+        # Not checkpoints (`--resume PATH` inside the run): each node resumes from its own.
+        skip = str(Path(origin) / "checkpoints")
+        named = {
+            Path(s)
+            for s in _strings(data)
+            if _inside(s, origin) and s != origin and not _inside(s, skip) and Path(s).exists()
+        }
+        sources = {
+            file.relative_to(origin).as_posix(): file
+            for path in sorted(named)
+            for file in ([path] if path.is_file() else sorted(path.rglob("*")))
+            if file.is_file()
+        }
+    broadcast_tree(sources, directory, env.rank, write=env.local_rank == 0 and env.rank != 0)
+    dist.barrier()  # the node's copy is written before any of its ranks reads it
+    here = str(directory)
+    moved = _replace_strings(data, lambda s: here + s[len(origin) :] if _inside(s, origin) else s)
+    return {name: json.dumps(value, indent=2) + "\n" for name, value in moved.items()}
 
-    tokenizer = data["model"].get("tokenizer")
-    files = [_read_tree(Path(tokenizer)) if env.rank == 0 and tokenizer else None]
-    dist.broadcast_object_list(files, src=0)
-    if files[0] is not None:
-        target = directory / TOKENIZER_DIR
-        if env.local_rank == 0 and env.rank != 0:
-            for rel, blob in files[0].items():
-                (target / rel).parent.mkdir(parents=True, exist_ok=True)
-                (target / rel).write_bytes(blob)
-        data["model"]["tokenizer"] = str(target if env.rank != 0 else tokenizer)
-    data["checkpoint"]["output"] = str(directory)
-    dist.barrier()  # the node's copy is written before any of its ranks loads it
-    return {**texts, RUN_CONFIG_FILE: json.dumps(data, indent=2) + "\n"}
+
+def _inside(text: str, origin: str) -> bool:
+    return text == origin or text.startswith(origin.rstrip("/") + "/")
 
 
-def _read_tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+def _replace_strings(value: Any, change: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return change(value)
+    if isinstance(value, dict):
+        return {key: _replace_strings(item, change) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_replace_strings(item, change) for item in value]
+    return value
 
 
 def agree_on_resume(

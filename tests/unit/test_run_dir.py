@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness import run_ranks
-from ranks_storage import storage_cases
+from ranks_storage import adopt_case, storage_cases
 
 from scaling.engine.run_dir import Sighting, storage_problem
 
@@ -39,3 +39,14 @@ def test_two_nodes_check_their_run_directories_and_agree_on_the_resume_step(tmp_
         assert out["probes_left"] == []
         assert out["resume_step"] == 3  # node 0's latest is 6, node 1's 3: the newest both committed
         assert "rank(s) 1 found no checkpoint" in out["one_node_without"]
+
+
+def test_a_node_with_its_own_run_directory_gets_rank0s_prepared_files(tmp_path):
+    _, node1 = run_ranks(adopt_case, 2, str(tmp_path), timeout=120)
+    own = str(tmp_path / "node1")
+    assert node1["files"] == ["student/model.safetensors", "tokenizer/tokenizer.json"] and node1["same"]
+    run = node1["config"]["run_config.json"]
+    assert run["checkpoint"] == {"output": own, "resume": f"{own}/checkpoints/step-00000001"}
+    assert run["model"] == {"tokenizer": f"{own}/tokenizer", "source": f"{own}/student"}
+    assert run["data"] == {"train": [f"{tmp_path}/corpus.txt"]}  # inputs outside the run stay where they are
+    assert node1["config"]["distill_config.json"] == {"student_dir": f"{own}/student"}
