@@ -100,7 +100,11 @@ class Outcome:
     """One paragraph for the log; empty for a clean finish."""
 
 
-def conclude(returncode: int, reports: list[RankReport], world_size: int) -> Outcome:
+def conclude(
+    returncode: int, reports: list[RankReport], world_size: int, *, ranks: list[int] | None = None
+) -> Outcome:
+    """`ranks`: the ranks this host started and must account for (all of them by default; with --no-ssh
+    only this node's, whose reports are the only ones a node-local run directory holds)."""
     failed = [r for r in reports if r.kind == FAILED]
     preempted = [r for r in reports if r.kind == PREEMPTED]
     if not failed and preempted:
@@ -116,7 +120,7 @@ def conclude(returncode: int, reports: list[RankReport], world_size: int) -> Out
         # Every rank raised the same user error before training (it is on the console once, from rank 0).
         return Outcome(EXIT_USER_ERROR, "the ranks stopped before training on the error above")
     code = returncode if returncode > 0 else 1
-    silent = sorted(set(range(world_size)) - {r.rank for r in reports})
+    silent = sorted(set(range(world_size) if ranks is None else ranks) - {r.rank for r in reports})
     causes = [r for r in failed if not r.peer_failure]
     lines = []
     if causes:
