@@ -129,8 +129,8 @@ def conclude(
     if silent and (not causes or returncode < 0 or returncode > 128):
         steps = sorted({r.step for r in failed})
         at = f" (its peers failed at step {steps[0]})" if steps else ""
-        ranks = ", ".join(map(str, silent))
-        lines.append(f"rank {ranks} stopped without a report: killed, crashed hard or hung{at}")
+        names = ", ".join(map(str, silent))
+        lines.append(f"rank {names} stopped without a report: killed, crashed hard or hung{at}")
     for r in failed:
         if r.peer_failure:
             lines.append(f"  rank {r.rank} on {r.host} at step {r.step}: {_first_line(r.error)}")
