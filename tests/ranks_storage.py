@@ -49,8 +49,9 @@ def storage_cases(base: str) -> dict[str, Any]:
         (ref.ours / f"rank{rank:05d}.pt").write_bytes(b"state")
         write_manifest(ref.path, step=step)
         publish_latest(ref)
-    found = agree_on_resume(lambda: resolve_resume("auto", root), root, env)
+    found = agree_on_resume(lambda: resolve_resume("auto", root), root, env, writer=True)
     out["resume_step"] = found.step if found else None
+    out["latest_after"] = (root / "latest").read_text().strip()
     empty = own / "empty"
     try:
         agree_on_resume(lambda: resolve_resume("auto", root if rank == 0 else empty), root, env)

@@ -57,13 +57,18 @@ class CheckpointManager:
         tokenizer: PreTrainedTokenizerBase,
         barrier: Any,
         before_commit: Any = None,
+        on_every_rank: Any = None,
     ) -> CheckpointRef:
         """`before_commit(ref)`, when given, runs on every rank after all state is written and before the
-        manifest, so what it adds (e.g. gathered tensor-parallel weights) is covered by the commit."""
+        manifest, so what it adds (e.g. gathered tensor-parallel weights) is covered by the commit.
+        `on_every_rank(flag)`: whether `flag` holds on every rank (collective), for per-node directories."""
         import torch
 
         ref = CheckpointRef(self.root, tag_for(step))
-        if is_complete(ref.path):  # this step is already committed (e.g. saved just before a resume)
+        done = is_complete(ref.path)
+        if on_every_rank is not None:  # a node one commit behind saves again, and so must all the others
+            done = on_every_rank(done)
+        if done:  # this step is already committed (e.g. saved just before a resume)
             return ref
         if self.writer:
             self.root.mkdir(parents=True, exist_ok=True)

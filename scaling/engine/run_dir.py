@@ -213,17 +213,18 @@ def _replace_strings(value: Any, change: Callable[[str], str]) -> Any:
 
 
 def agree_on_resume(
-    find: Callable[[], CheckpointRef | None], root: Path, env: LaunchEnv
+    find: Callable[[], CheckpointRef | None], root: Path, env: LaunchEnv, *, writer: bool = False
 ) -> CheckpointRef | None:
     """Collective: the checkpoint every rank resumes from (`find` is this rank's own answer).
 
     With one shared run directory all ranks find the same one. With one per node they can differ: a job
     killed between the nodes' commits leaves one node a checkpoint behind, and resuming each node from its
-    own `latest` would mix two steps. Then the newest step committed on every node wins. A rank that cannot
+    own `latest` would mix two steps. Then the newest step committed on every node wins, and a node ahead
+    (its `writer`) points its `latest` back at it: the step it is ahead by is saved again. A rank that cannot
     resume (no checkpoint where the others have one, a bad path) fails every rank at once, not in a hang."""
     import torch.distributed as dist
 
-    from scaling.checkpoint.store import committed, tag_for
+    from scaling.checkpoint.store import committed, publish_latest, tag_for
 
     try:
         ref, error = find(), ""
@@ -260,9 +261,12 @@ def agree_on_resume(
             f"no checkpoint step is committed on every node (latest steps: {sorted(found)})"
         )
     chosen = max(usable)
+    agreed = CheckpointRef(ref.root if ref else root, tag_for(chosen))
+    if writer and ref is not None and ref.step != chosen and ref.root == root:
+        publish_latest(agreed)
     log.warning(
         "the nodes' latest checkpoints differ (steps %s): resuming from step %d, the newest committed on every node",
         ", ".join(map(str, sorted(found))),
         chosen,
     )
-    return CheckpointRef(ref.root if ref else root, tag_for(chosen))
+    return agreed

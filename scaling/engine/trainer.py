@@ -406,7 +406,11 @@ class Trainer:
                 tokenizer=self.tokenizer,
                 barrier=dist_setup.barrier,
                 before_commit=self._before_commit,
+                on_every_rank=self._on_every_rank,
             )
+
+    def _on_every_rank(self, flag: bool) -> bool:
+        return all_reduce_int(int(flag), dist.ReduceOp.MIN, device=self.engine.device) == 1
 
     def _before_commit(self, ref: CheckpointRef) -> None:
         self.layout.before_commit(ref)
@@ -428,7 +432,10 @@ class Trainer:
         """Restore the engine and every stateful extra from the checkpoint `--resume` names; the step to
         continue from (0 for a fresh start)."""
         ref = agree_on_resume(
-            lambda: resolve_resume(self.run.checkpoint.resume, self.ckpt.root), self.ckpt.root, self.env
+            lambda: resolve_resume(self.run.checkpoint.resume, self.ckpt.root),
+            self.ckpt.root,
+            self.env,
+            writer=bool(self.ckpt.writer),
         )
         if ref is None:
             return 0

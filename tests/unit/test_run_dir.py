@@ -38,6 +38,7 @@ def test_two_nodes_check_their_run_directories_and_agree_on_the_resume_step(tmp_
         assert "every node sees the same run directory" in out["shared_dir_node_local"]
         assert out["probes_left"] == []
         assert out["resume_step"] == 3  # node 0's latest is 6, node 1's 3: the newest both committed
+        assert out["latest_after"] == "step-00000003"  # node 0 saves step 6 again: `latest` must not name it
         assert "rank(s) 1 found no checkpoint" in out["one_node_without"]
 
 
