@@ -486,7 +486,9 @@ class Trainer:
                 staged = gather_to_rank0(ref, self.rank)
                 try:
                     source = staged.path if staged is not None else ref.path
-                    dist_setup.on_rank0(lambda: export_checkpoint(source, target), rank=self.rank)
+                    dist_setup.on_rank0(
+                        lambda: export_checkpoint(source, target, recorded_as=ref.path), rank=self.rank
+                    )
                 finally:
                     discard_gathered(staged)
             else:

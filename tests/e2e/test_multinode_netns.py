@@ -6,6 +6,7 @@ namespaces the nodes are two loopback addresses (127.0.0.2, 127.0.0.3) instead."
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -148,6 +149,8 @@ def test_two_nodes_each_with_its_own_run_directory(tmp_path, small_corpus, clm_t
         assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
     assert losses(outs[0]) == reference
     assert (outs[0] / "final" / "model.safetensors").is_file()
+    record = json.loads((outs[0] / "final" / "scaling_export.json").read_text())
+    assert record["checkpoint"] == str(outs[0] / "checkpoints" / "step-00000006")  # not the gathered copy
     assert not (outs[0] / "checkpoints" / ".gathered").exists()
     for out in outs:
         assert leftovers(str(out)) == []
