@@ -94,11 +94,14 @@ def _bf16_master_weights(ref: CheckpointRef, module: dict[str, Any]) -> dict[str
     return out
 
 
-def export_checkpoint(checkpoint: Path, output_dir: Path, *, safe_serialization: bool = True) -> Path:
+def export_checkpoint(
+    checkpoint: Path, output_dir: Path, *, safe_serialization: bool = True, recorded_as: Path | None = None
+) -> Path:
     """Write `output_dir` as an HF model directory (config, safetensors, tokenizer) from a checkpoint.
 
     `checkpoint` may be a step directory, a checkpoints root or a run directory. The directory appears
-    complete or not at all: it is assembled beside the target and renamed into place.
+    complete or not at all: it is assembled beside the target and renamed into place. `recorded_as`: the
+    checkpoint to name in scaling_export.json when `checkpoint` is a temporary copy of it.
     """
     from scaling.models.load import model_class_for
 
@@ -131,7 +134,8 @@ def export_checkpoint(checkpoint: Path, output_dir: Path, *, safe_serialization:
                 shutil.copy2(file, staging / file.name, follow_symlinks=False)
         (staging / "scaling_export.json").write_text(
             json.dumps(
-                {"checkpoint": str(ref.path), "step": ref.step, "task": run["model"]["task"]}, indent=1
+                {"checkpoint": str(recorded_as or ref.path), "step": ref.step, "task": run["model"]["task"]},
+                indent=1,
             )
             + "\n",
             encoding="utf-8",

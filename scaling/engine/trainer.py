@@ -37,6 +37,7 @@ from scaling.engine import dist as dist_setup
 from scaling.engine.layout import Layout, layout_for
 from scaling.engine.metrics import MetricsSink, MfuMeter, memory_stats
 from scaling.engine.objective import LanguageModelling, Objective
+from scaling.engine.run_dir import agree_on_resume, node_local_storage
 from scaling.engine.state import (
     Keyed,
     RankState,
@@ -184,7 +185,11 @@ class Trainer:
         self.output = run.output
         self.layout = layout or layout_for(run, env)
         self.objective: Objective = objective or LanguageModelling(run.model.task)
-        self.ckpt = CheckpointManager(self.output / "checkpoints", self.rank, run.checkpoint.keep_last)
+        # With a run directory per node, each node's local rank 0 writes its node's copy (DeepSpeed's rule).
+        writer = env.local_rank == 0 if node_local_storage(run.deepspeed) else self.rank == 0
+        self.ckpt = CheckpointManager(
+            self.output / "checkpoints", self.rank, run.checkpoint.keep_last, writer=writer
+        )
         self.counters = LoopCounters()
         self.rank_state = RankState()
         self.resume_changes: list[str] = []
@@ -247,7 +252,7 @@ class Trainer:
         run = self.run
         self._build()
         start_step = self._maybe_resume()
-        if self.rank == 0:
+        if self.ckpt.writer:
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "run_config.json").write_text(run.to_json(), encoding="utf-8")
         sink = MetricsSink(
@@ -401,7 +406,11 @@ class Trainer:
                 tokenizer=self.tokenizer,
                 barrier=dist_setup.barrier,
                 before_commit=self._before_commit,
+                on_every_rank=self._on_every_rank,
             )
+
+    def _on_every_rank(self, flag: bool) -> bool:
+        return all_reduce_int(int(flag), dist.ReduceOp.MIN, device=self.engine.device) == 1
 
     def _before_commit(self, ref: CheckpointRef) -> None:
         self.layout.before_commit(ref)
@@ -422,7 +431,12 @@ class Trainer:
     def _maybe_resume(self) -> int:
         """Restore the engine and every stateful extra from the checkpoint `--resume` names; the step to
         continue from (0 for a fresh start)."""
-        ref = resolve_resume(self.run.checkpoint.resume, self.ckpt.root)
+        ref = agree_on_resume(
+            lambda: resolve_resume(self.run.checkpoint.resume, self.ckpt.root),
+            self.ckpt.root,
+            self.env,
+            writer=bool(self.ckpt.writer),
+        )
         if ref is None:
             return 0
         self._check_layout(ref)
@@ -465,7 +479,20 @@ class Trainer:
 
         target = self.output / "final"
         with dist_setup.collective_timeout(self.run.parallel.init_timeout_s):  # the others wait for rank 0
-            dist_setup.on_rank0(lambda: export_checkpoint(ref.path, target), rank=self.rank)
+            if node_local_storage(self.run.deepspeed) and self.env.world_size > self.env.local_world_size:
+                # rank 0's node holds only its own shards: export from a copy completed by the others
+                from scaling.checkpoint.gather import discard_gathered, gather_to_rank0
+
+                staged = gather_to_rank0(ref, self.rank)
+                try:
+                    source = staged.path if staged is not None else ref.path
+                    dist_setup.on_rank0(
+                        lambda: export_checkpoint(source, target, recorded_as=ref.path), rank=self.rank
+                    )
+                finally:
+                    discard_gathered(staged)
+            else:
+                dist_setup.on_rank0(lambda: export_checkpoint(ref.path, target), rank=self.rank)
         return target
 
 

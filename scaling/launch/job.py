@@ -147,6 +147,10 @@ def run_job(kind: JobKind, ctx: click.Context, params: dict[str, Any]) -> None:
     from scaling.distributed import LaunchEnv
 
     env = LaunchEnv.from_environ(local_rank=params["local_rank"])
+    if env.launched:
+        from scaling.launch.watch import watch_launchers
+
+        watch_launchers()  # a launcher that dies stops this rank like SIGTERM (saved, exit 75)
     job: Callable[[], TrainResult]
     if params["resolved_config"]:
         path = Path(params["resolved_config"])
@@ -215,12 +219,14 @@ def rank_from_file(
     """
     from scaling.config.sections import ParallelConfig
     from scaling.engine import dist as dist_setup
+    from scaling.engine.run_dir import adopt_run_dir
 
     if env.world_size == 1:
         return train_rank(kind, read_resolved(kind, run_config), env)
     dist_setup.init_process_group(env, timeout_s=init_timeout_s or ParallelConfig().init_timeout_s)
     with _closing_on_failure():
         texts = dist_setup.from_rank0(lambda: read_resolved(kind, run_config), rank=env.rank)
+        texts = adopt_run_dir(texts, run_config.parent.resolve(), env)
     return train_rank(kind, texts, env)
 
 
@@ -228,6 +234,7 @@ def rank_from_request(kind: JobKind, request: JobRequest, env: LaunchEnv) -> Tra
     """A rank started by a launcher with the job's options (`deepspeed -m scaling.rank train ARGS`, `srun`):
     every rank checks the options (fast, identical failures), rank 0 prepares, all train from its files."""
     from scaling.engine import dist as dist_setup
+    from scaling.engine.run_dir import adopt_run_dir
 
     kind.check(request)
     dist_setup.init_process_group(env, timeout_s=request.run.parallel.init_timeout_s)
@@ -235,6 +242,7 @@ def rank_from_request(kind: JobKind, request: JobRequest, env: LaunchEnv) -> Tra
         texts = dist_setup.from_rank0(
             lambda: read_resolved(kind, kind.prepare(request) / RUN_CONFIG), rank=env.rank
         )
+        texts = adopt_run_dir(texts, Path(request.run.checkpoint.output).resolve(), env)
     return train_rank(kind, texts, env)
 
 

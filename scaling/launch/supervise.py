@@ -51,7 +51,8 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
     finally:
         signal.signal(signal.SIGTERM, previous)
         _reap_orphans(before)
-    outcome = conclude(returncode, read_reports(output), plan.world_size)
+    ours = [rank for node in plan.nodes for rank in node.ranks] if plan.spec.no_ssh else None
+    outcome = conclude(returncode, read_reports(output), plan.world_size, ranks=ours)
     if outcome.message:
         log.warning("[scaling launch] %s", outcome.message)
     return outcome.exit_code
