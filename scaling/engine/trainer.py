@@ -194,6 +194,7 @@ class Trainer:
         self.rank_state = RankState()
         self.resume_changes: list[str] = []
         self.current_step = 0  # the optimizer step being run (1-based), named in failure reports
+        self._pending_nonfinite: torch.Tensor | None = None  # this step's earlier micro-batches (see agree)
 
     @property
     def engine(self) -> Any:
@@ -351,14 +352,25 @@ class Trainer:
         except (AttributeError, TypeError, ZeroDivisionError):  # a model config without the usual names
             return None
 
-    def agree(self, loss: torch.Tensor, sigterm_raised: bool) -> tuple[list[int], bool]:
-        """One small all-reduce per micro-step: which ranks saw a non-finite loss, and whether any rank
-        was asked to stop. Every rank must agree, or a skipped backward would deadlock the others.
+    def agree(
+        self, loss: torch.Tensor, sigterm_raised: bool, *, boundary: bool = True
+    ) -> tuple[list[int], bool]:
+        """Which ranks saw a non-finite loss, and whether any rank was asked to stop: one small all-reduce
+        and one host sync per optimizer step.
 
-        The flags live on the loss's device (NCCL reduces only device tensors) and are read back once:
-        one host sync per micro-step, not one for the finiteness test and another for the result."""
+        With --on-nan skip, every micro-step agrees (a skipped backward on one rank alone would deadlock the
+        others' gradient reduction). A run that stops on NaN needs no such agreement mid-step: each rank
+        remembers its own flag on the device and the ranks agree once, on the last micro-batch before its
+        backward, so non-finite gradients never reach the weights. SIGTERM waits for that boundary too."""
+        local = ~torch.isfinite(loss.detach()).all()
+        if self._pending_nonfinite is not None:
+            local = local | self._pending_nonfinite
+        if not boundary and self.run.optim.on_nan == "stop":
+            self._pending_nonfinite = local
+            return [], False
+        self._pending_nonfinite = None
         flags = torch.zeros(self.env.world_size + 1, dtype=torch.float32, device=loss.device)
-        flags[self.rank] = (~torch.isfinite(loss.detach()).all()).float()
+        flags[self.rank] = local.float()
         if sigterm_raised:
             flags[-1] = 1.0
         if dist.is_initialized() and self.env.world_size > 1:
@@ -418,9 +430,12 @@ class Trainer:
 
     def _assert_finite_weights(self, step: int) -> None:
         # Never commit non-finite weights: a resume from them could never recover.
+        from scaling.compat.deepspeed import local_partition
+
         finite = torch.tensor([1.0], device=self.engine.device)
         for param in self.engine.module.parameters():
-            if param.numel() and not torch.isfinite(param.detach()).all():
+            local = local_partition(param)  # ZeRO-3: this rank's shard (the parameter itself is empty)
+            if local.numel() and not torch.isfinite(local).all():
                 finite[0] = 0.0
                 break
         if dist.is_initialized():

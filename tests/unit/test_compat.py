@@ -153,6 +153,18 @@ def test_consolidated_state_dict_gathers_zero3_partitions(zero3_engine):
         torch.testing.assert_close(state["1.weight"].float(), weight.detach().float())
 
 
+def test_local_partition_is_the_zero3_shard_a_finite_check_can_read(zero3_engine):
+    # Large parameters are empty placeholders outside a gather (small ones persist whole); every one keeps its
+    # shard in ds_tensor, which is what a finite-weights check must read.
+    for param in zero3_engine.module.parameters():
+        shard = ds_compat.local_partition(param)
+        assert shard.data_ptr() == param.ds_tensor.data_ptr()
+        assert shard.numel() >= param.ds_numel  # one rank: the whole parameter, flat (padded)
+        assert torch.isfinite(shard).all()
+    plain = torch.nn.Parameter(torch.ones(3))
+    assert ds_compat.local_partition(plain).data_ptr() == plain.data_ptr()
+
+
 def test_zero3_checkpoint_partitions_merge_into_whole_parameters(zero3_engine, tmp_path: Path):
     import deepspeed
     from deepspeed.utils import zero_to_fp32 as z2f
