@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scaling.engine.trackers import flat_params, grouped_name, remember_id, remembered_id
+from scaling.engine.trackers import flat_params, grouped_name, remember_id
 from scaling.errors import UserError
 
 NAME = "mlflow"
@@ -27,7 +27,7 @@ def _metric_name(key: str) -> str:
 
 
 class MlflowTracker:
-    def __init__(self, output: Path, run_config: dict[str, Any]) -> None:
+    def __init__(self, output: Path, run_config: dict[str, Any], run_id: str | None = None) -> None:
         try:
             from mlflow.entities import Metric, Param
             from mlflow.tracking import MlflowClient
@@ -38,7 +38,6 @@ class MlflowTracker:
         self._metric = Metric
         uri = os.environ.get("MLFLOW_TRACKING_URI") or (output.resolve() / "mlruns").as_uri()
         self._client = MlflowClient(tracking_uri=uri)
-        run_id = remembered_id(output, NAME)
         if run_id is None:
             name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "scaling")
             experiment = self._client.get_experiment_by_name(name)

@@ -10,21 +10,20 @@ import os
 from pathlib import Path
 from typing import Any
 
-from scaling.engine.trackers import grouped_name, remember_id, remembered_id
+from scaling.engine.trackers import grouped_name, remember_id
 from scaling.errors import UserError
 
 NAME = "wandb"
 
 
 class WandbTracker:
-    def __init__(self, output: Path, run_config: dict[str, Any]) -> None:
+    def __init__(self, output: Path, run_config: dict[str, Any], run_id: str | None = None) -> None:
         try:
             import wandb
         except ImportError:
             raise UserError(
                 "--report-to wandb needs the wandb package: pip install 'scaling[trackers]'"
             ) from None
-        run_id = remembered_id(output, NAME)
         self._run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "scaling"),
             name=output.resolve().name,

@@ -129,14 +129,16 @@ def open_tracker(name: str, output: Path, *, start_step: int, run_config: dict[s
         return TensorBoardTracker(output, start_step)
     if name == "csv":
         return CsvTracker(output, start_step)
+    # A resumed run continues its tracker run; a fresh one (step 0) starts another.
+    run_id = remembered_id(output, name) if start_step > 0 else None
     if name == "wandb":
         from scaling.engine.tracker_wandb import WandbTracker
 
-        return WandbTracker(output, run_config)
+        return WandbTracker(output, run_config, run_id)
     if name == "mlflow":
         from scaling.engine.tracker_mlflow import MlflowTracker
 
-        return MlflowTracker(output, run_config)
+        return MlflowTracker(output, run_config, run_id)
     raise UserError(f"--report-to {name}: not a tracker (choose from {', '.join(TRACKERS)})")
 
 
@@ -169,5 +171,5 @@ def flat_params(run_config: dict[str, Any], prefix: str = "") -> dict[str, str]:
         if isinstance(value, dict):
             out.update(flat_params(value, name + "."))
         else:
-            out[name] = json.dumps(value) if not isinstance(value, str) else value
+            out[name] = json.dumps(value, default=str) if not isinstance(value, str) else value
     return out

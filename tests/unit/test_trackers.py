@@ -126,6 +126,13 @@ def test_mlflow_file_store_holds_params_and_metric_history(tmp_path, monkeypatch
         (2, 3.5),
     ]
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "eval/perplexity")] == [(2, 42.5)]
+    resumed = open_tracker("mlflow", run, start_step=3, run_config={})  # a resume continues the same run
+    resumed.log(4, {"loss": 3.0})
+    resumed.close()
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2, 4]
+    fresh = open_tracker("mlflow", run, start_step=0, run_config={})  # a fresh start is another run
+    fresh.close()
+    assert json.loads((run / IDS_FILE).read_text())["mlflow"] not in (run_id, None)
 
 
 def test_tensorboard_events_hold_the_metrics(tmp_path):
