@@ -26,6 +26,8 @@ from scaling.errors import CheckpointError
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
+BEST = "best"
+"""Name of the checkpoint with the lowest eval loss (early stopping); retention never deletes it."""
 TAG_PREFIX = "step-"
 TRASH_PREFIX = ".deleting-"
 OURS = "scaling"
@@ -218,14 +220,28 @@ def publish_latest(ref: CheckpointRef) -> None:
     atomic_write_text(ref.root / LATEST, ref.tag + "\n")
 
 
+def publish_best(ref: CheckpointRef) -> None:
+    atomic_write_text(ref.root / BEST, ref.tag + "\n")
+
+
+def read_best(root: Path) -> CheckpointRef | None:
+    """The checkpoint `best` names, when there is one and it is committed."""
+    pointer = root / BEST
+    if not pointer.is_file():
+        return None
+    ref = CheckpointRef(root, pointer.read_text(encoding="utf-8").strip())
+    return ref if is_complete(ref.path) else None
+
+
 def retain(root: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` committed checkpoints and any interrupted saves older than the
-    newest commit. Never deletes what `latest` names. Returns what was removed."""
+    newest commit. Never deletes what `latest` or `best` names. Returns what was removed."""
     latest = read_latest(root)
     complete = committed(root)
     keep = {r.tag for r in complete[-keep_last:]} if keep_last > 0 else {r.tag for r in complete}
-    if latest is not None:
-        keep.add(latest.tag)
+    for pinned in (latest, read_best(root)):
+        if pinned is not None:
+            keep.add(pinned.tag)
     newest_step = complete[-1].step if complete else -1
     removed = []
     for d in _tagged_dirs(root):
