@@ -327,6 +327,6 @@ class _LostConsoleGuard:
 def survive_lost_console() -> None:
     """Guard sys.stdout and sys.stderr against a reader that dies (see _LostConsoleGuard)."""
     if not isinstance(sys.stdout, _LostConsoleGuard):
-        sys.stdout = _LostConsoleGuard(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = _LostConsoleGuard(sys.stdout)
     if not isinstance(sys.stderr, _LostConsoleGuard):
-        sys.stderr = _LostConsoleGuard(sys.stderr)  # type: ignore[assignment]
+        sys.stderr = _LostConsoleGuard(sys.stderr)
