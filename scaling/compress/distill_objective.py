@@ -151,8 +151,11 @@ class DistillObjective:
     # -- building -------------------------------------------------------------------------------------
 
     def build_model(self, run: RunConfig, tokenizer: Any) -> Any:
-        """The student (run.model.source names its directory once the run is prepared)."""
-        return self.lm.build_model(run, tokenizer)
+        """The student (run.model.source names its directory once the run is prepared). Built plainly, never
+        with the fused loss: distillation reads the student's logits."""
+        from scaling.engine.build import make_model
+
+        return make_model(run, tokenizer)
 
     def attach(self, engine: Any) -> None:
         from scaling.compress.student import num_layers
