@@ -14,6 +14,7 @@ from scaling.config.cli_options import explicit_options, from_params, section_op
 from scaling.config.sections import (
     CheckpointConfig,
     DeepSpeedSource,
+    DpoConfig,
     LogConfig,
     ModelConfig,
     OptimConfig,
@@ -39,6 +40,7 @@ def run_option_groups() -> list[list[Any]]:
         section_options(LogConfig),
         section_options(ParallelConfig, exclude=_NOT_TRAIN_OPTIONS),
         section_options(DataConfig),
+        section_options(DpoConfig),
     ]
 
 
@@ -63,4 +65,5 @@ def run_request_from_options(
         deepspeed_source=from_params(DeepSpeedSource, params),
         world_size=world_size,
         explicit=explicit,
+        dpo=from_params(DpoConfig, params),
     )

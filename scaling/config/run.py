@@ -18,6 +18,7 @@ from scaling.config.sections import (
     TASKS,
     CheckpointConfig,
     DeepSpeedSource,
+    DpoConfig,
     LogConfig,
     ModelConfig,
     OptimConfig,
@@ -48,6 +49,8 @@ class RunConfig:
     """The final DeepSpeed JSON every rank passes to deepspeed.initialize."""
     deepspeed_sources: dict[str, str] = field(default_factory=dict)
     """Dotted key -> where its value came from."""
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    """The DPO loss's settings (read by --task dpo only)."""
 
     @property
     def output(self) -> Path:
@@ -79,6 +82,7 @@ class RunConfig:
             total_steps=data["total_steps"],
             deepspeed=data["deepspeed"],
             deepspeed_sources=data["deepspeed_sources"],
+            dpo=DpoConfig(**data.get("dpo", {})),
         )
 
     @classmethod
@@ -173,6 +177,7 @@ def resolve_run(
     kv_heads: int | None = None,
     total_steps: int,
     cpu_only: bool | None = None,
+    dpo: DpoConfig | None = None,
 ) -> RunConfig:
     """Resolve the DeepSpeed JSON against the run options and return the complete run.
 
@@ -221,4 +226,5 @@ def resolve_run(
         total_steps=resolved.run.total_steps,
         deepspeed=resolved.config,
         deepspeed_sources=resolved.sources,
+        dpo=dpo or DpoConfig(),
     )

@@ -53,7 +53,7 @@ def iter_training_text(
     specs: Iterable[str], *, max_sentences: int, max_doc_chars: int = 100_000, conversations: bool = False
 ) -> Iterator[str]:
     """Text of the sources in file order, one pass, at most max_sentences records: deterministic by design.
-    `conversations`: the sources hold chat records (task sft); their turns' contents are the text."""
+    `conversations`: the sources hold chat records (task sft, dpo); their turns' contents are the text."""
     streams = []
     for raw in specs:
         spec = parse_spec(raw)
@@ -190,7 +190,7 @@ def build_tokenizer(
             staging = Path(tempfile.mkdtemp(prefix=".tok-", dir=save_dir.parent))
             train_sentencepiece(
                 iter_training_text(
-                    data.train, max_sentences=DEFAULT_MAX_SENTENCES, conversations=task == "sft"
+                    data.train, max_sentences=DEFAULT_MAX_SENTENCES, conversations=task in ("sft", "dpo")
                 ),
                 staging,
                 vocab_size=vocab_size,

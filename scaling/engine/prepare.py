@@ -17,6 +17,7 @@ from scaling.config.run import RUN_CONFIG_FILE, RunConfig, resolve_run
 from scaling.config.sections import (
     CheckpointConfig,
     DeepSpeedSource,
+    DpoConfig,
     LogConfig,
     ModelConfig,
     OptimConfig,
@@ -43,6 +44,8 @@ class RunRequest:
     """Processes the run will have."""
     explicit: frozenset[str]
     """Options typed on the command line; the rest are defaults that yield to the DeepSpeed JSON."""
+    dpo: DpoConfig = dataclasses.field(default_factory=DpoConfig)
+    """The DPO loss's settings (--task dpo)."""
 
 
 def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfig:
@@ -77,6 +80,7 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
             num_heads=heads,
             kv_heads=kv_heads,
             total_steps=steps,
+            dpo=request.dpo,
         )
     except ConfigError as err:
         problems.extend(err.problems)
@@ -131,7 +135,7 @@ def materialize(request: RunRequest) -> RunConfig:
             save_dir=tokenizer_dir,
         )
         tokenizer.save_pretrained(tokenizer_dir)
-    if run.model.task == "sft":
+    if run.model.task in ("sft", "dpo"):
         _prepare_chat(run, request, tokenizer, tokenizer_dir)
     request = dataclasses.replace(
         request, model=dataclasses.replace(request.model, tokenizer=str(tokenizer_dir.resolve()))
@@ -185,7 +189,7 @@ def _prepare_chat(run: RunConfig, request: RunRequest, tokenizer: Any, tokenizer
     name = prepare_chat_tokenizer(tokenizer, run.model.chat_template, trained_here=trained_here)
     if (tokenizer.chat_template, len(tokenizer)) != before:
         tokenizer.save_pretrained(tokenizer_dir)
-    check_sources(list(run.data.train) + list(run.data.eval), tokenizer, name)
+    check_sources(list(run.data.train) + list(run.data.eval), tokenizer, name, run.model.task)
 
 
 def write_run_config(run: RunConfig) -> Path:
