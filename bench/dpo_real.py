@@ -84,11 +84,12 @@ def metrics(run: Path) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/dpo-real"))
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--per-topic", type=int, default=6)
-    parser.add_argument("--lr", type=float, default=5e-6)
+    parser.add_argument("--lr", type=float, default=1e-5)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--eval-pairs", type=int, default=32)
+    parser.add_argument("--micro-batch", type=int, default=2)
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "tests"))
     from gguf_models import smollm2_135m
@@ -98,12 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     run = args.work / "run"
     common = ["--model", str(model), "--task", "dpo", "--eval-data", str(held_out), "--seq-len", "128",
               "--micro-batch", str(args.micro_batch), "--precision", "fp32", "--ds-config", "zero0",
-              "--dpo-beta", str(args.beta), "--eval-batches", "100", "--no-progress", "--no-tensorboard", "--no-export"]  # fmt: skip
+              "--dpo-beta", str(args.beta), "--eval-batches", str(args.eval_pairs // args.micro_batch), "--no-progress", "--no-tensorboard", "--no-export"]  # fmt: skip
     scaling = [sys.executable, "-m", "scaling", "train"]
     started = time.time()
     subprocess.run([*scaling, *common, "--data", str(train), "--output", str(run), "--max-steps", str(args.steps),
                     "--lr", str(args.lr), "--warmup-steps", "4", "--log-every", "5",
-                    "--eval-every", str(max(args.steps // 4, 1))], check=True, cwd=ROOT)  # fmt: skip
+                    "--eval-every", str(max(args.steps // 2, 1))], check=True, cwd=ROOT)  # fmt: skip
     seconds = time.time() - started
     # At step 0 the policy is its reference: every reward is 0, the loss log 2, the accuracy 0.5 (ties).
     before = {"eval_loss": math.log(2), "eval_reward_accuracy": 0.5, "eval_reward_margin": 0.0,
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         "pairs": counts,
         "steps": args.steps,
         "micro_batch_pairs": args.micro_batch,
+        "eval_pairs": min(args.eval_pairs, counts["eval"]),
         "lr": args.lr,
         "beta": args.beta,
         "train_seconds": round(seconds, 1),
