@@ -25,6 +25,7 @@ from scaling.config.sections import (
 )
 from scaling.data.config import DataConfig
 from scaling.errors import ConfigError, Problem
+from scaling.models.lora_config import LoraConfig
 
 RUN_CONFIG_FILE = "run_config.json"
 
@@ -48,6 +49,8 @@ class RunConfig:
     """The final DeepSpeed JSON every rank passes to deepspeed.initialize."""
     deepspeed_sources: dict[str, str] = field(default_factory=dict)
     """Dotted key -> where its value came from."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters over a frozen base (off unless lora.r > 0)."""
 
     @property
     def output(self) -> Path:
@@ -79,6 +82,7 @@ class RunConfig:
             total_steps=data["total_steps"],
             deepspeed=data["deepspeed"],
             deepspeed_sources=data["deepspeed_sources"],
+            lora=LoraConfig(**data.get("lora", {})),  # runs saved before LoRA existed have none
         )
 
     @classmethod
@@ -173,6 +177,7 @@ def resolve_run(
     kv_heads: int | None = None,
     total_steps: int,
     cpu_only: bool | None = None,
+    lora: LoraConfig | None = None,
 ) -> RunConfig:
     """Resolve the DeepSpeed JSON against the run options and return the complete run.
 
@@ -221,4 +226,5 @@ def resolve_run(
         total_steps=resolved.run.total_steps,
         deepspeed=resolved.config,
         deepspeed_sources=resolved.sources,
+        lora=lora or LoraConfig(),
     )
