@@ -23,6 +23,7 @@ from scaling.config.sections import (
 from scaling.data.config import DataConfig
 from scaling.engine.prepare import RunRequest
 from scaling.errors import ConfigError, Problem
+from scaling.models.lora_config import LoraConfig
 
 __all__ = ["explicit_options", "run_options", "run_request_from_options"]
 
@@ -34,6 +35,7 @@ def run_option_groups() -> list[list[Any]]:
     """Every option of a training run, grouped by section in help order (fresh Option objects per call)."""
     return [
         section_options(ModelConfig),
+        section_options(LoraConfig),
         section_options(DeepSpeedSource),
         section_options(OptimConfig),
         section_options(CheckpointConfig),
@@ -66,4 +68,5 @@ def run_request_from_options(
         world_size=world_size,
         explicit=explicit,
         dpo=from_params(DpoConfig, params),
+        lora=from_params(LoraConfig, params),
     )

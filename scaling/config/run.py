@@ -26,6 +26,7 @@ from scaling.config.sections import (
 )
 from scaling.data.config import DataConfig
 from scaling.errors import ConfigError, Problem
+from scaling.models.lora_config import LoraConfig
 
 RUN_CONFIG_FILE = "run_config.json"
 
@@ -51,6 +52,8 @@ class RunConfig:
     """Dotted key -> where its value came from."""
     dpo: DpoConfig = field(default_factory=DpoConfig)
     """The DPO loss's settings (read by --task dpo only)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters over a frozen base (off unless lora.r > 0)."""
 
     @property
     def output(self) -> Path:
@@ -83,6 +86,7 @@ class RunConfig:
             deepspeed=data["deepspeed"],
             deepspeed_sources=data["deepspeed_sources"],
             dpo=DpoConfig(**data.get("dpo", {})),
+            lora=LoraConfig(**data.get("lora", {})),  # runs saved before LoRA existed have none
         )
 
     @classmethod
@@ -178,6 +182,7 @@ def resolve_run(
     total_steps: int,
     cpu_only: bool | None = None,
     dpo: DpoConfig | None = None,
+    lora: LoraConfig | None = None,
 ) -> RunConfig:
     """Resolve the DeepSpeed JSON against the run options and return the complete run.
 
@@ -227,4 +232,5 @@ def resolve_run(
         deepspeed=resolved.config,
         deepspeed_sources=resolved.sources,
         dpo=dpo or DpoConfig(),
+        lora=lora or LoraConfig(),
     )

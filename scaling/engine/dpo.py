@@ -13,9 +13,9 @@ where the policy is the reference, it is 0.5 and the loss log 2.
 The reference is a small interface (`Reference`: logits without gradients) with two implementations:
 - `FrozenCopy`: the initial policy built a second time (same source, same seed, so the same weights),
   frozen, and under ZeRO-3 partitioned in its own engine like the distillation teacher (scaling.engine.frozen);
-- `AdaptersDisabled`: the policy itself with its LoRA adapters switched off (PEFT's `disable_adapter`): the
-  frozen base is exactly the initial policy and costs no memory.
-`reference_for` takes the second when the policy carries PEFT adapters.
+- `AdaptersDisabled`: the policy itself with its LoRA adapters switched off (`--lora-r`, scaling.models.lora):
+  the frozen base is exactly the initial policy and costs no memory.
+`reference_for` takes the second when the policy carries LoRA adapters.
 
 Dropout is switched off in the policy (as TRL does): with it, policy and reference would differ at the start
 by the dropout mask alone, and the rewards would measure noise.
@@ -135,27 +135,24 @@ class FrozenCopy:
 
 
 class AdaptersDisabled:
-    """The policy with its PEFT (LoRA) adapters switched off: the frozen base, i.e. the initial policy."""
+    """The policy with its LoRA adapters switched off (scaling.models.lora): the frozen base, i.e. the
+    initial policy, through the policy's own engine (under ZeRO-3 its partitions are gathered as always)."""
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
 
     def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad(), self.engine.module.disable_adapter():
+        from scaling.models.lora import adapters_disabled
+
+        with torch.no_grad(), adapters_disabled(self.engine):
             return self.engine(**inputs, use_cache=False).logits
-
-
-def has_adapters(module: Any) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # without PEFT no model carries adapters
-        return False
-    return isinstance(module, PeftModel)
 
 
 def reference_for(run: RunConfig, engine: Any, tokenizer: Any) -> Reference:
     """The policy without its adapters when it has LoRA adapters (free), else a frozen copy."""
-    if has_adapters(engine.module):
+    from scaling.models.lora import is_lora_model
+
+    if is_lora_model(engine):
         return AdaptersDisabled(engine)
     return FrozenCopy.build(run, tokenizer, engine.device)
 

@@ -257,6 +257,10 @@ class Trainer:
             sink.message(f"resumed from step {start_step}")
             for change in self.resume_changes:
                 sink.message(f"  note: differs from the checkpoint's run: {change}")
+        if run.lora.enabled:
+            from scaling.models.lora import trainable_share
+
+            sink.message(f"LoRA r={run.lora.r}: {trainable_share(self.engine.module)}")
         mfu = self._mfu_meter() if self.rank == 0 else None
         if mfu is not None:
             sink.message(mfu.describe())
@@ -465,13 +469,26 @@ class Trainer:
         from scaling.checkpoint.export import export_checkpoint
 
         target = self.output / "final"
+        adapter = self.output / "adapter" if self.run.lora.enabled else None
         with dist_setup.collective_timeout(self.run.parallel.init_timeout_s):  # the others wait for rank 0
-            dist_setup.on_rank0(lambda: export_checkpoint(ref.path, target), rank=self.rank)
+            dist_setup.on_rank0(
+                lambda: export_checkpoint(ref.path, target, adapter_dir=adapter), rank=self.rank
+            )
         return target
 
 
 # Sections whose change alters what a resumed run computes (paths, logging and resume settings do not).
-_COMPARED_SECTIONS = ("model", "data", "optim", "parallel", "deepspeed", "total_steps", "world_size", "dpo")
+_COMPARED_SECTIONS = (
+    "model",
+    "data",
+    "optim",
+    "parallel",
+    "deepspeed",
+    "total_steps",
+    "world_size",
+    "lora",
+    "dpo",
+)
 
 
 def run_config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
