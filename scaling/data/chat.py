@@ -298,7 +298,8 @@ def end_token(tokenizer, template_name: str) -> EndToken:
     )
     text = special[0] if special else suffix.split()[0]
     ids = encode_texts(tokenizer, [text])[0]
-    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+    # GPT-2-style tokenizers name one token for EOS and UNK alike: that token is known, not an unknown one.
+    if len(ids) != 1 or (ids[0] == tokenizer.unk_token_id and text != tokenizer.unk_token):
         raise ConfigError(
             [
                 Problem(

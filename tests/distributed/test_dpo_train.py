@@ -107,3 +107,20 @@ def test_dpo_under_zero3_on_two_ranks_learns_and_resumes_exactly(tmp_path, pairs
     # The rebuilt reference is the initial policy, not the resumed one: the held-out figures agree too.
     evals = [[r for r in run["records"] if "eval_loss" in r][-1] for run in (straight, second)]
     assert evals[0] == evals[1]
+
+
+def test_dpo_with_lora_measures_the_policy_against_itself_without_adapters(tmp_path, pairs, tiny_models):
+    """The reference of a LoRA policy is its frozen base (adapters disabled, no second copy): at the start
+    it equals the policy (LoRA's B matrices start at 0), under ZeRO-3 too; the adapters learn the preference."""
+    # A template of tokens the frozen embeddings know (LoRA refuses added ones): its end token is the EOS.
+    template = tmp_path / "plain.jinja"
+    template.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|endoftext|>\n{% endfor %}"
+                        "{% if add_generation_prompt %}assistant: {% endif %}")  # fmt: skip
+    args = _args(tmp_path / "run", pairs, "zero3", 16, "--micro-batch", "8", "--lora-r", "8", "--lr", "1e-2",
+                 "--chat-template", str(template))  # fmt: skip
+    args[args.index("tiny-gpt2")] = str(tiny_models["llama"])
+    args.remove("--vocab-size"), args.remove("200")
+    [rank0] = run_ranks(train_cli, 1, args)
+    assert rank0["exit"] == 0, rank0["message"]
+    _check_learnt(rank0["records"])
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
