@@ -38,7 +38,9 @@ def losses(result):
 
 def optimized_names(step_dir):
     """The parameter names DeepSpeed's optimizer holds (param_shapes of the saved model states; ZeRO 1-3)."""
-    [file] = sorted(step_dir.glob("*rank_0*model_states.pt"))
+    file = step_dir / "mp_rank_00_model_states.pt"  # ZeRO-1/2: rank 0's; ZeRO-3: one per rank
+    if not file.is_file():
+        file = step_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt"
     return [name for group in torch.load(file, weights_only=False)["param_shapes"] for name in group]
 
 
