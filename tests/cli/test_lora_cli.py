@@ -93,3 +93,14 @@ def test_estimate_counts_adapter_states_and_a_16_bit_frozen_base(tiny_models):
     assert full["configured"]["gpu_optimizer"] == 12 * BASE // 2
     four_bit = figures("--lora-r", "4", "--lora-4bit")["configured"]
     assert four_bit["gpu_params"] == 2 * ADAPTERS + BASE // 2
+
+
+def test_launch_takes_the_lora_options_and_checks_them_before_starting(tmp_path, tiny_models):
+    (tmp_path / "text.txt").write_text("some text to train on\n" * 50)
+    job = ["train", "--model", str(tiny_models["llama"]), "--data", str(tmp_path / "text.txt"),
+           "--output", str(tmp_path / "run"), "--max-steps", "1", "--lora-r", "4"]  # fmt: skip
+    launch = ["launch", "--num-gpus", "2", "--dry-run", "--"]
+    bad = CliRunner().invoke(cli, [*launch, *job, "--lora-targets", "nope"])
+    _refused(bad, "nope match no module")
+    good = CliRunner().invoke(cli, [*launch, *job, "--lora-targets", "q_proj"])
+    assert good.exit_code == 0, good.output

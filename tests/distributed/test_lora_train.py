@@ -3,10 +3,15 @@ export equals base + adapter, the adapter directory loads with PEFT; ZeRO 0/1/2 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from click.testing import CliRunner
 from harness import run_ranks
 from ranks import train_cli
+
+from scaling.cli.main import cli
 
 N = 3
 R = 4
@@ -33,7 +38,9 @@ def losses(result):
 
 def optimized_names(step_dir):
     """The parameter names DeepSpeed's optimizer holds (param_shapes of the saved model states; ZeRO 1-3)."""
-    [file] = sorted(step_dir.glob("*rank_0*model_states.pt"))
+    file = step_dir / "mp_rank_00_model_states.pt"  # ZeRO-1/2: rank 0's; ZeRO-3: one per rank
+    if not file.is_file():
+        file = step_dir / "zero_pp_rank_0_mp_rank_00_model_states.pt"
     return [name for group in torch.load(file, weights_only=False)["param_shapes"] for name in group]
 
 
@@ -90,8 +97,42 @@ def test_lora_zero3_resume_export_and_peft(tmp_path, small_corpus, base):
         PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), tmp_path / "b" / "adapter"), ids
     )
     assert torch.equal(again, adapted_logits)
-    # The merged export carries the tokenizer, so it is a complete plain transformers model.
+    # The merged export carries the tokenizer: a plain transformers model the compression commands take.
     assert (run / "final" / "tokenizer.json").is_file()
+    report = tmp_path / "eval.json"
+    result = CliRunner().invoke(cli, ["compress", "evaluate", str(run / "final"), "--data", "builtin:pydoc",
+                                      "--seq-len", "32", "--max-samples", "4", "--no-speed", "--json", str(report)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert 1 < json.loads(report.read_text())["perplexity"] < 1e4
+
+
+def test_lora_checkpoint_reshapes_to_another_world_size(tmp_path, small_corpus, base):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    halted = run_ranks(
+        train_cli, 2,
+        args_for(tmp_path / "a", small_corpus, base, "zero3", 2 * N, "--halt-at-step", str(N), "--no-export"),
+    )[0]  # fmt: skip
+    assert halted["exit"] == 0, halted["message"]
+    reshaped = tmp_path / "reshaped"
+    result = CliRunner().invoke(
+        cli,
+        ["checkpoint", "reshape", str(tmp_path / "a" / "checkpoints" / f"step-{N:08d}"), "--output", str(reshaped),
+         "--world-size", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    resumed = run_ranks(
+        train_cli, 1, args_for(tmp_path / "b", small_corpus, base, "zero3", N + 1, "--resume", str(reshaped))
+    )[0]
+    assert resumed["exit"] == 0, resumed["message"]
+    assert sorted(losses(resumed)) == [N + 1]
+    ids = torch.arange(24).view(1, 24)
+    merged = logits_of(AutoModelForCausalLM.from_pretrained(tmp_path / "b" / "final"), ids)
+    adapted = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base), tmp_path / "b" / "adapter"
+    )
+    assert (merged - logits_of(adapted, ids)).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("ds_config", ["zero0", "zero1", "zero2"])
