@@ -95,16 +95,21 @@ def _bf16_master_weights(ref: CheckpointRef, module: dict[str, Any]) -> dict[str
 
 
 def export_checkpoint(
-    checkpoint: Path, output_dir: Path, *, safe_serialization: bool = True, recorded_as: Path | None = None
+    checkpoint: Path,
+    output_dir: Path,
+    *,
+    safe_serialization: bool = True,
+    recorded_as: Path | None = None,
+    adapter_dir: Path | None = None,
 ) -> Path:
     """Write `output_dir` as an HF model directory (config, safetensors, tokenizer) from a checkpoint.
 
     `checkpoint` may be a step directory, a checkpoints root or a run directory. The directory appears
     complete or not at all: it is assembled beside the target and renamed into place. `recorded_as`: the
-    checkpoint to name in scaling_export.json when `checkpoint` is a temporary copy of it.
+    checkpoint to name in scaling_export.json when `checkpoint` is a temporary copy of it. A LoRA run's
+    export is its base with the adapters merged in, and the PEFT adapter directory goes to `adapter_dir`
+    (default: `output_dir` with `-adapter` appended to its name).
     """
-    from scaling.models.load import model_class_for
-
     ref = ref_from_path(Path(checkpoint))
     verify(ref.path, hashes=True)
     run = saved_run_config(ref)
@@ -115,16 +120,23 @@ def export_checkpoint(
 
     config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     state = consolidated_state_dict(ref)
-    model = model_class_for(run["model"]["task"]).from_config(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = set(getattr(model, "_tied_weights_keys", None) or {})
-    missing = [k for k in missing if k not in tied and not _is_tied_copy(model, k)]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{ref.path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
-        )
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
+    lora = run.get("lora") or {}
+    adapter_staging = None
+    if lora.get("r", 0) > 0:
+        from scaling.models.lora import merged_model
+
+        adapter_dir = Path(adapter_dir or output_dir.with_name(output_dir.name + "-adapter"))
+        adapter_dir.parent.mkdir(parents=True, exist_ok=True)
+        adapter_staging = Path(tempfile.mkdtemp(prefix=f".{adapter_dir.name}.", dir=adapter_dir.parent))
+        try:
+            model = merged_model(run, config, state, adapter_staging)
+        except BaseException:
+            shutil.rmtree(adapter_staging, ignore_errors=True)
+            raise
+    else:
+        model = _plain_model(ref, run, config, state)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
         model.save_pretrained(staging, safe_serialization=safe_serialization)
@@ -144,10 +156,31 @@ def export_checkpoint(
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)
+        if adapter_staging is not None:
+            assert adapter_dir is not None
+            if adapter_dir.exists():
+                shutil.rmtree(adapter_dir)
+            adapter_staging.rename(adapter_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if adapter_staging is not None:
+            shutil.rmtree(adapter_staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def _plain_model(ref: CheckpointRef, run: dict[str, Any], config: Any, state: dict[str, Any]) -> Any:
+    from scaling.models.load import model_class_for
+
+    model = model_class_for(run["model"]["task"]).from_config(config)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or {})
+    missing = [k for k in missing if k not in tied and not _is_tied_copy(model, k)]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{ref.path}: weights do not match the model (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    return model
 
 
 def _is_tied_copy(model: Any, key: str) -> bool:

@@ -18,6 +18,7 @@ from scaling.config.sections import (
     ParallelConfig,
 )
 from scaling.data.config import DataConfig
+from scaling.models.lora_config import LoraConfig
 
 
 @click.command()
@@ -35,6 +36,7 @@ from scaling.data.config import DataConfig
     section_options(ModelConfig, only=("activation_checkpointing",)),
     section_options(ParallelConfig, only=("tensor_parallel", "pipeline_stages", "sequence_parallel")),
     section_options(ModelConfig, only=("vocab_size",)),
+    section_options(LoraConfig, only=("r", "targets", "four_bit")),
     section_options(DeepSpeedSource, only=("overrides",)),
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the same figures as JSON (bytes).")
@@ -57,7 +59,7 @@ def estimate(
     `scaling train`'s defaults (and a node has 8 GPUs unless --gpus-per-node says otherwise)."""
     from scaling.config import estimate as est
 
-    shape = est.model_shape(model, vocab_size=vocab_size)
+    shape = est.model_shape(model, vocab_size=vocab_size, lora=from_params(LoraConfig, params))
     gpus_per_node = params["gpus_per_node"] or ASSUMED_GPUS_PER_NODE
     parallel = from_params(ParallelConfig, params, gpus_per_node=gpus_per_node)
     # Planned for GPUs whatever this machine has: the fused Adam DeepSpeed would use there.
@@ -96,6 +98,7 @@ def estimate(
             "model": {
                 "source": model,
                 "params": shape.params,
+                "frozen": shape.frozen,
                 "hidden": shape.hidden,
                 "layers": shape.layers,
                 "heads": shape.heads,
@@ -127,6 +130,12 @@ def estimate(
         f"tp {tensor_parallel}, pp {pipeline_stages}, sp {sequence_parallel}; s={layout.seq_len} b={micro_batch} {precision}"
         f"{', activation checkpointing' if activation_checkpointing else ''}"
     )
+    if shape.frozen:
+        bits = shape.frozen_bits or (32 if precision == "fp32" else 16)
+        click.echo(
+            f"LoRA: {shape.params:,} trainable adapter parameters (optimizer states for these alone) over a "
+            f"frozen base of {shape.frozen:,} in {bits} bits"
+        )
     header = f"{'config':<28}{'params':>11}{'grads':>11}{'optimizer':>11}{'activations':>13}{'buffers':>11}"
     header += f"{'GPU total':>12}{'CPU/node':>12}{'NVMe/rank':>12}"
     click.echo(header)

@@ -14,6 +14,7 @@ from scaling.config.cli_options import explicit_options, from_params, section_op
 from scaling.config.sections import (
     CheckpointConfig,
     DeepSpeedSource,
+    DpoConfig,
     LogConfig,
     ModelConfig,
     OptimConfig,
@@ -22,6 +23,7 @@ from scaling.config.sections import (
 from scaling.data.config import DataConfig
 from scaling.engine.prepare import RunRequest
 from scaling.errors import ConfigError, Problem
+from scaling.models.lora_config import LoraConfig
 
 __all__ = ["explicit_options", "run_options", "run_request_from_options"]
 
@@ -33,12 +35,14 @@ def run_option_groups() -> list[list[Any]]:
     """Every option of a training run, grouped by section in help order (fresh Option objects per call)."""
     return [
         section_options(ModelConfig),
+        section_options(LoraConfig),
         section_options(DeepSpeedSource),
         section_options(OptimConfig),
         section_options(CheckpointConfig),
         section_options(LogConfig),
         section_options(ParallelConfig, exclude=_NOT_TRAIN_OPTIONS),
         section_options(DataConfig),
+        section_options(DpoConfig),
     ]
 
 
@@ -63,4 +67,6 @@ def run_request_from_options(
         deepspeed_source=from_params(DeepSpeedSource, params),
         world_size=world_size,
         explicit=explicit,
+        dpo=from_params(DpoConfig, params),
+        lora=from_params(LoraConfig, params),
     )

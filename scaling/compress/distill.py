@@ -207,6 +207,10 @@ def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, Distill
     problems = cfg.problems()
     # Every layout runs distillation except the combinations the objective refuses (and says why).
     problems.extend(_parallel_problems(cfg, request.parallel))
+    if request.lora.enabled or request.lora.four_bit:
+        problems.append(
+            Problem("--lora-r", "distillation trains the whole student; LoRA is for scaling train")
+        )
     if problems:
         raise ConfigError(problems, header="cannot start this distillation")
     task = request.model.task

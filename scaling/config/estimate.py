@@ -64,6 +64,10 @@ class ModelShape:
     """Longest sequence the model accepts, when it says."""
     fused_attention: bool = False
     """Attention runs in a fused kernel (SDPA/flash) that never stores the a x s x s scores."""
+    frozen: int = 0
+    """Parameters held frozen (LoRA's base): working weights only, no gradients, no optimizer states."""
+    frozen_bits: int | None = None
+    """Bits per frozen parameter: 4 for QLoRA's NF4 base; None: the run's precision (16 bits, fp32: 32)."""
 
 
 @dataclass(frozen=True)
@@ -231,8 +235,16 @@ def estimate(
     psi = shape.params // (layout.tensor_parallel * layout.pipeline_stages)
     n = layout.zero_partitions
     gpu, off = model_states(psi, stage, n, precision, opt_dev, par_dev)
+    frozen = shape.frozen // (layout.tensor_parallel * layout.pipeline_stages)
+    if frozen:
+        bits = shape.frozen_bits or 8 * PRECISION[precision].param
+        held = frozen * bits // 8 // (n if stage == 3 else 1)
+        if par_dev != "none":
+            off["params"] += held
+        else:
+            gpu["params"] += held
     acts = activation_bytes(shape, layout, precision)
-    buffers = _bucket_bytes(ds_config, stage, PRECISION[precision].grad, psi)
+    buffers = _bucket_bytes(ds_config, stage, PRECISION[precision].grad, psi, gathered=psi + frozen)
     base = sum(gpu.values()) + acts + buffers
     buffers += int(FRAGMENTATION * base)
     host = {k: v for k, v in off.items() if k != "params" or par_dev == "cpu"}
@@ -247,6 +259,11 @@ def estimate(
         f"a={shape.heads}{' with full recomputation' if layout.activation_checkpointing else ''}"
         f"{'; fused attention (no stored scores)' if shape.fused_attention else ''}",
     ]
+    if frozen:
+        notes.append(
+            f"LoRA: Ψ counts the adapters alone; the frozen base ({shape.frozen:,}) adds its working weights "
+            f"in {shape.frozen_bits or 8 * PRECISION[precision].param} bits, no gradients or optimizer states"
+        )
     return MemoryEstimate(
         stage=stage,
         precision=precision,
@@ -266,13 +283,16 @@ def estimate(
     )
 
 
-def _bucket_bytes(config: dict[str, Any], stage: int, grad_bytes: int, psi: int) -> int:
+def _bucket_bytes(
+    config: dict[str, Any], stage: int, grad_bytes: int, psi: int, gathered: int | None = None
+) -> int:
     """Buffers ZeRO allocates: the gradient reduce bucket (two with overlap_comm) and, at stage 3, the prefetch
-    bucket of gathered parameters. Each is capped at the parameter count: a bucket never holds more. Stage 1/2
-    all-gather into the existing flat parameters, so allgather_bucket_size only limits a call's size."""
+    bucket of gathered parameters. Each is capped at the parameter count (trainable `psi` for gradients, all
+    `gathered` parameters for the prefetch): a bucket never holds more. Stage 1/2 all-gather into the existing
+    flat parameters, so allgather_bucket_size only limits a call's size."""
     zero = config.get("zero_optimization") or {}
 
-    def num(key: str, default: int) -> int:
+    def num(key: str, default: int, cap: int = psi) -> int:
         # DeepSpeed's model takes a field under its name or its alias (stage3_prefetch_bucket_size and
         # prefetch_bucket_size are one field): read whichever the file wrote.
         names = [
@@ -282,14 +302,14 @@ def _bucket_bytes(config: dict[str, Any], stage: int, grad_bytes: int, psi: int)
         ]
         value = zero[names[0]] if names else default
         count = int(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
-        return min(count, psi)
+        return min(count, cap)
 
     if stage == 0:
         return 0
     reduce = num("reduce_bucket_size", 500_000_000) * grad_bytes
     if zero.get("overlap_comm"):
         reduce *= 2  # one bucket fills while the other is reduced
-    gather = num("stage3_prefetch_bucket_size", 50_000_000) * grad_bytes if stage == 3 else 0
+    gather = num("stage3_prefetch_bucket_size", 50_000_000, gathered or psi) * grad_bytes if stage == 3 else 0
     return reduce + gather
 
 
@@ -329,10 +349,11 @@ def _with_zero(config: dict[str, Any], stage: int, extra: dict[str, Any]) -> dic
 # -- models ------------------------------------------------------------------------------------------------
 
 
-def model_shape(source: str, vocab_size: int = 4096) -> ModelShape:
+def model_shape(source: str, vocab_size: int = 4096, lora: Any = None) -> ModelShape:
     """Count a model's parameters without allocating them: a preset name, an HF directory or a config.json.
 
-    `vocab_size` is used for presets, whose vocabulary comes from the tokenizer at training time.
+    `vocab_size` is used for presets, whose vocabulary comes from the tokenizer at training time. With `lora`
+    (a LoraConfig with r > 0) the trainable parameters are the adapters and the model's own are frozen.
     """
     from transformers import AutoConfig  # deferred: ~4 s, only the estimate and explain with --model need it
     from transformers.utils import logging as hf_logging
@@ -367,9 +388,17 @@ def model_shape(source: str, vocab_size: int = 4096) -> ModelShape:
         raw = {"vocab_size": vocab_size, **presets[source]}
         config = AutoConfig.for_model(**raw)
     params, attention = _built_model_facts(config)
+    frozen, frozen_bits = 0, None
+    if lora is not None and lora.enabled:
+        from scaling.models.lora import adapter_parameter_count
+
+        params, frozen = adapter_parameter_count(config, lora)
+        frozen_bits = 4 if lora.four_bit else None
     return ModelShape(
         name=source,
         params=params,
+        frozen=frozen,
+        frozen_bits=frozen_bits,
         fused_attention=attention in FUSED_ATTENTION,
         hidden=_attr(config, "hidden_size", "n_embd", "d_model"),
         layers=_attr(config, "num_hidden_layers", "n_layer", "num_layers"),

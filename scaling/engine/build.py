@@ -23,16 +23,39 @@ def load_run_tokenizer(run: RunConfig, rank: int) -> PreTrainedTokenizerBase:
 
 
 def make_model(run: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The run's model: built (or loaded) for its task, then its transforms: activation checkpointing and
+    LoRA adapters over the frozen base (scaling.models.lora)."""
     with _zero3_construction(run):
         model = build_model(
             describe_source(run.model.source),
             task=run.model.task,
             tokenizer=tokenizer,
             num_labels=run.model.num_labels,
+            quantization=_four_bit(run) if run.lora.four_bit else None,
         )
     if run.model.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if run.lora.enabled:
+        from scaling.models.lora import apply_lora
+
+        model = apply_lora(model, run.lora, seed=run.optim.seed)
     return model
+
+
+def _four_bit(run: RunConfig) -> Any:
+    """QLoRA's base: NF4 weights computing in the run's 16-bit type; stored in that type too, so that ZeRO-3
+    can partition them like any other parameter."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.float16 if run.optim.precision == "fp16" else torch.bfloat16
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_quant_storage=compute,
+    )
 
 
 @contextmanager

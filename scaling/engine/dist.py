@@ -39,6 +39,10 @@ def init_process_group(env: LaunchEnv, *, timeout_s: float) -> None:
             # A run we start ourselves uses the port it chose, not one an earlier run left in the environment.
             os.environ[key] = value
     cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(
+            env.local_rank
+        )  # what DeepSpeed sets later; models placed before it need it now
     if not cuda:
         # DeepSpeed would JIT-compile a shared-memory all-reduce op on every init and then use gloo anyway.
         skip_shm_comm_build()

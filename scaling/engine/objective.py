@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from scaling.checkpoint.store import CheckpointRef
     from scaling.config.run import RunConfig
 
-__all__ = ["EvalTotals", "LanguageModelling", "Objective"]
+__all__ = ["EvalTotals", "LanguageModelling", "Objective", "objective_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,10 @@ class Objective(Protocol):
     def metrics(self, totals: EvalTotals) -> dict[str, float]:
         """Logged eval figures from the reduced totals."""
 
+    def train_metrics(self) -> dict[str, float]:
+        """Figures of the training micro-batches since the last call, added to each log record beside the loss
+        (collective: every rank calls it at every log step)."""
+
     def after_step(self, engine: Any, lr: float) -> None:
         """After every optimizer step (the engine's): step what the objective trains outside the engine."""
 
@@ -76,6 +80,15 @@ class Objective(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def objective_for(run: RunConfig) -> Objective:
+    """The objective `run.model.task` trains: DPO for dpo, else the model's own language-modelling task."""
+    if run.model.task == "dpo":
+        from scaling.engine.dpo import DpoObjective
+
+        return DpoObjective(run)
+    return LanguageModelling(run.model.task)
 
 
 def ratio(totals: EvalTotals, name: str) -> float:
@@ -162,6 +175,10 @@ class LanguageModelling:
         else:
             metrics["eval_perplexity"] = math.exp(min(loss, 50.0))
         return metrics
+
+    def train_metrics(self) -> dict[str, float]:
+        """The loss the step window logs is all there is."""
+        return {}
 
     def after_step(self, engine: Any, lr: float) -> None:
         """No parameters outside the engine to step."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from scaling.config.run import RUN_CONFIG_FILE, RunConfig, resolve_run
 from scaling.config.sections import (
     CheckpointConfig,
     DeepSpeedSource,
+    DpoConfig,
     LogConfig,
     ModelConfig,
     OptimConfig,
@@ -24,6 +25,7 @@ from scaling.config.sections import (
 )
 from scaling.data.config import DataConfig
 from scaling.errors import ConfigError, Problem
+from scaling.models.lora_config import LoraConfig
 
 TOKENIZER_DIR = "tokenizer"
 
@@ -49,6 +51,10 @@ class RunRequest:
     GPUs, so their number is not checked against the ranks per node."""
     explicit: frozenset[str]
     """Options typed on the command line; the rest are defaults that yield to the DeepSpeed JSON."""
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    """The DPO loss's settings (--task dpo)."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapters over the frozen base (off by default)."""
 
 
 def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfig:
@@ -61,9 +67,10 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
     from scaling.models.load import hidden_size_of
 
     problems: list[Problem] = []
-    hidden = heads = kv_heads = hf_config = None
+    hidden = heads = kv_heads = hf_config = source = None
     try:
-        hf_config = hf_config_for(describe_source(request.model.source))
+        source = describe_source(request.model.source)
+        hf_config = hf_config_for(source)
         hidden = hidden_size_of(hf_config)
         heads = getattr(hf_config, "num_attention_heads", None) or getattr(hf_config, "n_head", None)
         kv_heads = getattr(hf_config, "num_key_value_heads", None)
@@ -91,14 +98,18 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
             num_heads=heads,
             kv_heads=kv_heads,
             total_steps=steps,
+            dpo=request.dpo,
+            lora=request.lora,
         )
     except ConfigError as err:
         problems.extend(err.problems)
         problems.extend(_layout_problems(hf_config, request, request.parallel))
+        problems.extend(_lora_problems(hf_config, source, request, request.parallel))
         raise ConfigError(problems, header="cannot start this run") from None
     # The resolved degrees: the DeepSpeed JSON may set them where the options were left at their defaults.
     problems.extend(_layout_problems(hf_config, request, run.parallel))
     problems.extend(_watch_problems(request))
+    problems.extend(_lora_problems(hf_config, source, request, run.parallel))
     if problems:
         raise ConfigError(problems, header="cannot start this run")
     return run
@@ -147,6 +158,24 @@ def _layout_problems(hf_config: Any, request: RunRequest, parallel: Any) -> list
     )
 
 
+def _lora_problems(hf_config: Any, source: Any, request: RunRequest, parallel: Any) -> list[Problem]:
+    """What LoRA cannot do with this model, task, layout or machine (nothing to check without --lora-r)."""
+    lora = request.lora
+    if not (lora.enabled or lora.four_bit):
+        return []
+    from scaling.config.device import cuda_available
+    from scaling.models.lora import lora_problems
+
+    return lora_problems(
+        lora,
+        hf_config=hf_config,
+        has_weights=source is not None and source.has_weights,
+        task=request.model.task,
+        parallel=parallel,
+        cuda=cuda_available(),
+    )
+
+
 def materialize(request: RunRequest) -> RunConfig:
     """Validate, prepare the tokenizer and the run length, and write OUTPUT/run_config.json."""
     from scaling.data import build_eval_batches, build_tokenizer, build_train_stream
@@ -171,8 +200,10 @@ def materialize(request: RunRequest) -> RunConfig:
             save_dir=tokenizer_dir,
         )
         tokenizer.save_pretrained(tokenizer_dir)
-    if run.model.task == "sft":
+    if run.model.task in ("sft", "dpo"):
         _prepare_chat(run, request, tokenizer, tokenizer_dir)
+    if run.lora.enabled:
+        _check_frozen_vocabulary(run, tokenizer)
     request = dataclasses.replace(
         request, model=dataclasses.replace(request.model, tokenizer=str(tokenizer_dir.resolve()))
     )
@@ -226,7 +257,29 @@ def _prepare_chat(run: RunConfig, request: RunRequest, tokenizer: Any, tokenizer
     name = prepare_chat_tokenizer(tokenizer, run.model.chat_template, trained_here=trained_here)
     if (tokenizer.chat_template, len(tokenizer)) != before:
         tokenizer.save_pretrained(tokenizer_dir)
-    check_sources(list(run.data.train) + list(run.data.eval), tokenizer, name)
+    check_sources(list(run.data.train) + list(run.data.eval), tokenizer, name, run.model.task)
+
+
+def _check_frozen_vocabulary(run: RunConfig, tokenizer: Any) -> None:
+    """LoRA leaves the embeddings frozen: tokens added to the tokenizer (a chat template's) would keep the
+    random rows the model is resized with, and the model could never learn to emit them."""
+    from scaling.models import describe_source, hf_config_for
+
+    vocab = getattr(hf_config_for(describe_source(run.model.source)), "vocab_size", None)
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
+        added = tokenizer.convert_ids_to_tokens(list(range(vocab, len(tokenizer))))
+        raise ConfigError(
+            [
+                Problem(
+                    "--lora-r",
+                    f"the tokenizer has {len(tokenizer)} tokens, the model's frozen embeddings {vocab}: the added "
+                    f"{', '.join(map(str, added[:4]))} would stay untrained under LoRA",
+                    fix="use a chat template made of tokens the model knows (the tokenizer's own, or "
+                    "--chat-template FILE), or train without --lora-r",
+                )
+            ],
+            header="cannot start this run",
+        )
 
 
 def write_run_config(run: RunConfig) -> Path:

@@ -2,8 +2,8 @@
 
     Trainer = layout (how the model sits on the ranks: scaling.engine.layout and its pipeline, AutoTP and
               Ulysses variants)
-            + objective (what is learnt: scaling.engine.objective.LanguageModelling, distillation in
-              scaling.compress.distill_objective)
+            + objective (what is learnt: scaling.engine.objective.LanguageModelling, DPO in
+              scaling.engine.dpo, distillation in scaling.compress.distill_objective)
             + stateful extras (data stream, rng, counters, the objective's own state) gathered into each
               checkpoint's rank state (scaling.engine.state)
 
@@ -37,7 +37,7 @@ from scaling.engine import dist as dist_setup
 from scaling.engine.early_stop import EarlyStopping
 from scaling.engine.layout import Layout, layout_for
 from scaling.engine.metrics import MetricsSink, MfuMeter, memory_stats
-from scaling.engine.objective import LanguageModelling, Objective
+from scaling.engine.objective import Objective, objective_for
 from scaling.engine.run_dir import agree_on_resume, node_local_storage
 from scaling.engine.state import (
     Keyed,
@@ -93,8 +93,8 @@ class TrainResult:
 def train(run: RunConfig, env: LaunchEnv, *, objective: Objective | None = None) -> TrainResult:
     """Run (or resume) the training described by `run` in this process, as rank `env.rank`.
 
-    The layout follows from the run's parallel degrees; `objective` defaults to language modelling on
-    `run.model.task` (distillation passes its own, see scaling.compress.distill_objective). On failure every
+    The layout follows from the run's parallel degrees; `objective` defaults to the one `run.model.task`
+    trains (language modelling, or DPO; distillation passes its own, see scaling.compress.distill_objective). On failure every
     rank writes its report (rank, step, error) into the run directory before anything else can fail."""
     dist_setup.init_process_group(env, timeout_s=run.parallel.init_timeout_s)
     training = Trainer(run, env, objective=objective)
@@ -185,7 +185,7 @@ class Trainer:
         self.counts_data = self.topology.counts_data(self.rank)
         self.output = run.output
         self.layout = layout or layout_for(run, env)
-        self.objective: Objective = objective or LanguageModelling(run.model.task)
+        self.objective: Objective = objective or objective_for(run)
         # With a run directory per node, each node's local rank 0 writes its node's copy (DeepSpeed's rule).
         writer = env.local_rank == 0 if node_local_storage(run.deepspeed) else self.rank == 0
         self.ckpt = CheckpointManager(
@@ -273,6 +273,10 @@ class Trainer:
             sink.message(f"resumed from step {start_step}")
             for change in self.resume_changes:
                 sink.message(f"  note: differs from the checkpoint's run: {change}")
+        if run.lora.enabled:
+            from scaling.models.lora import trainable_share
+
+            sink.message(f"LoRA r={run.lora.r}: {trainable_share(self.engine.module)}")
         mfu = self._mfu_meter() if self.rank == 0 else None
         if mfu is not None:
             sink.message(mfu.describe())
@@ -299,6 +303,7 @@ class Trainer:
                     if step % run.log.log_every == 0 or step == run.total_steps:
                         record = window.flush(step, self.engine)
                         record["skipped_nonfinite"] = counters.skipped_nonfinite
+                        record.update(self.objective.train_metrics())
                         record.update(self.stream.metrics())
                         record.update(memory_stats())
                         if mfu is not None:
@@ -531,6 +536,7 @@ class Trainer:
         from scaling.checkpoint.export import export_checkpoint
 
         target = self.output / "final"
+        adapter = self.output / "adapter" if self.run.lora.enabled else None
         with dist_setup.collective_timeout(self.run.parallel.init_timeout_s):  # the others wait for rank 0
             if node_local_storage(self.run.deepspeed) and self.env.world_size > self.env.local_world_size:
                 # rank 0's node holds only its own shards: export from a copy completed by the others
@@ -540,17 +546,30 @@ class Trainer:
                 try:
                     source = staged.path if staged is not None else ref.path
                     dist_setup.on_rank0(
-                        lambda: export_checkpoint(source, target, recorded_as=ref.path), rank=self.rank
+                        lambda: export_checkpoint(source, target, recorded_as=ref.path, adapter_dir=adapter),
+                        rank=self.rank,
                     )
                 finally:
                     discard_gathered(staged)
             else:
-                dist_setup.on_rank0(lambda: export_checkpoint(ref.path, target), rank=self.rank)
+                dist_setup.on_rank0(
+                    lambda: export_checkpoint(ref.path, target, adapter_dir=adapter), rank=self.rank
+                )
         return target
 
 
 # Sections whose change alters what a resumed run computes (paths, logging and resume settings do not).
-_COMPARED_SECTIONS = ("model", "data", "optim", "parallel", "deepspeed", "total_steps", "world_size")
+_COMPARED_SECTIONS = (
+    "model",
+    "data",
+    "optim",
+    "parallel",
+    "deepspeed",
+    "total_steps",
+    "world_size",
+    "lora",
+    "dpo",
+)
 
 
 def run_config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

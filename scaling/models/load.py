@@ -100,6 +100,7 @@ def model_class_for(task: str) -> Any:
     return {
         "clm": AutoModelForCausalLM,
         "sft": AutoModelForCausalLM,
+        "dpo": AutoModelForCausalLM,
         "mlm": AutoModelForMaskedLM,
         "seq-cls": AutoModelForSequenceClassification,
     }[task]
@@ -120,8 +121,10 @@ def build_model(
     tokenizer: PreTrainedTokenizerBase,
     num_labels: int = 2,
     dtype: torch.dtype | None = None,
+    quantization: Any = None,
 ) -> PreTrainedModel:
-    """Load (weights) or initialise (config/preset) an HF model for `task`, sized to the tokenizer.
+    """Load (weights) or initialise (config/preset) an HF model for `task`, sized to the tokenizer;
+    `quantization` (a transformers quantization config, QLoRA's 4-bit base) applies to loaded weights.
 
     The caller seeds torch beforehand, so random initialisation is identical on every rank.
     """
@@ -133,8 +136,11 @@ def build_model(
         config.num_labels = num_labels
     cls = model_class_for(task)
     if source.has_weights:
+        extra: dict[str, Any] = {}
+        if quantization is not None:  # quantized on the way to this rank's GPU (set when the group started)
+            extra = {"quantization_config": quantization, "device_map": {"": torch.cuda.current_device()}}
         model = cls.from_pretrained(
-            source.location, config=config, local_files_only=True, dtype=dtype or torch.float32
+            source.location, config=config, local_files_only=True, dtype=dtype or torch.float32, **extra
         )
     else:
         config.vocab_size = len(tokenizer)
@@ -143,7 +149,7 @@ def build_model(
         model.resize_token_embeddings(len(tokenizer))
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # training never reuses past key/values; caching only costs memory
-    if task in ("clm", "sft") and getattr(model, "loss_type", None) is None:
+    if task in ("clm", "sft", "dpo") and getattr(model, "loss_type", None) is None:
         # transformers infers the loss from the class name; GPT2LMHeadModel matches none and warns on every
         # run before falling back to this same causal-LM loss.
         model.loss_type = "ForCausalLM"

@@ -71,6 +71,10 @@ def test_alpha_outside_the_unit_interval(ok_args, tmp_path, alpha):
     assert_usage_error(run(*ok_args, "--alpha", alpha), tmp_path, "--alpha", "must be within [0, 1]")
 
 
+def test_lora_is_refused_for_distillation(ok_args, tmp_path):
+    assert_usage_error(run(*ok_args, "--lora-r", "4"), tmp_path, "distillation trains the whole student")
+
+
 def test_student_and_student_layers_together(ok_args, tmp_path):
     result = run(*ok_args, "--student", "tiny-gpt2")
     assert_usage_error(result, tmp_path, "exactly one of --student and --student-layers")
