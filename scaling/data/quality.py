@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from functools import cache
 
 from scaling.data.config import DataConfig
+from scaling.data.pipeline import RECORD_TASKS
 from scaling.data.sources import (
     ReaderOptions,
     ReadLimits,
@@ -73,7 +74,7 @@ def _scan_source(option: str, raw: str, data: DataConfig, task: str, limits: Rea
             field=spec.field,
             label_column=data.label_column if task == "seq-cls" else None,
             max_doc_chars=data.max_doc_chars,
-            records=task == "sft",
+            records=task in RECORD_TASKS,
             limits=limits,
         )
         try:

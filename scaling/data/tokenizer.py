@@ -14,6 +14,7 @@ from pathlib import Path
 
 from scaling.data.chat import training_text
 from scaling.data.config import DataConfig
+from scaling.data.pipeline import RECORD_TASKS
 from scaling.data.sources import ReadLimits, is_packed_dir, parse_spec
 from scaling.data.streams import open_record_stream
 from scaling.errors import ConfigError, DataError, Problem
@@ -201,7 +202,7 @@ def build_tokenizer(
                 iter_training_text(
                     data.train,
                     max_sentences=DEFAULT_MAX_SENTENCES,
-                    conversations=task in ("sft", "dpo"),
+                    conversations=task in RECORD_TASKS,
                     limits=ReadLimits.of(data),
                 ),
                 staging,
