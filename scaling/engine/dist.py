@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from scaling.distributed.env import LaunchEnv
 from scaling.errors import UserError
@@ -123,6 +123,17 @@ def barrier() -> None:
 
     if dist.is_initialized():
         dist.barrier()
+
+
+def gather_objects(value: T) -> list[T]:
+    """Every rank's `value`, in rank order, on every rank (just `[value]` without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    found: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(found, value)
+    return found
 
 
 class PeerFailed(RuntimeError):

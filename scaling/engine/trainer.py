@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from scaling.distributed.env import LaunchEnv
 from scaling.distributed.topology import Topology
 from scaling.engine import dist as dist_setup
 from scaling.engine.layout import Layout, layout_for
-from scaling.engine.metrics import MetricsSink, MfuMeter, memory_stats
+from scaling.engine.metrics import MetricsSink, MfuMeter, drop_records_after, memory_stats
 from scaling.engine.objective import LanguageModelling, Objective
 from scaling.engine.state import (
     Keyed,
@@ -48,7 +49,7 @@ from scaling.engine.state import (
 )
 from scaling.engine.step_window import NonFiniteLoss, SigtermFlag, StepWindow, all_reduce_int, loss_scale
 from scaling.errors import UserError
-from scaling.launch.status import EXIT_PREEMPTED, FAILED, PREEMPTED, write_report
+from scaling.launch.status import EXIT_PREEMPTED, FAILED, PREEMPTED, reserve_report, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ def train(run: RunConfig, env: LaunchEnv, *, objective: Objective | None = None)
     `run.model.task` (distillation passes its own, see scaling.compress.distill_objective). On failure every
     rank writes its report (rank, step, error) into the run directory before anything else can fail."""
     dist_setup.init_process_group(env, timeout_s=run.parallel.init_timeout_s)
+    reserve_report(run.output, env.rank)
     training = Trainer(run, env, objective=objective)
     try:
         result = training.fit()
@@ -245,11 +247,15 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         run = self.run
+        resume_from = (
+            self._verified_resume()
+        )  # before the engine is built: a bad checkpoint ends it in seconds
         self._build()
-        start_step = self._maybe_resume()
+        start_step = self._maybe_resume(resume_from)
         if self.rank == 0:
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "run_config.json").write_text(run.to_json(), encoding="utf-8")
+            drop_records_after(self.output / "metrics.jsonl", start_step)  # the abandoned continuation's
         sink = MetricsSink(
             run.log, self.output, active=self.rank == 0, total_steps=run.total_steps, start_step=start_step
         )
@@ -419,10 +425,32 @@ class Trainer:
         if finite.item() < 1:
             raise NonFiniteLoss(f"weights are non-finite at step {step}; refusing to save a checkpoint")
 
-    def _maybe_resume(self) -> int:
-        """Restore the engine and every stateful extra from the checkpoint `--resume` names; the step to
+    def _verified_resume(self) -> CheckpointRef | None:
+        """The checkpoint `--resume` names, verified by all ranks together (each hashes its share) before any
+        loads it. A damaged one is skipped for the previous one under `--resume auto` (rank 0 moves it to
+        corrupt/) and ends the run on every rank alike for `--resume PATH`."""
+        from scaling.checkpoint.resume import previous_hint, skip_damaged, verify_share
+        from scaling.errors import CheckpointError
+
+        resume = self.run.checkpoint.resume
+        ref = resolve_resume(resume, self.ckpt.root)
+        while ref is not None:
+            found = dist_setup.gather_objects(verify_share(ref, self.rank, self.env.world_size))
+            bad = [(rank, problem) for rank, problem in enumerate(found) if problem]
+            if not bad:
+                return ref
+            rank, problem = bad[0]
+            if resume != "auto":
+                raise CheckpointError(
+                    f"cannot resume (rank {rank} verified): {problem}\n{previous_hint(ref)}"
+                )
+            dist_setup.on_rank0(partial(skip_damaged, ref, f"rank {rank}: {problem}"), rank=self.rank)
+            ref = resolve_resume(resume, self.ckpt.root)
+        return None
+
+    def _maybe_resume(self, ref: CheckpointRef | None) -> int:
+        """Restore the engine and every stateful extra from the (verified) checkpoint `ref`; the step to
         continue from (0 for a fresh start)."""
-        ref = resolve_resume(self.run.checkpoint.resume, self.ckpt.root)
         if ref is None:
             return 0
         self._check_layout(ref)

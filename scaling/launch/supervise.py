@@ -1,7 +1,7 @@
 """Run a launch plan on this host and turn what happened into one exit code and one message.
 
-SIGTERM (a scheduler's preemption notice) is passed to the ranks this host started, which save at the next
-step boundary and stop; the rank reports then make this process exit 75 whatever code the launcher chain
+SIGTERM (a scheduler's preemption notice) and SIGINT are passed to the ranks this host started as SIGTERM,
+which save at the next step boundary and stop (a second SIGINT stops them at once); the rank reports then make this process exit 75 whatever code the launcher chain
 produced. Processes orphaned by a launcher that died are adopted (Linux child subreaper) and ended before
 we exit, so a failed run leaves nothing behind on this host.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.launch.command import LaunchPlan, runner_environment, write_env_file
-from scaling.launch.status import clear_reports, conclude, read_reports
+from scaling.launch.status import EXIT_PREEMPTED, clear_reports, conclude, disk_note, read_reports
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +39,21 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
     for argv in plan.local:
         log.info("+ %s", shlex.join(argv))
     procs = [subprocess.Popen(argv, env=env) for argv in plan.local]
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _forward_sigterm(procs))
+    interrupts = _Interrupts(procs)
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: _forward(procs, signal.SIGTERM)),
+        signal.SIGINT: signal.signal(signal.SIGINT, interrupts.handle),
+    }
     try:
-        try:
-            returncode = _wait_all(procs)
-        except KeyboardInterrupt:
-            # Ctrl-C reached the whole foreground group: the launchers are ending their ranks; let them.
-            returncode = 130
-            for proc in procs:
-                proc.wait()
+        returncode = _wait_all(procs)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         _reap_orphans(before)
     outcome = conclude(returncode, read_reports(output), plan.world_size)
     if outcome.message:
-        log.warning("[scaling launch] %s", outcome.message)
+        note = disk_note(output) if outcome.exit_code != EXIT_PREEMPTED else ""
+        log.warning("[scaling launch] %s", outcome.message + (f"\n{note}" if note else ""))
     return outcome.exit_code
 
 
@@ -75,14 +75,32 @@ def _wait_all(procs: list[subprocess.Popen[Any]]) -> int:
     return failed
 
 
-def _forward_sigterm(procs: list[subprocess.Popen[Any]]) -> None:
+class _Interrupts:
+    """SIGINT (Ctrl-C, or a scheduler signalling this one process) is a preemption like SIGTERM: the ranks
+    save at the next step boundary and the run exits 75. A second SIGINT reaches the ranks as SIGINT, which
+    stops them at once (see SigtermFlag)."""
+
+    def __init__(self, procs: list[subprocess.Popen[Any]]) -> None:
+        self.procs = procs
+        self.count = 0
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            log.warning(
+                "[scaling launch] interrupted: the ranks save at the next step; interrupt again to stop at once"
+            )
+        _forward(self.procs, signal.SIGTERM if self.count == 1 else signal.SIGINT)
+
+
+def _forward(procs: list[subprocess.Popen[Any]], signum: int) -> None:
     # Signal the ranks themselves: they save at the next step boundary and exit 75, which launch.py passes
     # on. Signalling launch.py instead would make it SIGTERM the ranks and then exit 1 on its own.
     ranks = [p for p in _descendants() if _is_rank(p)]
     targets = ranks or procs
     for target in targets:
         try:
-            target.send_signal(signal.SIGTERM)
+            target.send_signal(signum)
         except Exception:  # already gone
             continue
 
