@@ -17,6 +17,7 @@ corrupt shard on any rank redirects (auto) or ends (PATH) the whole job at once 
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import shutil
 import sys
@@ -170,7 +171,7 @@ def total_bytes(ref: CheckpointRef) -> int:
 
 
 def previous_hint(ref: CheckpointRef) -> str:
-    """The command that resumes from the newest sound checkpoint older than `ref` (sizes checked)."""
+    """How to resume from the newest sound checkpoint older than `ref` (sizes checked)."""
     older = [r for r in store.committed(ref.root) if r.step < ref.step]
     for candidate in reversed(older):
         if store.size_problem(candidate.path) is None:
@@ -183,33 +184,47 @@ def previous_hint(ref: CheckpointRef) -> str:
 
 
 def same_command(*, resume: str) -> str:
-    """This process's command line with `--resume` set to `resume` (best effort: `scaling` for -m scaling)."""
+    """This command line with `--resume` set to `resume` when it is `scaling ...`; else the option alone (a
+    rank entry's or a launcher's argv is not what the user typed)."""
     argv = list(sys.argv)
-    prog = Path(argv[0]).name if argv else "scaling"
-    argv[0] = "scaling" if prog in ("__main__.py", "scaling") else argv[0]
-    out = []
+    program = Path(argv[0]) if argv else Path()
+    typed = program.name == "scaling" or (program.name == "__main__.py" and program.parent.name == "scaling")
+    if not typed:
+        return f"the same command with --resume {shlex.quote(resume)}"
+    out = ["scaling"]
     skip = False
-    for arg in argv:
+    for arg in argv[1:]:
         if skip:
             skip = False
-            continue
-        if arg == "--resume":
+        elif arg == "--resume":
             skip = True
-            continue
-        if arg.startswith("--resume="):
-            continue
-        out.append(arg)
+        elif not arg.startswith("--resume="):
+            out.append(arg)
     return shlex.join([*out, "--resume", resume])
 
 
 # -- on the ranks ----------------------------------------------------------------------------------------
 
 
+_OWNER = re.compile(r"(?:zero_pp_rank_(\d+)_|/rank(\d{5})\.pt$)")
+"""Names that say which rank wrote a file: DeepSpeed's ZeRO shards (data-parallel rank) and our rank states."""
+
+
 def hash_shares(sizes: dict[str, int], world: int) -> list[list[str]]:
-    """Files per rank, largest first to the least loaded rank: every file hashed once, the work balanced."""
+    """Files per rank: a rank's own shards (by name) to that rank, then the rest largest first to the least
+    loaded rank. Every file is hashed exactly once and the work is roughly balanced."""
     loads = [0] * world
     shares: list[list[str]] = [[] for _ in range(world)]
-    for rel in sorted(sizes, key=lambda name: (-sizes[name], name)):
+    rest = []
+    for rel in sorted(sizes):
+        owner = _OWNER.search("/" + rel)
+        if owner is None:
+            rest.append(rel)
+            continue
+        rank = int(owner.group(1) or owner.group(2)) % world
+        shares[rank].append(rel)
+        loads[rank] += sizes[rel]
+    for rel in sorted(rest, key=lambda name: (-sizes[name], name)):
         rank = loads.index(min(loads))
         shares[rank].append(rel)
         loads[rank] += sizes[rel]

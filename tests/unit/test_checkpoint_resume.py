@@ -143,13 +143,23 @@ def test_retention_never_keeps_a_truncated_checkpoint_over_a_sound_one(tmp_path)
     assert (root / "corrupt" / store.tag_for(33)).is_dir()
 
 
-def test_every_file_is_hashed_by_exactly_one_rank_and_the_work_is_balanced():
-    sizes = {f"f{i}": size for i, size in enumerate([100, 90, 50, 40, 10, 10, 5])}
-    shares = resume.hash_shares(sizes, 3)
+def test_every_file_is_hashed_by_exactly_one_rank_its_own_shards_by_their_rank():
+    sizes = {
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt": 100,
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt": 100,
+        "scaling/rank00001.pt": 5,
+        "scaling/rank00000.pt": 5,
+        "mp_rank_00_model_states.pt": 90,
+        "scaling/model/config.json": 3,
+        "scaling/run_config.json": 4,
+    }
+    shares = resume.hash_shares(sizes, 2)
     assert sorted(f for share in shares for f in share) == sorted(sizes)
+    assert {"zero_pp_rank_1_mp_rank_00_optim_states.pt", "scaling/rank00001.pt"} <= set(shares[1])
+    assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "scaling/rank00000.pt"} <= set(shares[0])
     loads = [sum(sizes[f] for f in share) for share in shares]
-    assert max(loads) - min(loads) <= 40
-    assert resume.hash_shares(sizes, 1) == [sorted(sizes, key=lambda f: (-sizes[f], f))]
+    assert max(loads) - min(loads) <= 90
+    assert sorted(resume.hash_shares(sizes, 1)[0]) == sorted(sizes)
 
 
 def test_a_flipped_shard_is_found_by_the_rank_that_hashes_it(tmp_path):
