@@ -134,26 +134,31 @@ class SaveFailed(RuntimeError):
     anywhere in the save, so this rank leaves without a closing barrier; the message is its report."""
 
 
+_TORCH_WRITER = ("PytorchStreamWriter", "inline_container", "file write failed")
+"""torch.save's zip writer on a failed write: it hides the errno (ENOSPC shows as "unexpected pos A vs B")."""
+
+
 @contextmanager
 def naming_write_errors(ref: CheckpointRef) -> Iterator[None]:
     """Turn a failed write into a SaveFailed that names the OS error, the free space and what a checkpoint of
-    this run takes. torch.save hides the errno ("PytorchStreamWriter failed writing file ... file write
-    failed"), so a nearly full filesystem is what names ENOSPC there."""
+    this run takes; a peer's failure or a bug passes through unchanged."""
     try:
         yield
     except Exception as err:
         text = str(err)
-        if not (isinstance(err, OSError) or "PytorchStreamWriter" in text or "file write failed" in text):
-            raise  # a peer's failure or a bug: not a write error, keep it as it is
+        free = _free_bytes(ref.root)
+        full = free is not None and free < max(
+            _checkpoint_bytes(ref.root, other_than=ref.tag) or 0, 16 * 2**20
+        )
+        peer = any(m in text for m in ("by peer", "imed out", "aborted"))  # another rank's end, seen here
+        if not (isinstance(err, OSError) or any(m in text for m in _TORCH_WRITER) or (full and not peer)):
+            raise
         raise SaveFailed(describe_write_error(err, ref)) from err
 
 
 def describe_write_error(err: BaseException, ref: CheckpointRef) -> str:
     needed = _checkpoint_bytes(ref.root, other_than=ref.tag)
-    try:
-        free: int | None = shutil.disk_usage(ref.root if ref.root.exists() else ref.root.parent).free
-    except OSError:
-        free = None
+    free = _free_bytes(ref.root)
     if isinstance(err, OSError) and err.errno:
         reason = f"{os.strerror(err.errno)} ({err})"
     elif free is not None and free < max(needed or 0, 16 * 2**20):
@@ -165,6 +170,13 @@ def describe_write_error(err: BaseException, ref: CheckpointRef) -> str:
         f"a checkpoint of this run takes {_bytes(needed)}" if needed else "no earlier checkpoint to size it"
     )
     return f"saving step {ref.step} to {ref.path} failed: {reason}; {room} on {ref.root}, {takes}"
+
+
+def _free_bytes(root: Path) -> int | None:
+    try:
+        return shutil.disk_usage(root if root.exists() else root.parent).free
+    except OSError:
+        return None
 
 
 def text_head(err: BaseException) -> str:
