@@ -4,10 +4,10 @@ Before launch (`prepare_resume`, on the launching host or rank 0): stray tempora
 commit are removed; `--resume auto` takes the newest *committed* checkpoint (by manifest, so a `latest` that is
 missing or one behind after a kill is repaired), verifies it (sizes always, hashes when affordable) and falls
 back past damaged ones, each moved to `checkpoints/corrupt/` with a one-line notice; `--resume PATH` to a
-damaged checkpoint is refused with the verify result and the command that uses the previous one. A resume
-from an older checkpoint of this very run moves the newer ones to `checkpoints/superseded/`: they belong to the
-abandoned continuation, and leaving them would make `latest`, retention and later resumes pick them. A fresh
-run into a directory that holds committed checkpoints is refused.
+damaged checkpoint is refused with the verify result and the command that uses the previous one. A fresh
+run into a directory that holds committed checkpoints is refused. Once a resume from an older checkpoint of
+this very run has loaded, the newer ones move to `checkpoints/superseded/` (`supersede_newer`): they belong
+to the abandoned continuation, and leaving them would make `latest`, retention and later resumes pick them.
 
 On the ranks (`verify_share`): every rank checks every size and hashes its share of the files (balanced by
 size, so the hashing runs in parallel), and all ranks see every rank's result before anyone loads, so a
@@ -54,8 +54,6 @@ def prepare_resume(cfg: CheckpointConfig, output: Path) -> CheckpointRef | None:
     problem = check(ref, hashes=affordable(ref))
     if problem is not None:
         raise CheckpointError(f"cannot resume: {problem}\n{previous_hint(ref)}")
-    if ref.root.resolve() == root.resolve():
-        supersede_newer(ref)
     return ref
 
 
@@ -128,8 +126,11 @@ def repair_latest(ref: CheckpointRef) -> None:
     store.publish_latest(ref)
 
 
-def supersede_newer(ref: CheckpointRef) -> list[Path]:
-    """Move this run's checkpoints newer than `ref` (the continuation a resume from `ref` abandons) aside."""
+def supersede_newer(ref: CheckpointRef, root: Path) -> list[Path]:
+    """Once a resume from `ref` has loaded: move the checkpoints of `root` (this run's) newer than `ref`, the
+    continuation it abandons, aside to superseded/."""
+    if not root.is_dir() or ref.root.resolve() != root.resolve():
+        return []
     moved = []
     for newer in store.committed(ref.root):
         if newer.step <= ref.step:

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from scaling.checkpoint.manager import CheckpointManager, saved_run_config
+from scaling.checkpoint.resume import supersede_newer
 from scaling.checkpoint.store import CheckpointRef, resolve_resume
 from scaling.config.run import RunConfig
 from scaling.distributed.env import LaunchEnv
@@ -256,6 +257,8 @@ class Trainer:
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "run_config.json").write_text(run.to_json(), encoding="utf-8")
             drop_records_after(self.output / "metrics.jsonl", start_step)  # the abandoned continuation's
+            if resume_from is not None:
+                supersede_newer(resume_from, self.ckpt.root)
         sink = MetricsSink(
             run.log, self.output, active=self.rank == 0, total_steps=run.total_steps, start_step=start_step
         )

@@ -112,6 +112,9 @@ def test_resume_path_to_an_older_checkpoint_moves_the_newer_ones_aside(tmp_path)
         fake_save(root, step)
     ref = resume.prepare_resume(config(tmp_path, str(root / store.tag_for(10))), tmp_path)
     assert ref.step == 10
+    assert [r.step for r in store.committed(root)] == [10, 20, 30]  # nothing moves before the load worked
+    assert resume.supersede_newer(ref, tmp_path / "elsewhere") == []  # another run's checkpoints: not ours
+    assert len(resume.supersede_newer(ref, root)) == 2
     assert [r.step for r in store.committed(root)] == [10]
     assert store.read_latest(root).step == 10
     assert sorted(p.name for p in (root / "superseded").iterdir()) == [store.tag_for(20), store.tag_for(30)]
