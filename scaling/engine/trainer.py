@@ -50,6 +50,7 @@ from scaling.engine.state import (
 )
 from scaling.engine.step_window import NonFiniteLoss, SigtermFlag, StepWindow, all_reduce_int, loss_scale
 from scaling.errors import UserError
+from scaling.launch import stacks
 from scaling.launch.status import EXIT_PREEMPTED, FAILED, PREEMPTED, reserve_report, write_report
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def train(run: RunConfig, env: LaunchEnv, *, objective: Objective | None = None)
     rank writes its report (rank, step, error) into the run directory before anything else can fail."""
     dist_setup.init_process_group(env, timeout_s=run.parallel.init_timeout_s)
     reserve_report(run.output, env.rank)
+    stacks.arm(run.output, env.rank)
     training = Trainer(run, env, objective=objective)
     try:
         result = training.fit()
@@ -113,8 +115,11 @@ def train(run: RunConfig, env: LaunchEnv, *, objective: Objective | None = None)
         if isinstance(err, UserError):
             dist_setup.teardown()  # raised on every rank together (non-finite loss, bad checkpoint)
         else:
+            stacks.dump_failure(run.output, env.rank, training.current_step, err)
             dist_setup.abandon()  # a peer may be dead or hung: do not wait for it in a closing barrier
         raise
+    finally:
+        stacks.disarm(env.rank)
     dist_setup.teardown()
     return result
 

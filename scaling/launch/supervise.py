@@ -19,6 +19,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from scaling.launch import stacks
 from scaling.launch.command import LaunchPlan, runner_environment, write_env_file
 from scaling.launch.status import EXIT_PREEMPTED, clear_reports, conclude, disk_note, read_reports
 
@@ -32,6 +33,7 @@ ORPHAN_GRACE_S = 40.0
 def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | None = None) -> int:
     """Start the plan's commands, wait for them, and return the run's exit code (0, 75 or a failure)."""
     clear_reports(output)
+    stacks.clear(output)
     write_env_file(plan, environ)
     env = runner_environment(plan, environ)
     _become_subreaper()
@@ -52,8 +54,12 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
         _reap_orphans(before)
     outcome = conclude(returncode, read_reports(output), plan.world_size)
     if outcome.message:
-        note = disk_note(output) if outcome.exit_code != EXIT_PREEMPTED else ""
-        log.warning("[scaling launch] %s", outcome.message + (f"\n{note}" if note else ""))
+        notes = (
+            [disk_note(output), stacks.summary(output, plan.world_size)]
+            if outcome.exit_code != EXIT_PREEMPTED
+            else []
+        )
+        log.warning("[scaling launch] %s", "\n".join([outcome.message, *filter(None, notes)]))
     return outcome.exit_code
 
 
