@@ -79,17 +79,26 @@ _FRAME = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
 
 
 def innermost_call(text: str) -> str | None:
-    """The innermost frame of the failure's traceback that is ours (scaling/...), as `module:function`."""
+    """Where the failure's traceback ends: the innermost frame that is ours (scaling/...) as `module.function`,
+    then the innermost frame of all (e.g. the collective in DeepSpeed or torch) when it is another."""
     failure = text.split("== every thread at the failure")[0]
-    ours = [
-        (path, name)
-        for path, name in _FRAME.findall(failure)
-        if "/scaling/" in path and "/site-packages/" not in path
-    ]
+    ours = [(path, name) for path, name in _FRAME.findall(failure) if _ours(path)]
     if not ours:
         return None
     path, name = ours[-1]
-    return f"{Path(path).stem}.{name}"
+    innermost_path, innermost = _FRAME.findall(failure)[-1]
+    deeper = (
+        f" > {Path(innermost_path).stem}.{innermost}" if (innermost_path, innermost) != (path, name) else ""
+    )
+    return f"{Path(path).stem}.{name}{deeper}"
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def _ours(path: str) -> bool:
+    """A frame of this package: here, or installed (other nodes may run it from their site-packages)."""
+    return path.startswith(str(_PACKAGE) + "/") or "/site-packages/scaling/" in path
 
 
 def summary(output: Path, world_size: int) -> str:
