@@ -125,12 +125,18 @@ def barrier() -> None:
         dist.barrier()
 
 
-def gather_objects(value: T) -> list[T]:
-    """Every rank's `value`, in rank order, on every rank (just `[value]` without a process group)."""
+def gather_objects(value: T, *, local_rank: int = 0) -> list[T]:
+    """Every rank's `value`, in rank order, on every rank (just `[value]` without a process group).
+
+    NCCL moves objects through the current CUDA device: before the engine exists (which selects the rank's
+    device, DeepSpeed: `set_device(local_rank)`) select the same one, or every rank of a node would use GPU 0."""
+    import torch
     import torch.distributed as dist
 
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return [value]
+    if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
+        torch.cuda.set_device(local_rank)
     found: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(found, value)
     return found

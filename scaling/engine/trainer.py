@@ -443,7 +443,8 @@ class Trainer:
         resume = self.run.checkpoint.resume
         ref = resolve_resume(resume, self.ckpt.root)
         while ref is not None:
-            found = dist_setup.gather_objects(verify_share(ref, self.rank, self.env.world_size))
+            mine = verify_share(ref, self.rank, self.env.world_size)
+            found = dist_setup.gather_objects(mine, local_rank=self.env.local_rank)
             bad = [(rank, problem) for rank, problem in enumerate(found) if problem]
             if not bad:
                 return ref
