@@ -71,7 +71,7 @@ __all__ = [
 
 
 class Preempted(Exception):
-    """SIGTERM arrived; a checkpoint was saved at the step boundary."""
+    """SIGTERM (or SIGINT) arrived; a checkpoint was saved at the step boundary."""
 
     def __init__(self, step: int, checkpoint: Path):
         super().__init__(f"preempted: saved step {step} to {checkpoint}; resume with --resume auto")
