@@ -39,6 +39,10 @@ class ModelConfig:
     """Vocabulary of a tokenizer trained for a preset or bare config."""
     activation_checkpointing: bool = option(False)
     """Recompute each block's activations in backward to save memory."""
+    fused_loss: bool = option(True)
+    """clm/sft: compute the output head and cross-entropy in chunks, never the full [tokens, vocab] logits (the
+    same loss and gradients; used where exact: not under ZeRO-3, AutoTP, pipeline stages or logit
+    post-processing, where the run says why it is off)."""
 
 
 @dataclass(kw_only=True)

@@ -39,6 +39,7 @@ from scaling.engine import dist as dist_setup
 from scaling.engine.layout import Layout, layout_for
 from scaling.engine.metrics import MetricsSink, MfuMeter, drop_records_after, memory_stats
 from scaling.engine.objective import LanguageModelling, Objective
+from scaling.engine.run_dir import agree_on_resume, node_local_storage
 from scaling.engine.state import (
     Keyed,
     RankState,
@@ -192,11 +193,16 @@ class Trainer:
         self.output = run.output
         self.layout = layout or layout_for(run, env)
         self.objective: Objective = objective or LanguageModelling(run.model.task)
-        self.ckpt = CheckpointManager(self.output / "checkpoints", self.rank, run.checkpoint.keep_last)
+        # With a run directory per node, each node's local rank 0 writes its node's copy (DeepSpeed's rule).
+        writer = env.local_rank == 0 if node_local_storage(run.deepspeed) else self.rank == 0
+        self.ckpt = CheckpointManager(
+            self.output / "checkpoints", self.rank, run.checkpoint.keep_last, writer=writer
+        )
         self.counters = LoopCounters()
         self.rank_state = RankState()
         self.resume_changes: list[str] = []
         self.current_step = 0  # the optimizer step being run (1-based), named in failure reports
+        self._pending_nonfinite: torch.Tensor | None = None  # this step's earlier micro-batches (see agree)
 
     @property
     def engine(self) -> Any:
@@ -258,7 +264,7 @@ class Trainer:
         )  # before the engine is built: a bad checkpoint ends it in seconds
         self._build()
         start_step = self._maybe_resume(resume_from)
-        if self.rank == 0:
+        if self.ckpt.writer:
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "run_config.json").write_text(run.to_json(), encoding="utf-8")
             drop_records_after(self.output / "metrics.jsonl", start_step)  # the abandoned continuation's
@@ -360,14 +366,25 @@ class Trainer:
         except (AttributeError, TypeError, ZeroDivisionError):  # a model config without the usual names
             return None
 
-    def agree(self, loss: torch.Tensor, sigterm_raised: bool) -> tuple[list[int], bool]:
-        """One small all-reduce per micro-step: which ranks saw a non-finite loss, and whether any rank
-        was asked to stop. Every rank must agree, or a skipped backward would deadlock the others.
+    def agree(
+        self, loss: torch.Tensor, sigterm_raised: bool, *, boundary: bool = True
+    ) -> tuple[list[int], bool]:
+        """Which ranks saw a non-finite loss, and whether any rank was asked to stop: one small all-reduce
+        and one host sync per optimizer step.
 
-        The flags live on the loss's device (NCCL reduces only device tensors) and are read back once:
-        one host sync per micro-step, not one for the finiteness test and another for the result."""
+        With --on-nan skip, every micro-step agrees (a skipped backward on one rank alone would deadlock the
+        others' gradient reduction). A run that stops on NaN needs no such agreement mid-step: each rank
+        remembers its own flag on the device and the ranks agree once, on the last micro-batch before its
+        backward, so non-finite gradients never reach the weights. SIGTERM waits for that boundary too."""
+        local = ~torch.isfinite(loss.detach()).all()
+        if self._pending_nonfinite is not None:
+            local = local | self._pending_nonfinite
+        if not boundary and self.run.optim.on_nan == "stop":
+            self._pending_nonfinite = local
+            return [], False
+        self._pending_nonfinite = None
         flags = torch.zeros(self.env.world_size + 1, dtype=torch.float32, device=loss.device)
-        flags[self.rank] = (~torch.isfinite(loss.detach()).all()).float()
+        flags[self.rank] = local.float()
         if sigterm_raised:
             flags[-1] = 1.0
         if dist.is_initialized() and self.env.world_size > 1:
@@ -415,7 +432,11 @@ class Trainer:
                 tokenizer=self.tokenizer,
                 barrier=dist_setup.barrier,
                 before_commit=self._before_commit,
+                on_every_rank=self._on_every_rank,
             )
+
+    def _on_every_rank(self, flag: bool) -> bool:
+        return all_reduce_int(int(flag), dist.ReduceOp.MIN, device=self.engine.device) == 1
 
     def _before_commit(self, ref: CheckpointRef) -> None:
         self.layout.before_commit(ref)
@@ -423,9 +444,12 @@ class Trainer:
 
     def _assert_finite_weights(self, step: int) -> None:
         # Never commit non-finite weights: a resume from them could never recover.
+        from scaling.compat.deepspeed import local_partition
+
         finite = torch.tensor([1.0], device=self.engine.device)
         for param in self.engine.module.parameters():
-            if param.numel() and not torch.isfinite(param.detach()).all():
+            local = local_partition(param)  # ZeRO-3: this rank's shard (the parameter itself is empty)
+            if local.numel() and not torch.isfinite(local).all():
                 finite[0] = 0.0
                 break
         if dist.is_initialized():
@@ -441,20 +465,30 @@ class Trainer:
         from scaling.errors import CheckpointError
 
         resume = self.run.checkpoint.resume
-        ref = resolve_resume(resume, self.ckpt.root)
+        # With a checkpoint copy per node, each node's ranks share the hashing of their node's copy.
+        node_local = node_local_storage(self.run.deepspeed)
+        place, peers = (
+            (self.env.local_rank, self.env.local_world_size)
+            if node_local
+            else (self.rank, self.env.world_size)
+        )
+
+        def find() -> CheckpointRef | None:
+            return resolve_resume(resume, self.ckpt.root)
+
+        ref = agree_on_resume(find, self.ckpt.root, self.env, writer=bool(self.ckpt.writer))
         while ref is not None:
-            mine = verify_share(ref, self.rank, self.env.world_size)
-            found = dist_setup.gather_objects(mine, local_rank=self.env.local_rank)
+            found = dist_setup.gather_objects(verify_share(ref, place, peers), local_rank=self.env.local_rank)
             bad = [(rank, problem) for rank, problem in enumerate(found) if problem]
             if not bad:
                 return ref
             rank, problem = bad[0]
-            if resume != "auto":
+            if resume != "auto" or node_local:  # a node's own copy is not ours to rearrange from rank 0
                 raise CheckpointError(
                     f"cannot resume (rank {rank} verified): {problem}\n{previous_hint(ref)}"
                 )
             dist_setup.on_rank0(partial(skip_damaged, ref, f"rank {rank}: {problem}"), rank=self.rank)
-            ref = resolve_resume(resume, self.ckpt.root)
+            ref = agree_on_resume(find, self.ckpt.root, self.env, writer=bool(self.ckpt.writer))
         return None
 
     def _maybe_resume(self, ref: CheckpointRef | None) -> int:
@@ -502,7 +536,20 @@ class Trainer:
 
         target = self.output / "final"
         with dist_setup.collective_timeout(self.run.parallel.init_timeout_s):  # the others wait for rank 0
-            dist_setup.on_rank0(lambda: export_checkpoint(ref.path, target), rank=self.rank)
+            if node_local_storage(self.run.deepspeed) and self.env.world_size > self.env.local_world_size:
+                # rank 0's node holds only its own shards: export from a copy completed by the others
+                from scaling.checkpoint.gather import discard_gathered, gather_to_rank0
+
+                staged = gather_to_rank0(ref, self.rank)
+                try:
+                    source = staged.path if staged is not None else ref.path
+                    dist_setup.on_rank0(
+                        lambda: export_checkpoint(source, target, recorded_as=ref.path), rank=self.rank
+                    )
+                finally:
+                    discard_gathered(staged)
+            else:
+                dist_setup.on_rank0(lambda: export_checkpoint(ref.path, target), rank=self.rank)
         return target
 
 

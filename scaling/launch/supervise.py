@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.launch import stacks
-from scaling.launch.command import LaunchPlan, runner_environment, write_env_file
+from scaling.launch.command import LaunchPlan, runner_environment, shown_local, write_env_file
 from scaling.launch.status import EXIT_PREEMPTED, clear_reports, conclude, disk_note, read_reports
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
     env = runner_environment(plan, environ)
     _become_subreaper()
     before = {p.pid for p in _descendants()}  # e.g. a test's worker pool: not ours to end
-    for argv in plan.local:
+    for argv in shown_local(plan):  # forwarded values masked
         log.info("+ %s", shlex.join(argv))
     procs = [subprocess.Popen(argv, env=env) for argv in plan.local]
     interrupts = _Interrupts(procs)
@@ -52,7 +52,8 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _reap_orphans(before)
-    outcome = conclude(returncode, read_reports(output), plan.world_size)
+    ours = [rank for node in plan.nodes for rank in node.ranks] if plan.spec.no_ssh else None
+    outcome = conclude(returncode, read_reports(output), plan.world_size, ranks=ours)
     if outcome.message:
         notes = (
             [disk_note(output), stacks.summary(output, plan.world_size)]
