@@ -207,7 +207,7 @@ def same_command(*, resume: str) -> str:
 # -- on the ranks ----------------------------------------------------------------------------------------
 
 
-_OWNER = re.compile(r"(?:zero_pp_rank_(\d+)_|/rank(\d{5})\.pt$)")
+_OWNER = re.compile(r"(?:zero_pp_rank_(\d+)_|/rank(\d{5})\.\w+$)")
 """Names that say which rank wrote a file: DeepSpeed's ZeRO shards (data-parallel rank) and our rank states."""
 
 

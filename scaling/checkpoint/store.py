@@ -29,6 +29,8 @@ from scaling.errors import CheckpointError
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
+BEST = "best"
+"""Name of the checkpoint with the lowest eval loss (early stopping); retention never deletes it."""
 TAG_PREFIX = "step-"
 TRASH_PREFIX = ".deleting-"
 OURS = "scaling"
@@ -223,11 +225,18 @@ def publish_latest(ref: CheckpointRef) -> None:
 
 
 def size_problem(ckpt_dir: Path) -> str | None:
-    """What a sizes-only verification finds wrong with a committed checkpoint (None: nothing). A stat per file."""
+    """What the manifest's sizes find wrong with a committed checkpoint (None: nothing): a stat per file, no
+    reading (retention runs it at every save; `verify` is the full check)."""
     try:
-        verify(ckpt_dir, hashes=False)
-    except CheckpointError as err:
-        return str(err)
+        files = json.loads((ckpt_dir / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"{ckpt_dir}: unreadable manifest ({err})"
+    for rel, meta in files.items():
+        file = ckpt_dir / rel
+        if not file.is_file():
+            return f"{ckpt_dir}: file {rel} listed in the manifest is missing"
+        if file.stat().st_size != meta["size"]:
+            return f"{ckpt_dir}: file {rel} is {file.stat().st_size} bytes, manifest says {meta['size']} (truncated?)"
     return None
 
 
@@ -247,9 +256,22 @@ def quarantine(ref: CheckpointRef, reason: str) -> Path:
     return target
 
 
+def publish_best(ref: CheckpointRef) -> None:
+    atomic_write_text(ref.root / BEST, ref.tag + "\n")
+
+
+def read_best(root: Path) -> CheckpointRef | None:
+    """The checkpoint `best` names, when there is one and it is committed."""
+    pointer = root / BEST
+    if not pointer.is_file():
+        return None
+    ref = CheckpointRef(root, pointer.read_text(encoding="utf-8").strip())
+    return ref if is_complete(ref.path) else None
+
+
 def retain(root: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` committed checkpoints and any interrupted saves older than the
-    newest commit. Never deletes what `latest` names. Returns what was removed.
+    newest commit. Never deletes what `latest` or `best` names. Returns what was removed.
 
     A committed checkpoint whose files no longer have their manifest sizes (truncated after the commit) is
     moved to `corrupt/` first, so it never takes the place of a sound one among those kept."""
@@ -262,8 +284,9 @@ def retain(root: Path, keep_last: int) -> list[Path]:
         elif latest is None or ref.tag != latest.tag:
             quarantine(ref, problem)
     keep = {r.tag for r in complete[-keep_last:]} if keep_last > 0 else {r.tag for r in complete}
-    if latest is not None:
-        keep.add(latest.tag)
+    for pinned in (latest, read_best(root)):
+        if pinned is not None:
+            keep.add(pinned.tag)
     newest_step = complete[-1].step if complete else -1
     removed = []
     for d in _tagged_dirs(root):

@@ -161,6 +161,25 @@ def woq_module_types() -> tuple[type[Any], ...]:
     return (WeightOnlyLinear,)
 
 
+def dequantized_linears(model: Any) -> dict[str, tuple[Any, Any]]:
+    """Module name -> (float weight [out, in], bias or None) for every weight-only quantized layer: exactly
+    what its forward multiplies by. AWQ's MulLinear scales its input first, which folds into the weight's
+    columns."""
+    import torch
+
+    (woq,) = woq_module_types()
+    out: dict[str, tuple[Any, Any]] = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            inner = getattr(module, "linear", None)
+            if isinstance(inner, woq) and hasattr(module, "input_scale"):
+                weight = inner.recover().float() * module.input_scale.float().view(1, -1)
+                out[name] = (weight, inner.bias)
+            elif isinstance(module, woq) and not any(name.startswith(f"{k}.") for k in out):
+                out[name] = (module.recover().float(), module.bias)
+    return out
+
+
 def save_woq(model: Any, directory: Path) -> None:
     api().save(model, str(directory))
 

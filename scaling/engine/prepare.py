@@ -98,9 +98,34 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
         raise ConfigError(problems, header="cannot start this run") from None
     # The resolved degrees: the DeepSpeed JSON may set them where the options were left at their defaults.
     problems.extend(_layout_problems(hf_config, request, run.parallel))
+    problems.extend(_watch_problems(request))
     if problems:
         raise ConfigError(problems, header="cannot start this run")
     return run
+
+
+def _watch_problems(request: RunRequest) -> list[Problem]:
+    """Tracker and early-stopping options that contradict each other or lack what they watch."""
+    log, problems = request.log, []
+    if not log.tensorboard and "tensorboard" in log.report_to:
+        problems.append(
+            Problem("--report-to", "lists tensorboard, but --no-tensorboard is given", "tensorboard")
+        )
+    from scaling.engine.trackers import tracker_problems
+
+    problems += [
+        Problem("--report-to", text, ",".join(log.report_to)) for text in tracker_problems(log.trackers)
+    ]
+    if log.early_stop_patience is not None and not (request.data.eval and log.eval_every):
+        problems.append(
+            Problem(
+                "--early-stop-patience",
+                "watches the eval loss of periodic evaluations",
+                log.early_stop_patience,
+                fix="also pass --eval-data SPEC and --eval-every N",
+            )
+        )
+    return problems
 
 
 def _layout_problems(hf_config: Any, request: RunRequest, parallel: Any) -> list[Problem]:

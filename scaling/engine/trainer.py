@@ -31,11 +31,12 @@ import torch.distributed as dist
 
 from scaling.checkpoint.manager import CheckpointManager, saved_run_config
 from scaling.checkpoint.resume import supersede_newer
-from scaling.checkpoint.store import CheckpointRef, resolve_resume
+from scaling.checkpoint.store import CheckpointRef, publish_best, resolve_resume, tag_for
 from scaling.config.run import RunConfig
 from scaling.distributed.env import LaunchEnv
 from scaling.distributed.topology import Topology
 from scaling.engine import dist as dist_setup
+from scaling.engine.early_stop import EarlyStopping
 from scaling.engine.layout import Layout, layout_for
 from scaling.engine.metrics import MetricsSink, MfuMeter, drop_records_after, memory_stats
 from scaling.engine.objective import LanguageModelling, Objective
@@ -203,6 +204,8 @@ class Trainer:
         self.resume_changes: list[str] = []
         self.current_step = 0  # the optimizer step being run (1-based), named in failure reports
         self._pending_nonfinite: torch.Tensor | None = None  # this step's earlier micro-batches (see agree)
+        patience = run.log.early_stop_patience
+        self.early_stop = EarlyStopping(patience) if patience else None
 
     @property
     def engine(self) -> Any:
@@ -254,6 +257,8 @@ class Trainer:
             self.objective,
         ):
             self.rank_state.add(part)
+        if self.early_stop is not None:
+            self.rank_state.add(self.early_stop)
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -271,7 +276,12 @@ class Trainer:
             if resume_from is not None:
                 supersede_newer(resume_from, self.ckpt.root)
         sink = MetricsSink(
-            run.log, self.output, active=self.rank == 0, total_steps=run.total_steps, start_step=start_step
+            run.log,
+            self.output,
+            active=self.rank == 0,
+            total_steps=run.total_steps,
+            start_step=start_step,
+            run_config=run.to_dict(),
         )
         if start_step:
             sink.message(f"resumed from step {start_step}")
@@ -286,6 +296,7 @@ class Trainer:
         eval_metrics: dict[str, float] = {}
         step = start_step
         counters = self.counters
+        stopped_early = False
         try:
             with SigtermFlag() as sigterm:
                 while step < run.total_steps:
@@ -311,6 +322,11 @@ class Trainer:
                     if run.log.eval_every and step % run.log.eval_every == 0 and self.eval_batches:
                         eval_metrics = self.evaluate()
                         sink.log({"step": step, **eval_metrics})
+                        if self.early_stop is not None:
+                            stopped_early = self._watch_eval(step, eval_metrics["eval_loss"], sink)
+                            last_saved = step if self.early_stop.best_step == step else last_saved
+                            if stopped_early:
+                                break
                     adapted = self.stream.maybe_adapt(step, self._evaluate_loss)
                     if adapted:
                         sink.log({"step": step, **{f"mix_weight/{k}": v for k, v in adapted.items()}})
@@ -322,7 +338,7 @@ class Trainer:
                         last_saved = step
                     if step == run.checkpoint.halt_at_step:
                         break
-            halted = step < run.total_steps
+            halted = step < run.total_steps and not stopped_early
             if (
                 self.eval_batches
                 and not halted
@@ -337,7 +353,10 @@ class Trainer:
             )
             export_dir = None
             if run.checkpoint.export_final and not halted:
-                export_dir = self._export_final(ref)
+                best = self._best_ref()
+                if best is not None and best.tag != ref.tag:
+                    sink.message(f"exporting the best checkpoint (lowest eval loss): {best.tag}")
+                export_dir = self._export_final(best or ref)
                 sink.message(f"exported HF model to {export_dir}")
         finally:
             sink.close()
@@ -349,6 +368,25 @@ class Trainer:
             skipped_nonfinite=counters.skipped_nonfinite,
             eval=eval_metrics,
         )
+
+    def _watch_eval(self, step: int, eval_loss: float, sink: MetricsSink) -> bool:
+        """Early stopping: save and pin a checkpoint at every new best eval loss (retention keeps it);
+        whether to stop now (every rank reaches the same verdict from the same collective loss)."""
+        assert self.early_stop is not None
+        verdict = self.early_stop.update(step, eval_loss)
+        if verdict.improved:
+            ref = self.save_checkpoint(step)
+            if self.rank == 0:
+                publish_best(ref)
+        if verdict.stop:
+            sink.message(self.early_stop.describe())
+        return verdict.stop
+
+    def _best_ref(self) -> CheckpointRef | None:
+        """The checkpoint early stopping pinned (None without early stopping or before any eval)."""
+        if self.early_stop is None or self.early_stop.best_step is None:
+            return None
+        return CheckpointRef(self.ckpt.root, tag_for(self.early_stop.best_step))
 
     def train_step(self, step: int, window: StepWindow, sigterm: SigtermFlag) -> bool:
         """One optimizer step, run by the layout. Returns whether any rank got SIGTERM."""

@@ -21,7 +21,9 @@ from typing import Any
 
 from scaling.launch import stacks
 from scaling.launch.command import LaunchPlan, runner_environment, shown_local, write_env_file
+from scaling.launch.quiet import QuietOutput
 from scaling.launch.status import EXIT_PREEMPTED, clear_reports, conclude, disk_note, read_reports
+from scaling.logs import launcher_log
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,8 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
     before = {p.pid for p in _descendants()}  # e.g. a test's worker pool: not ours to end
     for argv in shown_local(plan):  # forwarded values masked
         log.info("+ %s", shlex.join(argv))
-    procs = [subprocess.Popen(argv, env=env) for argv in plan.local]
+    quiet = QuietOutput(launcher_log(output))
+    procs = [quiet.start(argv, env) for argv in plan.local]
     interrupts = _Interrupts(procs)
     previous = {
         signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: _forward(procs, signal.SIGTERM)),
@@ -52,6 +55,7 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         _reap_orphans(before)
+        quiet.close()
     ours = [rank for node in plan.nodes for rank in node.ranks] if plan.spec.no_ssh else None
     outcome = conclude(returncode, read_reports(output), plan.world_size, ranks=ours)
     if outcome.message:

@@ -150,7 +150,7 @@ def test_every_file_is_hashed_by_exactly_one_rank_its_own_shards_by_their_rank()
     sizes = {
         "zero_pp_rank_0_mp_rank_00_optim_states.pt": 100,
         "zero_pp_rank_1_mp_rank_00_optim_states.pt": 100,
-        "scaling/rank00001.pt": 5,
+        "scaling/rank00001.safetensors": 5,
         "scaling/rank00000.pt": 5,
         "mp_rank_00_model_states.pt": 90,
         "scaling/model/config.json": 3,
@@ -158,7 +158,7 @@ def test_every_file_is_hashed_by_exactly_one_rank_its_own_shards_by_their_rank()
     }
     shares = resume.hash_shares(sizes, 2)
     assert sorted(f for share in shares for f in share) == sorted(sizes)
-    assert {"zero_pp_rank_1_mp_rank_00_optim_states.pt", "scaling/rank00001.pt"} <= set(shares[1])
+    assert {"zero_pp_rank_1_mp_rank_00_optim_states.pt", "scaling/rank00001.safetensors"} <= set(shares[1])
     assert {"zero_pp_rank_0_mp_rank_00_optim_states.pt", "scaling/rank00000.pt"} <= set(shares[0])
     loads = [sum(sizes[f] for f in share) for share in shares]
     assert max(loads) - min(loads) <= 90
