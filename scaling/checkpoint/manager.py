@@ -6,8 +6,12 @@ local rank 0 for its node's copy when the nodes keep their checkpoints on their 
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,13 +24,14 @@ from scaling.checkpoint.state_file import (
     write_rank_state,
 )
 from scaling.checkpoint.store import (
+    MANIFEST,
     CheckpointRef,
     atomic_write_text,
+    committed,
     is_complete,
     publish_latest,
     retain,
     tag_for,
-    verify,
     write_manifest,
 )
 from scaling.errors import CheckpointError
@@ -79,23 +84,25 @@ class CheckpointManager:
             if ref.path.exists():  # an interrupted save of this very step: start it over
                 shutil.rmtree(ref.path)  # no manifest, so never mistaken for a checkpoint meanwhile
         barrier()
-        engine.save_checkpoint(
-            str(self.root), tag=ref.tag, client_state={"scaling_step": step}, save_latest=False
-        )
-        ref.ours.mkdir(parents=True, exist_ok=True)
-        write_rank_state(rank_file(ref.ours, self.rank), rank_state)
-        if self.writer:
-            atomic_write_text(ref.ours / "run_config.json", run_config_json)
-            model_dir = ref.ours / MODEL_DIR
-            model_dir.mkdir(exist_ok=True)
-            hf_config.save_pretrained(model_dir)
-            tokenizer.save_pretrained(model_dir)
-        if before_commit is not None:
-            before_commit(ref)
+        with naming_write_errors(ref):
+            engine.save_checkpoint(
+                str(self.root), tag=ref.tag, client_state={"scaling_step": step}, save_latest=False
+            )
+            ref.ours.mkdir(parents=True, exist_ok=True)
+            write_rank_state(rank_file(ref.ours, self.rank), rank_state)
+            if self.writer:
+                atomic_write_text(ref.ours / "run_config.json", run_config_json)
+                model_dir = ref.ours / MODEL_DIR
+                model_dir.mkdir(exist_ok=True)
+                hf_config.save_pretrained(model_dir)
+                tokenizer.save_pretrained(model_dir)
+            if before_commit is not None:
+                before_commit(ref)
         barrier()  # every rank's files are on disk before the commit marker describes them
         if self.writer:
-            write_manifest(ref.path, step=step)
-            publish_latest(ref)
+            with naming_write_errors(ref):
+                write_manifest(ref.path, step=step)
+                publish_latest(ref)
             retain(self.root, self.keep_last)
         barrier()
         return ref
@@ -105,8 +112,8 @@ class CheckpointManager:
         from scaling.compat.deepspeed import universal_checkpoint_loading
         from scaling.compat.safe_load import restricted_torch_load
 
-        if self.writer:
-            verify(ref.path, hashes=True)
+        # Every rank verified its share (and the sizes and contents rules of every file) before the engine
+        # was built: Trainer._verified_resume.
         own_file = find_rank_file(ref.ours, self.rank)
         if own_file is None:
             saved = rank_files(ref.ours)
@@ -135,6 +142,82 @@ class CheckpointManager:
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {ref.path}")
         return read_rank_state(own_file)
+
+
+class SaveFailed(RuntimeError):
+    """Writing a checkpoint failed (disk full, quota, permissions). Not a UserError: the other ranks may be
+    anywhere in the save, so this rank leaves without a closing barrier; the message is its report."""
+
+
+_TORCH_WRITER = ("PytorchStreamWriter", "inline_container", "file write failed")
+"""torch.save's zip writer on a failed write: it hides the errno (ENOSPC shows as "unexpected pos A vs B")."""
+
+
+@contextmanager
+def naming_write_errors(ref: CheckpointRef) -> Iterator[None]:
+    """Turn a failed write into a SaveFailed that names the OS error, the free space and what a checkpoint of
+    this run takes; a peer's failure or a bug passes through unchanged."""
+    try:
+        yield
+    except Exception as err:
+        text = str(err)
+        free = _free_bytes(ref.root)
+        full = free is not None and free < max(
+            _checkpoint_bytes(ref.root, other_than=ref.tag) or 0, 16 * 2**20
+        )
+        peer = any(m in text for m in ("by peer", "imed out", "aborted"))  # another rank's end, seen here
+        if not (isinstance(err, OSError) or any(m in text for m in _TORCH_WRITER) or (full and not peer)):
+            raise
+        raise SaveFailed(describe_write_error(err, ref)) from err
+
+
+def describe_write_error(err: BaseException, ref: CheckpointRef) -> str:
+    needed = _checkpoint_bytes(ref.root, other_than=ref.tag)
+    free = _free_bytes(ref.root)
+    if isinstance(err, OSError) and err.errno:
+        reason = f"{os.strerror(err.errno)} ({err})"
+    elif free is not None and free < max(needed or 0, 16 * 2**20):
+        reason = f"{os.strerror(errno.ENOSPC)} ({text_head(err)})"
+    else:
+        reason = text_head(err)
+    room = f"{_bytes(free)} free" if free is not None else "free space unknown"
+    takes = (
+        f"a checkpoint of this run takes {_bytes(needed)}" if needed else "no earlier checkpoint to size it"
+    )
+    return f"saving step {ref.step} to {ref.path} failed: {reason}; {room} on {ref.root}, {takes}"
+
+
+def _free_bytes(root: Path) -> int | None:
+    try:
+        return shutil.disk_usage(root if root.exists() else root.parent).free
+    except OSError:
+        return None
+
+
+def text_head(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(err).__name__
+
+
+def _checkpoint_bytes(root: Path, *, other_than: str) -> int | None:
+    """The size of the newest committed checkpoint other than `other_than`, from its manifest."""
+    for ref in reversed(committed(root)):
+        if ref.tag == other_than:
+            continue
+        try:
+            manifest = json.loads((ref.path / MANIFEST).read_text(encoding="utf-8"))
+            return sum(int(meta["size"]) for meta in manifest["files"].values())
+        except (OSError, ValueError, KeyError):
+            return None
+    return None
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "?"
+    if n < 2**20:
+        return f"{n} bytes"
+    return f"{n / 2**20:.1f} MiB ({n} bytes)"
 
 
 def _reshape_record(ref: CheckpointRef) -> dict[str, Any] | None:

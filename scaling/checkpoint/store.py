@@ -6,6 +6,8 @@ Layout under the run's `checkpoints/` directory:
     step-00000020/scaling/         ours: rank<r>.pt (data position, RNG, counters), run_config.json, model/
     step-00000020/manifest.json    commit marker: every file with size and sha256, written last by rename
     latest                         name of the newest committed checkpoint, replaced by rename
+    corrupt/step-00000020/         a committed checkpoint that failed verification, moved aside (never deleted)
+    corrupt/step-00000020.reason.txt   why
 
 DeepSpeed's own `latest` is written before its final barrier and not atomically, so we never ask it to
 write one and never read it. A directory without `manifest.json` is an interrupted save: it is never loaded
@@ -19,6 +21,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +34,7 @@ BEST = "best"
 TAG_PREFIX = "step-"
 TRASH_PREFIX = ".deleting-"
 OURS = "scaling"
+CORRUPT_DIR = "corrupt"
 
 
 def tag_for(step: int) -> str:
@@ -220,6 +224,38 @@ def publish_latest(ref: CheckpointRef) -> None:
     atomic_write_text(ref.root / LATEST, ref.tag + "\n")
 
 
+def size_problem(ckpt_dir: Path) -> str | None:
+    """What the manifest's sizes find wrong with a committed checkpoint (None: nothing): a stat per file, no
+    reading (retention runs it at every save; `verify` is the full check)."""
+    try:
+        files = json.loads((ckpt_dir / MANIFEST).read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"{ckpt_dir}: unreadable manifest ({err})"
+    for rel, meta in files.items():
+        file = ckpt_dir / rel
+        if not file.is_file():
+            return f"{ckpt_dir}: file {rel} listed in the manifest is missing"
+        if file.stat().st_size != meta["size"]:
+            return f"{ckpt_dir}: file {rel} is {file.stat().st_size} bytes, manifest says {meta['size']} (truncated?)"
+    return None
+
+
+def quarantine(ref: CheckpointRef, reason: str) -> Path:
+    """Move a damaged checkpoint to `corrupt/` with the reason beside it: out of every resume and retention
+    decision, but still there for whoever wants to look at (or salvage) it."""
+    aside = ref.root / CORRUPT_DIR
+    aside.mkdir(exist_ok=True)
+    target = aside / ref.tag
+    n = 1
+    while target.exists():
+        target = aside / f"{ref.tag}.{n}"
+        n += 1
+    ref.path.rename(target)
+    with suppress(OSError):  # the move is what matters; a full disk may refuse the note
+        target.with_name(target.name + ".reason.txt").write_text(reason + "\n", encoding="utf-8")
+    return target
+
+
 def publish_best(ref: CheckpointRef) -> None:
     atomic_write_text(ref.root / BEST, ref.tag + "\n")
 
@@ -235,9 +271,18 @@ def read_best(root: Path) -> CheckpointRef | None:
 
 def retain(root: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` committed checkpoints and any interrupted saves older than the
-    newest commit. Never deletes what `latest` or `best` names. Returns what was removed."""
+    newest commit. Never deletes what `latest` or `best` names. Returns what was removed.
+
+    A committed checkpoint whose files no longer have their manifest sizes (truncated after the commit) is
+    moved to `corrupt/` first, so it never takes the place of a sound one among those kept."""
     latest = read_latest(root)
-    complete = committed(root)
+    complete = []
+    for ref in committed(root):
+        problem = size_problem(ref.path)
+        if problem is None:
+            complete.append(ref)
+        elif latest is None or ref.tag != latest.tag:
+            quarantine(ref, problem)
     keep = {r.tag for r in complete[-keep_last:]} if keep_last > 0 else {r.tag for r in complete}
     for pinned in (latest, read_best(root)):
         if pinned is not None:
@@ -273,12 +318,14 @@ def _tagged_dirs(root: Path) -> Iterable[Path]:
 
 
 def resolve_resume(resume: str | None, root: Path) -> CheckpointRef | None:
-    """`auto` -> the latest committed checkpoint under root (None when there is none yet); a path -> that
-    checkpoint (a run directory, a checkpoints root, or one step directory); None -> start fresh."""
+    """`auto` -> the newest committed checkpoint under root, by manifest (None when there is none yet; a
+    `latest` a kill left missing or one behind does not hide it); a path -> that checkpoint (a run directory,
+    a checkpoints root, or one step directory); None -> start fresh."""
     if resume is None:
         return None
     if resume == "auto":
-        return read_latest(root)
+        done = committed(root)
+        return done[-1] if done else None
     return ref_from_path(Path(resume))
 
 

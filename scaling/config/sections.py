@@ -106,6 +106,9 @@ class CheckpointConfig:
     resume: str | None = option(None)
     """'auto' (latest complete checkpoint in the run directory, if any) or a checkpoint path; none: start
     fresh."""
+    overwrite: bool = option(False)
+    """Start fresh in an OUTPUT that holds checkpoints of an earlier run, deleting them and its metrics
+    (without it, such a start is refused: use --resume auto to continue that run)."""
     export_final: bool = option(True, flag="--export")
     """Write an HF model directory to OUTPUT/final at the end."""
     halt_at_step: int | None = option(None, min=1)

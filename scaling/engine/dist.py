@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from scaling.distributed.env import LaunchEnv
 from scaling.errors import UserError
@@ -127,6 +127,23 @@ def barrier() -> None:
 
     if dist.is_initialized():
         dist.barrier()
+
+
+def gather_objects(value: T, *, local_rank: int = 0) -> list[T]:
+    """Every rank's `value`, in rank order, on every rank (just `[value]` without a process group).
+
+    NCCL moves objects through the current CUDA device: before the engine exists (which selects the rank's
+    device, DeepSpeed: `set_device(local_rank)`) select the same one, or every rank of a node would use GPU 0."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [value]
+    if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
+        torch.cuda.set_device(local_rank)
+    found: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(found, value)
+    return found
 
 
 class PeerFailed(RuntimeError):

@@ -117,6 +117,34 @@ class MetricsSink:
                 logger.warning("could not draw the loss plot: %s: %s", type(err).__name__, err)
 
 
+def drop_records_after(path: Path, step: int) -> int:
+    """Remove the records of steps after `step` from a metrics file (a resumed run logs them again), keeping
+    them in `<name>.superseded` beside it. Returns how many were dropped; lines that are not JSON stay."""
+    if not path.is_file():
+        return 0
+    kept: list[str] = []
+    dropped: list[str] = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            later = int(json.loads(line).get("step", 0)) > step
+        except (ValueError, TypeError, AttributeError):
+            later = False
+        (dropped if later else kept).append(line)
+    if dropped:
+        with open(path.with_name(path.name + ".superseded"), "a", encoding="utf-8") as aside:
+            aside.writelines(dropped)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return len(dropped)
+
+
+def _tb_name(key: str) -> str:
+    if key.startswith("eval_"):
+        return f"eval/{key[5:]}"
+    return f"train/{key}"
+
+
 def eval_line(record: dict[str, Any]) -> str:
     """`eval @ step 40: loss 2.3456, perplexity 10.44` (accuracy for classifiers)."""
     parts = [f"loss {record['eval_loss']:.4f}"]

@@ -178,12 +178,15 @@ def _lora_problems(hf_config: Any, source: Any, request: RunRequest, parallel: A
 
 def materialize(request: RunRequest) -> RunConfig:
     """Validate, prepare the tokenizer and the run length, and write OUTPUT/run_config.json."""
+    from scaling.checkpoint.resume import prepare_resume
     from scaling.data import build_eval_batches, build_tokenizer, build_train_stream
     from scaling.data.quality import short_source_notices
     from scaling.distributed import Topology
 
     run = validate(request)
     output = run.output
+    # Before anything is written or built: a damaged or foreign checkpoint ends the start here, in seconds.
+    prepare_resume(run.checkpoint, output)
     output.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = output / TOKENIZER_DIR
     if tokenizer_dir.is_dir() and any(tokenizer_dir.iterdir()):

@@ -8,6 +8,7 @@ distillation projection's unscaling) need them too, so they live here under publ
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 import torch
@@ -32,28 +33,47 @@ class NonFiniteLoss(UserError):
 
 
 class SigtermFlag:
-    """Records SIGTERM instead of dying mid-step; the loop saves at the next step boundary.
+    """Records SIGTERM, and SIGINT likewise, instead of dying mid-step; the loop saves at the next step
+    boundary. A later SIGINT stops at once (KeyboardInterrupt): the user's second Ctrl-C, or `scaling
+    launch` passing on its second SIGINT.
 
-    A context manager: the previous handler comes back on exit. Outside the main thread (a test harness
+    A terminal's Ctrl-C reaches every process of the group while the launchers (launch.py, `scaling launch`)
+    pass their own copy on as SIGTERM: a SIGINT within `SAME_REQUEST_S` of the first signal is that same
+    request, not a second one.
+
+    A context manager: the previous handlers come back on exit. Outside the main thread (a test harness
     thread) no handler can be installed and `raised` simply stays False."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SAME_REQUEST_S = 1.0
 
     def __init__(self) -> None:
         self.raised = False
-        self._previous: Any = None
+        self._first: float | None = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> SigtermFlag:
         try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) is signal.SIG_IGN:
+                    continue  # started to ignore it (`nohup`, a shell's background job): keep ignoring it
+                self._previous[signum] = signal.signal(signum, self._handle)
         except ValueError:  # not the main thread: nothing to catch
-            self._previous = None
+            self._previous = {}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if signum == signal.SIGINT and self._first is not None and now - self._first > self.SAME_REQUEST_S:
+            raise KeyboardInterrupt
+        if self._first is None:
+            self._first = now
         self.raised = True
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        self._previous = {}
 
 
 def count_tokens(batch: dict[str, torch.Tensor]) -> int:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from scaling.checkpoint.manager import CheckpointManager, saved_run_config
+from scaling.checkpoint.resume import supersede_newer
 from scaling.checkpoint.store import CheckpointRef, publish_best, resolve_resume, tag_for
 from scaling.config.run import RunConfig
 from scaling.distributed.env import LaunchEnv
@@ -36,7 +38,7 @@ from scaling.distributed.topology import Topology
 from scaling.engine import dist as dist_setup
 from scaling.engine.early_stop import EarlyStopping
 from scaling.engine.layout import Layout, layout_for
-from scaling.engine.metrics import MetricsSink, MfuMeter, memory_stats
+from scaling.engine.metrics import MetricsSink, MfuMeter, drop_records_after, memory_stats
 from scaling.engine.objective import Objective, objective_for
 from scaling.engine.run_dir import agree_on_resume, node_local_storage
 from scaling.engine.state import (
@@ -50,7 +52,8 @@ from scaling.engine.state import (
 )
 from scaling.engine.step_window import NonFiniteLoss, SigtermFlag, StepWindow, all_reduce_int, loss_scale
 from scaling.errors import UserError
-from scaling.launch.status import EXIT_PREEMPTED, FAILED, PREEMPTED, write_report
+from scaling.launch import stacks
+from scaling.launch.status import EXIT_PREEMPTED, FAILED, PREEMPTED, reserve_report, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ __all__ = [
 
 
 class Preempted(Exception):
-    """SIGTERM arrived; a checkpoint was saved at the step boundary."""
+    """SIGTERM (or SIGINT) arrived; a checkpoint was saved at the step boundary."""
 
     def __init__(self, step: int, checkpoint: Path):
         super().__init__(f"preempted: saved step {step} to {checkpoint}; resume with --resume auto")
@@ -97,6 +100,8 @@ def train(run: RunConfig, env: LaunchEnv, *, objective: Objective | None = None)
     trains (language modelling, or DPO; distillation passes its own, see scaling.compress.distill_objective). On failure every
     rank writes its report (rank, step, error) into the run directory before anything else can fail."""
     dist_setup.init_process_group(env, timeout_s=run.parallel.init_timeout_s)
+    reserve_report(run.output, env.rank)
+    stacks.arm(run.output, env.rank)
     training = Trainer(run, env, objective=objective)
     try:
         result = training.fit()
@@ -112,8 +117,11 @@ def train(run: RunConfig, env: LaunchEnv, *, objective: Objective | None = None)
         if isinstance(err, UserError):
             dist_setup.teardown()  # raised on every rank together (non-finite loss, bad checkpoint)
         else:
+            stacks.dump_failure(run.output, env.rank, training.current_step, err)
             dist_setup.abandon()  # a peer may be dead or hung: do not wait for it in a closing barrier
         raise
+    finally:
+        stacks.disarm(env.rank)
     dist_setup.teardown()
     return result
 
@@ -256,11 +264,17 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         run = self.run
+        resume_from = (
+            self._verified_resume()
+        )  # before the engine is built: a bad checkpoint ends it in seconds
         self._build()
-        start_step = self._maybe_resume()
+        start_step = self._maybe_resume(resume_from)
         if self.ckpt.writer:
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "run_config.json").write_text(run.to_json(), encoding="utf-8")
+            drop_records_after(self.output / "metrics.jsonl", start_step)  # the abandoned continuation's
+            if resume_from is not None:
+                supersede_newer(resume_from, self.ckpt.root)
         sink = MetricsSink(
             run.log,
             self.output,
@@ -486,15 +500,43 @@ class Trainer:
         if finite.item() < 1:
             raise NonFiniteLoss(f"weights are non-finite at step {step}; refusing to save a checkpoint")
 
-    def _maybe_resume(self) -> int:
-        """Restore the engine and every stateful extra from the checkpoint `--resume` names; the step to
-        continue from (0 for a fresh start)."""
-        ref = agree_on_resume(
-            lambda: resolve_resume(self.run.checkpoint.resume, self.ckpt.root),
-            self.ckpt.root,
-            self.env,
-            writer=bool(self.ckpt.writer),
+    def _verified_resume(self) -> CheckpointRef | None:
+        """The checkpoint `--resume` names, verified by all ranks together (each hashes its share) before any
+        loads it. A damaged one is skipped for the previous one under `--resume auto` (rank 0 moves it to
+        corrupt/) and ends the run on every rank alike for `--resume PATH`."""
+        from scaling.checkpoint.resume import previous_hint, skip_damaged, verify_share
+        from scaling.errors import CheckpointError
+
+        resume = self.run.checkpoint.resume
+        # With a checkpoint copy per node, each node's ranks share the hashing of their node's copy.
+        node_local = node_local_storage(self.run.deepspeed)
+        place, peers = (
+            (self.env.local_rank, self.env.local_world_size)
+            if node_local
+            else (self.rank, self.env.world_size)
         )
+
+        def find() -> CheckpointRef | None:
+            return resolve_resume(resume, self.ckpt.root)
+
+        ref = agree_on_resume(find, self.ckpt.root, self.env, writer=bool(self.ckpt.writer))
+        while ref is not None:
+            found = dist_setup.gather_objects(verify_share(ref, place, peers), local_rank=self.env.local_rank)
+            bad = [(rank, problem) for rank, problem in enumerate(found) if problem]
+            if not bad:
+                return ref
+            rank, problem = bad[0]
+            if resume != "auto" or node_local:  # a node's own copy is not ours to rearrange from rank 0
+                raise CheckpointError(
+                    f"cannot resume (rank {rank} verified): {problem}\n{previous_hint(ref)}"
+                )
+            dist_setup.on_rank0(partial(skip_damaged, ref, f"rank {rank}: {problem}"), rank=self.rank)
+            ref = agree_on_resume(find, self.ckpt.root, self.env, writer=bool(self.ckpt.writer))
+        return None
+
+    def _maybe_resume(self, ref: CheckpointRef | None) -> int:
+        """Restore the engine and every stateful extra from the (verified) checkpoint `ref`; the step to
+        continue from (0 for a fresh start)."""
         if ref is None:
             return 0
         self._check_layout(ref)

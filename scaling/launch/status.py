@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,26 +59,79 @@ class RankReport:
         return self.kind == FAILED and any(marker in self.error for marker in _PEER_ERRORS)
 
 
+RESERVED_BYTES = 8192
+"""Each rank's report file is written at start as this many blanks (read_reports skips it: not JSON), so a
+report still fits when the failure being reported is a full disk: it overwrites blocks already allocated."""
+
+
+def report_path(output: Path, rank: int) -> Path:
+    return output / REPORTS_DIR / f"rank-{rank:05d}.json"
+
+
+def reserve_report(output: Path, rank: int) -> None:
+    """Allocate this rank's report file before anything can fill the disk. Best effort, like the report."""
+    path = report_path(output, rank)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(b" " * (RESERVED_BYTES - 1) + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as err:
+        print(f"[rank {rank}] cannot create its report file {path}: {err}", file=sys.stderr, flush=True)
+
+
 def write_report(output: Path, *, rank: int, step: int, kind: str, error: str = "") -> Path:
-    """Record this rank's end. Never raises: reporting must not mask the failure being reported."""
+    """Record this rank's end. Never raises (reporting must not mask the failure being reported) and never
+    fails silently: a new file by rename, else over the reserved one in place, else the report on stderr."""
     report = RankReport(
         rank=rank, host=socket.gethostname(), step=step, kind=kind, error=error, time=time.time()
     )
-    directory = output / REPORTS_DIR
-    path = directory / f"rank-{rank:05d}.json"
+    text = json.dumps(asdict(report)) + "\n"
+    path = report_path(output, rank)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(asdict(report)) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+            return path
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            _overwrite_reserved(path, text)
+    except OSError as err:
+        print(
+            f"[rank {rank}] cannot write its report to {path} ({err}); the report: {text.strip()}",
+            file=sys.stderr,
+            flush=True,
+        )
     return path
+
+
+def _overwrite_reserved(path: Path, text: str) -> None:
+    data = text.encode("utf-8")
+    if not path.is_file() or len(data) > path.stat().st_size:
+        raise OSError(f"no reserved report file large enough at {path}")
+    with open(path, "r+b") as handle:
+        handle.write(data + b" " * (path.stat().st_size - len(data)))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def clear_reports(output: Path) -> None:
     """Forget the reports of an earlier attempt (a resumed run reuses the directory)."""
     shutil.rmtree(output / REPORTS_DIR, ignore_errors=True)
+
+
+def disk_note(output: Path, *, below: int = 16 * 2**20) -> str:
+    """A line for the summary when the run directory's filesystem is (nearly) full, else ''."""
+    try:
+        free = shutil.disk_usage(output).free
+    except OSError:
+        return ""
+    if free >= below:
+        return ""
+    return f"the filesystem of {output} is full ({free} bytes free): No space left on device"
 
 
 def read_reports(output: Path) -> list[RankReport]:

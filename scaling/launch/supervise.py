@@ -1,7 +1,7 @@
 """Run a launch plan on this host and turn what happened into one exit code and one message.
 
-SIGTERM (a scheduler's preemption notice) is passed to the ranks this host started, which save at the next
-step boundary and stop; the rank reports then make this process exit 75 whatever code the launcher chain
+SIGTERM (a scheduler's preemption notice) and SIGINT are passed to the ranks this host started as SIGTERM,
+which save at the next step boundary and stop (a second SIGINT stops them at once); the rank reports then make this process exit 75 whatever code the launcher chain
 produced. Processes orphaned by a launcher that died are adopted (Linux child subreaper) and ended before
 we exit, so a failed run leaves nothing behind on this host.
 """
@@ -19,9 +19,10 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from scaling.launch import stacks
 from scaling.launch.command import LaunchPlan, runner_environment, shown_local, write_env_file
 from scaling.launch.quiet import QuietOutput
-from scaling.launch.status import clear_reports, conclude, read_reports
+from scaling.launch.status import EXIT_PREEMPTED, clear_reports, conclude, disk_note, read_reports
 from scaling.logs import launcher_log
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ ORPHAN_GRACE_S = 40.0
 def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | None = None) -> int:
     """Start the plan's commands, wait for them, and return the run's exit code (0, 75 or a failure)."""
     clear_reports(output)
+    stacks.clear(output)
     write_env_file(plan, environ)
     env = runner_environment(plan, environ)
     _become_subreaper()
@@ -42,23 +44,27 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
         log.info("+ %s", shlex.join(argv))
     quiet = QuietOutput(launcher_log(output))
     procs = [quiet.start(argv, env) for argv in plan.local]
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: _forward_sigterm(procs))
+    interrupts = _Interrupts(procs)
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: _forward(procs, signal.SIGTERM)),
+        signal.SIGINT: signal.signal(signal.SIGINT, interrupts.handle),
+    }
     try:
-        try:
-            returncode = _wait_all(procs)
-        except KeyboardInterrupt:
-            # Ctrl-C reached the whole foreground group: the launchers are ending their ranks; let them.
-            returncode = 130
-            for proc in procs:
-                proc.wait()
+        returncode = _wait_all(procs)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         _reap_orphans(before)
         quiet.close()
     ours = [rank for node in plan.nodes for rank in node.ranks] if plan.spec.no_ssh else None
     outcome = conclude(returncode, read_reports(output), plan.world_size, ranks=ours)
     if outcome.message:
-        log.warning("[scaling launch] %s", outcome.message)
+        notes = (
+            [disk_note(output), stacks.summary(output, plan.world_size)]
+            if outcome.exit_code != EXIT_PREEMPTED
+            else []
+        )
+        log.warning("[scaling launch] %s", "\n".join([outcome.message, *filter(None, notes)]))
     return outcome.exit_code
 
 
@@ -80,14 +86,32 @@ def _wait_all(procs: list[subprocess.Popen[Any]]) -> int:
     return failed
 
 
-def _forward_sigterm(procs: list[subprocess.Popen[Any]]) -> None:
+class _Interrupts:
+    """SIGINT (Ctrl-C, or a scheduler signalling this one process) is a preemption like SIGTERM: the ranks
+    save at the next step boundary and the run exits 75. A second SIGINT reaches the ranks as SIGINT, which
+    stops them at once (see SigtermFlag)."""
+
+    def __init__(self, procs: list[subprocess.Popen[Any]]) -> None:
+        self.procs = procs
+        self.count = 0
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            log.warning(
+                "[scaling launch] interrupted: the ranks save at the next step; interrupt again to stop at once"
+            )
+        _forward(self.procs, signal.SIGTERM if self.count == 1 else signal.SIGINT)
+
+
+def _forward(procs: list[subprocess.Popen[Any]], signum: int) -> None:
     # Signal the ranks themselves: they save at the next step boundary and exit 75, which launch.py passes
     # on. Signalling launch.py instead would make it SIGTERM the ranks and then exit 1 on its own.
     ranks = [p for p in _descendants() if _is_rank(p)]
     targets = ranks or procs
     for target in targets:
         try:
-            target.send_signal(signal.SIGTERM)
+            target.send_signal(signum)
         except Exception:  # already gone
             continue
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -68,24 +69,40 @@ def test_kill_mid_save_keeps_latest_loadable(tmp_path, small_corpus, clm_tokeniz
     store.verify(latest.path, hashes=True)
     assert all(store.step_of(d.name) > latest.step for d in interrupted)  # only the save in flight
 
-    # the run resumes from it and finishes; the partial directory is cleaned by the next commit
-    proc = start_training(out, small_corpus, clm_tokenizer, latest.step + 2, "--resume", "auto")
+    # the run resumes from the newest commit (latest, or one after it when the kill fell between the manifest
+    # and the rename of latest) and finishes; the partial directory is cleaned by the next commit
+    chosen = store.resolve_resume("auto", root)
+    assert chosen.step in (latest.step, latest.step + 1)
+    proc = start_training(out, small_corpus, clm_tokenizer, chosen.step + 2, "--resume", "auto")
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    assert f"resumed from step {latest.step}" in err
+    assert f"resumed from step {chosen.step}" in err
     final = store.read_latest(root)
-    assert final.step == latest.step + 2
+    assert final.step == chosen.step + 2
     assert partial_saves(root) == []
 
 
 def test_random_kills_never_break_latest(tmp_path, small_corpus, clm_tokenizer):
+    """After the first commit, kill -9 at random moments inside later saves (each run resumes the last);
+    every time, `latest` and the checkpoint `--resume auto` picks are complete and verify, and never go back."""
     out = tmp_path / "run"
     root = out / "checkpoints"
-    for delay in (1.5, 2.2, 3.1):
+    rng = random.Random(17)
+    newest = 0
+    for attempt in range(3):
         proc = start_training(out, small_corpus, clm_tokenizer, 400, "--resume", "auto")
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
+        try:
+            # a save later than every commit so far, already writing files
+            caught = wait_for_save_in_progress(root, proc, after_commits=max(newest, 1))
+            time.sleep(rng.uniform(0.0, 0.25))  # somewhere inside it (or just after its commit)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            _, err = proc.communicate(timeout=60)
+        assert caught, f"attempt {attempt}: never observed a save in progress:\n{err[-3000:]}"
         latest = store.read_latest(root)
-        if latest is not None:
-            store.verify(latest.path, hashes=True)
+        assert latest is not None, f"attempt {attempt}: no latest after the first commit"
+        store.verify(latest.path, hashes=True)
+        chosen = store.resolve_resume("auto", root)
+        store.verify(chosen.path, hashes=True)
+        assert chosen.step >= latest.step >= newest
+        newest = chosen.step

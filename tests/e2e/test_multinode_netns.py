@@ -20,6 +20,8 @@ from fixtures.launch.helpers import SCALING, kill_tree, launch_env, leftovers, l
 from harness import free_port, run_ranks
 from ranks import train_cli
 
+from scaling.checkpoint.state_file import SUFFIX
+
 pytestmark = pytest.mark.slow
 
 STEPS = 6
@@ -137,7 +139,7 @@ def test_two_nodes_each_with_its_own_run_directory(tmp_path, small_corpus, clm_t
             step = out / "checkpoints" / "step-00000003"
             assert (out / "checkpoints" / "latest").read_text().strip() == step.name
             assert (step / "manifest.json").is_file() and (step / "mp_rank_00_model_states.pt").is_file()
-            assert [p.name for p in (step / "scaling").glob("rank*.pt")] == [f"rank{rank:05d}.pt"]
+            assert [p.name for p in (step / "scaling").glob("rank*")] == [f"rank{rank:05d}{SUFFIX}"]
             assert [p.name for p in step.glob("*optim_states.pt")] == [
                 f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
             ]
