@@ -43,10 +43,18 @@ def goals(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     hf = res.get("vs_hf_trainer")
     if hf:
         for task, t in hf["tasks"].items():
-            rows.append((f"vs HF Trainer+DeepSpeed {task}: useful tokens/s", ">= 1.5x",
-                         _r(t["ratio_useful_tokens_per_s"]), _met(t["ratio_useful_tokens_per_s"]["median"] >= 1.5)))  # fmt: skip
-            rows.append((f"vs HF Trainer+DeepSpeed {task}: time to target eval loss", ">= 1.5x",
-                         _r(t["ratio_time_to_target"]), _met(t["ratio_time_to_target"]["median"] >= 1.5)))  # fmt: skip
+            # The stored HF arm pads to max length, which no HF user runs: its ratios cannot count as a goal met
+            # (see vs_hf_withdrawn).
+            fair = hf["setup"].get("hf_recipe") == "fair"
+            status = (lambda ok: _met(ok)) if fair else (lambda ok: "withdrawn: unfair HF arm")
+            rows.append((f"vs HF Trainer+DeepSpeed {task}: useful tokens/s", ">= 1.0x (fair recipe)",
+                         _r(t["ratio_useful_tokens_per_s"]), status(t["ratio_useful_tokens_per_s"]["median"] >= 1.0)))  # fmt: skip
+            rows.append((f"vs HF Trainer+DeepSpeed {task}: time to target eval loss", ">= 1.2x (fair recipe)",
+                         _r(t["ratio_time_to_target"]), status(t["ratio_time_to_target"]["median"] >= 1.2)))  # fmt: skip
+    fused = res.get("fused_loss")
+    if fused:
+        rows.append(("fused loss: peak memory of loss + backward at a 32k vocabulary (CPU), fused / plain", "<= 0.25x",
+                     f"{fused['ratio']:.2f}", _met(fused["ratio"] <= 0.25)))  # fmt: skip
     ip = res.get("input_pipeline")
     if ip and ip.get("stall_pct_steady_mean") is not None:
         w = ip["stall_pct_steady_windows"]
@@ -273,7 +281,7 @@ def main(statuses: list[dict[str, Any]] | None = None) -> Path:
         if key in res:
             lines += ["", f"## {title}", "", *fn(res[key])]
     lines += ["", "## GPU check", "", *section_gpu(res.get("gpu_check"), res.get("gpu_check_dry"))]
-    own = {k for k, _, _ in sections} | {"gpu_check", "gpu_check_dry"}
+    own = {k for k, _, _ in sections} | {"gpu_check", "gpu_check_dry", "fused_loss"}  # fused_loss: its .md
     for name in sorted(res):
         if name not in own:
             body = section_generic(name, res[name])

@@ -65,6 +65,9 @@ def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def main(argv: list[str] | None = None, *, prog_name: str | None = None) -> None:
+    from scaling.logs import install_noise_filters
+
+    install_noise_filters()  # before torch, torchao and deepspeed are imported: some speak at import time
     args = sys.argv[1:] if argv is None else list(argv)
     name, command_args = split_args(args)
     from scaling.launch.job import KINDS, job_kind

@@ -13,30 +13,32 @@ from typing import Any
 
 from scaling.checkpoint.manager import MODEL_DIR, saved_run_config
 from scaling.checkpoint.store import CheckpointRef, ref_from_path, verify
+from scaling.compat.safe_load import load_weights_only, restricted_torch_load
 from scaling.errors import CheckpointError
+from scaling.files import apply_umask
 
 TP_CONSOLIDATED = "tp_consolidated.pt"  # written by scaling.engine.tensor_parallel at save time
 
 
 def consolidated_state_dict(ref: CheckpointRef) -> dict[str, Any]:
     """Full fp32 weights, gathered from whatever partitioning the checkpoint was saved with."""
-    import torch
 
     run = saved_run_config(ref)
     parallel = run.get("parallel", {})
     if (ref.ours / TP_CONSOLIDATED).is_file():
         # AutoTP shards live one per tensor rank; the run gathered them into this file at save time.
-        return torch.load(ref.ours / TP_CONSOLIDATED, map_location="cpu", weights_only=True)
+        return load_weights_only(ref.ours / TP_CONSOLIDATED)
     if int(parallel.get("pipeline_stages", 1)) > 1:
         return _pipeline_state_dict(ref)
     stage = int(run["deepspeed"].get("zero_optimization", {}).get("stage", 0))
     if stage > 0:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(ref.root), tag=ref.tag)
+        with restricted_torch_load():  # zero_to_fp32 loads with weights_only=False
+            return get_fp32_state_dict_from_zero_checkpoint(str(ref.root), tag=ref.tag)
     # Stage 0 keeps the whole module in one file; with bf16 the fp32 master copy lives in the optimizer
     # state, which is what training continues from, so prefer it when present.
-    states = torch.load(ref.path / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    states = load_weights_only(ref.path / "mp_rank_00_model_states.pt")
     module = states["module"]
     master = _bf16_master_weights(ref, module)
     return {k: (master.get(k, v)).float() for k, v in module.items()}
@@ -48,7 +50,6 @@ def _pipeline_state_dict(ref: CheckpointRef) -> dict[str, Any]:
     The layer files hold the module weights: the trained weights for fp32 runs, their bf16 copies for bf16."""
     import re
 
-    import torch
     from transformers import AutoConfig
 
     from scaling.models.pipe import hf_prefixes, layer_state_to_hf
@@ -58,7 +59,7 @@ def _pipeline_state_dict(ref: CheckpointRef) -> dict[str, Any]:
     for file in ref.path.glob("layer_*-model_states.pt"):
         match = re.match(r"layer_(\d+)", file.name)
         if match:
-            layers[int(match.group(1))] = torch.load(file, map_location="cpu", weights_only=True)
+            layers[int(match.group(1))] = load_weights_only(file)
     layout = hf_prefixes(config)
     # The tied LM head on the last stage is a forward function over the embedding: DeepSpeed writes no file
     # for it, and its weight is the embedding's.
@@ -77,7 +78,7 @@ def _bf16_master_weights(ref: CheckpointRef, module: dict[str, Any]) -> dict[str
     files = sorted(ref.path.glob("bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"))
     if not files:
         return {}
-    optim = torch.load(files[0], map_location="cpu", weights_only=False)
+    optim = load_weights_only(files[0])
     osd = optim.get("optimizer_state_dict", {})
     groups = osd.get("single_partition_of_fp32_groups")
     shapes = optim.get("param_shapes")
@@ -94,13 +95,19 @@ def _bf16_master_weights(ref: CheckpointRef, module: dict[str, Any]) -> dict[str
 
 
 def export_checkpoint(
-    checkpoint: Path, output_dir: Path, *, safe_serialization: bool = True, adapter_dir: Path | None = None
+    checkpoint: Path,
+    output_dir: Path,
+    *,
+    safe_serialization: bool = True,
+    recorded_as: Path | None = None,
+    adapter_dir: Path | None = None,
 ) -> Path:
     """Write `output_dir` as an HF model directory (config, safetensors, tokenizer) from a checkpoint.
 
     `checkpoint` may be a step directory, a checkpoints root or a run directory. The directory appears
-    complete or not at all: it is assembled beside the target and renamed into place. A LoRA run's export is
-    its base with the adapters merged in, and the PEFT adapter directory goes to `adapter_dir` (default:
+    complete or not at all: it is assembled beside the target and renamed into place. `recorded_as`: the
+    checkpoint to name in scaling_export.json when `checkpoint` is a temporary copy of it. A LoRA run's export is its
+    base with the adapters merged in, and the PEFT adapter directory goes to `adapter_dir` (default:
     `output_dir` with `-adapter` appended to its name).
     """
     ref = ref_from_path(Path(checkpoint))
@@ -134,20 +141,24 @@ def export_checkpoint(
     try:
         model.save_pretrained(staging, safe_serialization=safe_serialization)
         for file in model_dir.iterdir():
-            if file.name != "config.json" and file.is_file():
-                shutil.copy2(file, staging / file.name)
+            # verify() refused links already; never follow one even so
+            if file.name != "config.json" and file.is_file() and not file.is_symlink():
+                shutil.copy2(file, staging / file.name, follow_symlinks=False)
         (staging / "scaling_export.json").write_text(
             json.dumps(
-                {"checkpoint": str(ref.path), "step": ref.step, "task": run["model"]["task"]}, indent=1
+                {"checkpoint": str(recorded_as or ref.path), "step": ref.step, "task": run["model"]["task"]},
+                indent=1,
             )
             + "\n",
             encoding="utf-8",
         )
+        apply_umask(staging)
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)
         if adapter_staging is not None:
             assert adapter_dir is not None
+            apply_umask(adapter_staging)
             if adapter_dir.exists():
                 shutil.rmtree(adapter_dir)
             adapter_staging.rename(adapter_dir)

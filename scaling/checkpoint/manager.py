@@ -1,17 +1,24 @@
 """Save and load complete training checkpoints: DeepSpeed's engine state plus our per-rank state.
 
-All ranks call `save`/`load`; only rank 0 commits (manifest, `latest`, retention).
+All ranks call `save`/`load`; only the writer commits (manifest, `latest`, retention): rank 0, or each node's
+local rank 0 for its node's copy when the nodes keep their checkpoints on their own disks.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scaling.checkpoint.state_file import (
+    find_rank_file,
+    rank_file,
+    rank_files,
+    read_rank_state,
+    write_rank_state,
+)
 from scaling.checkpoint.store import (
     CheckpointRef,
     atomic_write_text,
@@ -37,6 +44,13 @@ class CheckpointManager:
     root: Path
     rank: int
     keep_last: int
+    writer: bool | None = None
+    """Whether this rank writes the files every rank's checkpoint shares and commits (manifest, `latest`,
+    retention): rank 0 by default; each node's local rank 0 when every node keeps its own checkpoints."""
+
+    def __post_init__(self) -> None:
+        if self.writer is None:
+            self.writer = self.rank == 0
 
     def save(
         self,
@@ -49,15 +63,18 @@ class CheckpointManager:
         tokenizer: PreTrainedTokenizerBase,
         barrier: Any,
         before_commit: Any = None,
+        on_every_rank: Any = None,
     ) -> CheckpointRef:
         """`before_commit(ref)`, when given, runs on every rank after all state is written and before the
-        manifest, so what it adds (e.g. gathered tensor-parallel weights) is covered by the commit."""
-        import torch
-
+        manifest, so what it adds (e.g. gathered tensor-parallel weights) is covered by the commit.
+        `on_every_rank(flag)`: whether `flag` holds on every rank (collective), for per-node directories."""
         ref = CheckpointRef(self.root, tag_for(step))
-        if is_complete(ref.path):  # this step is already committed (e.g. saved just before a resume)
+        done = is_complete(ref.path)
+        if on_every_rank is not None:  # a node one commit behind saves again, and so must all the others
+            done = on_every_rank(done)
+        if done:  # this step is already committed (e.g. saved just before a resume)
             return ref
-        if self.rank == 0:
+        if self.writer:
             self.root.mkdir(parents=True, exist_ok=True)
             if ref.path.exists():  # an interrupted save of this very step: start it over
                 shutil.rmtree(ref.path)  # no manifest, so never mistaken for a checkpoint meanwhile
@@ -66,11 +83,8 @@ class CheckpointManager:
             str(self.root), tag=ref.tag, client_state={"scaling_step": step}, save_latest=False
         )
         ref.ours.mkdir(parents=True, exist_ok=True)
-        rank_file = ref.ours / f"rank{self.rank:05d}.pt"
-        tmp = rank_file.with_name(rank_file.name + ".tmp")
-        torch.save(rank_state, tmp)
-        os.replace(tmp, rank_file)
-        if self.rank == 0:
+        write_rank_state(rank_file(ref.ours, self.rank), rank_state)
+        if self.writer:
             atomic_write_text(ref.ours / "run_config.json", run_config_json)
             model_dir = ref.ours / MODEL_DIR
             model_dir.mkdir(exist_ok=True)
@@ -79,7 +93,7 @@ class CheckpointManager:
         if before_commit is not None:
             before_commit(ref)
         barrier()  # every rank's files are on disk before the commit marker describes them
-        if self.rank == 0:
+        if self.writer:
             write_manifest(ref.path, step=step)
             publish_latest(ref)
             retain(self.root, self.keep_last)
@@ -88,15 +102,14 @@ class CheckpointManager:
 
     def load(self, engine: Any, ref: CheckpointRef, *, load_optimizer: bool = True) -> dict[str, Any]:
         """Restore engine state and return this rank's own state."""
-        import torch
-
         from scaling.compat.deepspeed import universal_checkpoint_loading
+        from scaling.compat.safe_load import restricted_torch_load
 
-        if self.rank == 0:
+        if self.writer:
             verify(ref.path, hashes=True)
-        rank_file = ref.ours / f"rank{self.rank:05d}.pt"
-        if not rank_file.is_file():
-            saved = sorted(ref.ours.glob("rank*.pt"))
+        own_file = find_rank_file(ref.ours, self.rank)
+        if own_file is None:
+            saved = rank_files(ref.ours)
             raise CheckpointError(
                 f"{ref.path} was saved by {len(saved)} rank(s) and has no state for rank {self.rank}; "
                 "resume with the same number of processes, or reshape it (scaling checkpoint reshape)"
@@ -112,7 +125,7 @@ class CheckpointManager:
                 + (" or 3" if record.get("zero_stage") == 3 else "")
                 + f", not ZeRO-{stage}"
             )
-        with universal_checkpoint_loading(engine, universal):
+        with universal_checkpoint_loading(engine, universal), restricted_torch_load():
             path, _ = engine.load_checkpoint(
                 str(ref.root),
                 tag=ref.tag,
@@ -121,7 +134,7 @@ class CheckpointManager:
             )
         if path is None:
             raise CheckpointError(f"DeepSpeed could not load {ref.path}")
-        return torch.load(rank_file, map_location="cpu", weights_only=False)
+        return read_rank_state(own_file)
 
 
 def _reshape_record(ref: CheckpointRef) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ fp32 parameters and Adam moments per parameter, which the resuming engine partit
 - Refused with the reason: tensor-parallel checkpoints, new pipeline splits (a pipeline resumes with its own
   number of stages or with none), ZeRO-0 pipelines that change stages.
 
-Our per-rank state (`scaling/rank<r>.pt`) is rebuilt for the target world. Preserved exactly: the step, the
+Our per-rank state (`scaling/rank<r>.safetensors`) is rebuilt for the target world. Preserved exactly: the step, the
 optimizer and scheduler state, the non-finite-skip counter. The data position is
 preserved as a global sample count: the samples all source data-parallel ranks had consumed are divided
 evenly among the new data-parallel ranks, and each new rank's stream (sharded for the new size) is advanced
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.checkpoint.manager import MODEL_DIR, saved_run_config
+from scaling.checkpoint.state_file import rank_file, rank_files, read_rank_state, write_rank_state
 from scaling.checkpoint.store import (
     MANIFEST,
     OURS,
@@ -51,8 +52,10 @@ from scaling.checkpoint.store import (
     verify,
     write_manifest,
 )
+from scaling.compat.safe_load import load_weights_only, restricted_torch_load
 from scaling.distributed.topology import Topology
 from scaling.errors import CheckpointError
+from scaling.files import apply_umask
 
 RESHAPE_FILE = "reshape.json"
 """Inside `scaling/`: the source and target layouts, and whether DeepSpeed must load it as universal."""
@@ -155,24 +158,12 @@ def reshape_checkpoint(checkpoint: Path, output: Path, target: Layout) -> Checkp
     final = output / ref.tag
     staging = Path(tempfile.mkdtemp(prefix=f".{ref.tag}.", dir=output))
     try:
-        universal = stage > 0
-        if stage == 3:
-            _universal_from_zero3(ref.path, staging, zero3_ranks=target.zero_ranks)
-        elif universal:
-            _to_universal(ref.path, staging)
-            if source.pipeline_stages > 1 and target.pipeline_stages == 1:
-                _unpipe(ref, staging)
-            elif source.pipeline_stages > 1:
-                for layer in ref.path.glob("layer_*-model_states.pt"):
-                    shutil.copy2(layer, staging / layer.name)
-        else:
-            for item in ref.path.iterdir():
-                if item.name not in (OURS, MANIFEST) and item.is_file():
-                    shutil.copy2(item, staging / item.name)
+        with restricted_torch_load():  # DeepSpeed's converters load with weights_only=False
+            universal = _convert(ref, staging, source, target, stage)
         ours = staging / OURS
         ours.mkdir()
         shutil.copy2(ref.ours / "run_config.json", ours / "run_config.json")
-        shutil.copytree(ref.ours / MODEL_DIR, ours / MODEL_DIR)
+        shutil.copytree(ref.ours / MODEL_DIR, ours / MODEL_DIR, symlinks=True)  # verify() refused links
         _write_rank_states(ref, run, source, target, ours)
         record = {
             "universal": universal,
@@ -183,6 +174,7 @@ def reshape_checkpoint(checkpoint: Path, output: Path, target: Layout) -> Checkp
         }
         atomic_write_text(ours / RESHAPE_FILE, json.dumps(record, indent=1) + "\n")
         write_manifest(staging, step=ref.step, extra={"reshaped_from": str(ref.path)})
+        apply_umask(staging)
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
@@ -192,6 +184,24 @@ def reshape_checkpoint(checkpoint: Path, output: Path, target: Layout) -> Checkp
     new_ref = CheckpointRef(output, ref.tag)
     publish_latest(new_ref)
     return new_ref
+
+
+def _convert(ref: CheckpointRef, staging: Path, source: Layout, target: Layout, stage: int) -> bool:
+    """DeepSpeed's files of the target layout into `staging`; returns whether they are universal."""
+    if stage == 3:
+        _universal_from_zero3(ref.path, staging, zero3_ranks=target.zero_ranks)
+    elif stage > 0:
+        _to_universal(ref.path, staging)
+        if source.pipeline_stages > 1 and target.pipeline_stages == 1:
+            _unpipe(ref, staging)
+        elif source.pipeline_stages > 1:
+            for layer in ref.path.glob("layer_*-model_states.pt"):
+                shutil.copy2(layer, staging / layer.name)
+    else:
+        for item in ref.path.iterdir():
+            if item.name not in (OURS, MANIFEST) and item.is_file():
+                shutil.copy2(item, staging / item.name)
+    return stage > 0
 
 
 def _to_universal(source_dir: Path, out_dir: Path) -> None:
@@ -237,10 +247,7 @@ def _universal_from_zero3(source_dir: Path, out_dir: Path, zero3_ranks: int = 0)
     from scaling.compat.deepspeed import Zero3Checkpoint
 
     checkpoint = Zero3Checkpoint.read(source_dir)
-    optim = [
-        torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]
-        for f in checkpoint.optim_files
-    ]
+    optim = [load_weights_only(f)["optimizer_state_dict"] for f in checkpoint.optim_files]
     gathered = checkpoint.merge
 
     fp32 = gathered([o["fp32_flat_groups"] for o in optim])
@@ -272,7 +279,7 @@ def _universal_from_zero3(source_dir: Path, out_dir: Path, zero3_ranks: int = 0)
         },
         zero / "optimizer_state.pt",
     )
-    states = torch.load(checkpoint.model_files[0], map_location="cpu", weights_only=False)
+    states = load_weights_only(checkpoint.model_files[0])
     module = dict(fp32)
     for tied, source in checkpoint.shared_params:
         if source in module:
@@ -299,7 +306,7 @@ def _unpipe(ref: CheckpointRef, out_dir: Path) -> None:
     for folder in sorted(p for p in zero.iterdir() if p.is_dir()):
         folder.rename(zero / pipe_to_hf_name(folder.name, layout))
     states_files = sorted(out_dir.glob("mp_rank_*_model_states.pt"))
-    states = torch.load(states_files[0], map_location="cpu", weights_only=False)
+    states = load_weights_only(states_files[0])
     states["module"] = consolidated_state_dict(ref)
     states["mp_world_size"] = 1
     states.pop("param_shapes", None)  # pipeline names; the engine derives its own
@@ -311,9 +318,7 @@ def _unpipe(ref: CheckpointRef, out_dir: Path) -> None:
 def _write_rank_states(
     ref: CheckpointRef, run: dict[str, Any], source: Layout, target: Layout, ours: Path
 ) -> None:
-    import torch
-
-    saved = [torch.load(f, map_location="cpu", weights_only=False) for f in sorted(ref.ours.glob("rank*.pt"))]
+    saved = [read_rank_state(f) for f in rank_files(ref.ours)]
     if len(saved) != source.world_size:
         raise CheckpointError(f"{ref.path}: {len(saved)} rank files for a world of {source.world_size}")
     # One state per data-parallel rank. Ranks are ordered pipeline-outermost, so the first matches are the
@@ -344,7 +349,7 @@ def _write_rank_states(
             tokens_seen=tokens // target.data_parallel,
             reshaped={"consumed_samples": consumed_samples, "micro_batches_per_rank": per_rank_batches},
         )
-        torch.save(state, ours / f"rank{rank:05d}.pt")
+        write_rank_state(rank_file(ours, rank), state)
 
 
 def _advanced_streams(

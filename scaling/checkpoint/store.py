@@ -26,6 +26,8 @@ from scaling.errors import CheckpointError
 
 MANIFEST = "manifest.json"
 LATEST = "latest"
+BEST = "best"
+"""Name of the checkpoint with the lowest eval loss (early stopping); retention never deletes it."""
 TAG_PREFIX = "step-"
 TRASH_PREFIX = ".deleting-"
 OURS = "scaling"
@@ -104,8 +106,12 @@ def write_manifest(ckpt_dir: Path, *, step: int, extra: dict | None = None) -> d
 
 
 def verify(ckpt_dir: Path, *, hashes: bool = True) -> dict:
-    """Check a checkpoint against its manifest; raise CheckpointError naming the first bad file."""
+    """Check a checkpoint against its manifest; raise CheckpointError naming the first bad file.
+
+    A received checkpoint is untrusted (docs/security.md): besides sizes and hashes, every manifest path must
+    stay inside the checkpoint, nothing in it may be a symlink, and every pickled file may only hold data."""
     manifest_path = ckpt_dir / MANIFEST
+    refuse_links(ckpt_dir)
     if not manifest_path.is_file():
         raise CheckpointError(f"{ckpt_dir}: incomplete checkpoint (no {MANIFEST}; the save was interrupted)")
     try:
@@ -113,7 +119,7 @@ def verify(ckpt_dir: Path, *, hashes: bool = True) -> dict:
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{manifest_path}: unreadable manifest ({err})") from None
     for rel, meta in manifest["files"].items():
-        file = ckpt_dir / rel
+        file = contained(ckpt_dir, rel, what=f"{manifest_path} lists")
         if not file.is_file():
             raise CheckpointError(f"{ckpt_dir}: file {rel} listed in the manifest is missing")
         size = file.stat().st_size
@@ -123,7 +129,50 @@ def verify(ckpt_dir: Path, *, hashes: bool = True) -> dict:
             )
         if hashes and sha256_of(file) != meta["sha256"]:
             raise CheckpointError(f"{ckpt_dir}: file {rel} does not match its sha256 (corrupt)")
+    refuse_code(ckpt_dir)
     return manifest
+
+
+def contained(root: Path, rel: str, *, what: str) -> Path:
+    """`root / rel`, refused unless `rel` is a relative path that stays inside `root` once resolved."""
+    path = root / rel
+    inside = not Path(rel).is_absolute() and ".." not in Path(rel).parts
+    if inside:
+        resolved, base = path.resolve(), root.resolve()
+        inside = resolved == base or base in resolved.parents
+    if not inside:
+        raise CheckpointError(f"{what} {rel!r}, which is outside {root}: refused")
+    return path
+
+
+def refuse_links(root: Path) -> None:
+    """Refuse a directory that is, or holds, a symlink: reading or copying through one could reach any file
+    (an exported model would carry /etc/shadow). `root` itself is the path the user named."""
+    for parent, dirs, files in os.walk(root):
+        for name in dirs + files:
+            entry = Path(parent) / name
+            if entry.is_symlink():
+                raise CheckpointError(f"{entry} is a symlink (to {os.readlink(entry)}): refused")
+
+
+PICKLED_SUFFIXES = (".pt", ".pth", ".bin", ".pkl")
+
+
+def refuse_code(root: Path) -> None:
+    """Refuse a checkpoint whose pickled files ask for anything but tensors, containers and DeepSpeed's state
+    classes, read without unpickling (the loaders refuse it again when they read the file)."""
+    files = sorted(p for p in root.rglob("*") if p.suffix in PICKLED_SUFFIXES and p.is_file())
+    if not files:
+        return
+    from scaling.compat.safe_load import unsafe_globals
+
+    for file in files:
+        bad = unsafe_globals(file)
+        if bad:
+            raise CheckpointError(
+                f"{file}: refused: it would import {', '.join(bad[:3])}, which no checkpoint holds "
+                "(a pickle that runs code when loaded; see docs/security.md)"
+            )
 
 
 def is_complete(ckpt_dir: Path) -> bool:
@@ -150,25 +199,49 @@ def read_latest(root: Path) -> CheckpointRef | None:
     pointer = root / LATEST
     if not pointer.is_file():
         return None
+    if pointer.is_symlink():
+        raise CheckpointError(f"{pointer} is a symlink (to {os.readlink(pointer)}): refused")
     tag = pointer.read_text(encoding="utf-8").strip()
+    if not _is_tag(tag):
+        raise CheckpointError(f"{pointer} names {tag!r}, not a checkpoint of {root} ({TAG_PREFIX}N): refused")
     ref = CheckpointRef(root, tag)
+    if ref.path.is_symlink():
+        raise CheckpointError(f"{ref.path} is a symlink (to {os.readlink(ref.path)}): refused")
     if not is_complete(ref.path):
         raise CheckpointError(f"{pointer} names {tag}, which is not a complete checkpoint")
     return ref
+
+
+def _is_tag(name: str) -> bool:
+    return name.startswith(TAG_PREFIX) and name[len(TAG_PREFIX) :].isdigit() and name.isascii()
 
 
 def publish_latest(ref: CheckpointRef) -> None:
     atomic_write_text(ref.root / LATEST, ref.tag + "\n")
 
 
+def publish_best(ref: CheckpointRef) -> None:
+    atomic_write_text(ref.root / BEST, ref.tag + "\n")
+
+
+def read_best(root: Path) -> CheckpointRef | None:
+    """The checkpoint `best` names, when there is one and it is committed."""
+    pointer = root / BEST
+    if not pointer.is_file():
+        return None
+    ref = CheckpointRef(root, pointer.read_text(encoding="utf-8").strip())
+    return ref if is_complete(ref.path) else None
+
+
 def retain(root: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` committed checkpoints and any interrupted saves older than the
-    newest commit. Never deletes what `latest` names. Returns what was removed."""
+    newest commit. Never deletes what `latest` or `best` names. Returns what was removed."""
     latest = read_latest(root)
     complete = committed(root)
     keep = {r.tag for r in complete[-keep_last:]} if keep_last > 0 else {r.tag for r in complete}
-    if latest is not None:
-        keep.add(latest.tag)
+    for pinned in (latest, read_best(root)):
+        if pinned is not None:
+            keep.add(pinned.tag)
     newest_step = complete[-1].step if complete else -1
     removed = []
     for d in _tagged_dirs(root):

@@ -233,6 +233,27 @@ def report(models: tuple[Path, ...], output: Path, **opts: Any) -> None:
     click.echo("wrote " + ", ".join(str(p) for p in files.values()))
 
 
+@compress.command("export")
+@MODEL_ARG
+@OUTPUT_OPT
+@OVERWRITE_OPT
+@_friendly
+def export_command(model: Path, output: Path, overwrite: bool) -> None:
+    """Write a weight-only quantized MODEL (rtn, gptq, awq) as a plain HF directory that
+    `from_pretrained` loads without INC (dequantized weights: the outputs the quantized model gives)."""
+    from scaling.compress.export import export_plain
+
+    manifest = export_plain(model, output, overwrite=overwrite)
+    _table(
+        [
+            ("output", str(output)),
+            ("from", f"{manifest['method']} ({model})"),
+            ("max |diff| to quantized", manifest["results"]["max_abs_diff_to_quantized"]),
+            ("load with", f"AutoModelFor...from_pretrained({str(output)!r})"),
+        ]
+    )
+
+
 @compress.command()
 @click.argument("recipe", type=click.Path(path_type=Path))
 @OUTPUT_OPT

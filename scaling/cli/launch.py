@@ -76,7 +76,7 @@ def launch(job_args: tuple[str, ...], **params: Any) -> None:
     scaling launch --hostfile hosts --no-ssh --node-rank $NODE -- train ...   # one call per node (srun)
     """
     from scaling.launch.command import build_plan, render_plan
-    from scaling.launch.job import rank_args, with_init_timeout
+    from scaling.launch.job import on_hosts, rank_args, with_init_timeout
 
     spec = spec_from_options(params)
     kind, ctx = parse_job_args(job_args)
@@ -85,7 +85,7 @@ def launch(job_args: tuple[str, ...], **params: Any) -> None:
     output = Path(ctx.params["output"]).resolve()
     config_path = output / RUN_CONFIG
     plan = build_plan(spec, rank_args(kind, config_path), run_dir=output)
-    request = kind.request(ctx, plan.world_size, plan.gpus_per_node)
+    request = on_hosts(kind.request(ctx, plan.world_size, plan.gpus_per_node), spec)
     if params["init_timeout"] is not None:
         request = with_init_timeout(request, params["init_timeout"])
     timeout = request.run.parallel.init_timeout_s

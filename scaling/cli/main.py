@@ -38,6 +38,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "compress": ("scaling.cli.compress", "compress", "Quantize, distill, prune, evaluate and report."),
     "launch": ("scaling.cli.launch", "launch", "Validate once, then start a multi-node run."),
     "doctor": ("scaling.cli.doctor", "doctor", "Preflight checks of the hosts of a multi-node run."),
+    "plot": ("scaling.cli.plot", "plot", "Draw a run's loss plot (RUN/plots/loss.png) from its metrics."),
     "bench": ("scaling.cli.bench", "bench", "Run the benchmark suite."),
     "demo": ("scaling.cli.demo", "demo", "Train, resume, export and compress a tiny GPT on bundled text."),
 }

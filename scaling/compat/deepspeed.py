@@ -158,3 +158,10 @@ def count_every_pipeline_param_in_clip_norm(module: Any, rank: int) -> None:
         if rank != min(comm["ranks"]):
             for param in module.tied_modules[key].parameters():
                 param.model_parallel = False
+
+
+def local_partition(param: Any) -> Any:
+    """The part of a parameter this rank holds, detached: under ZeRO-3 its partition (`ds_tensor`; the
+    parameter itself is an empty placeholder outside a gather), else the parameter."""
+    partition = getattr(param, "ds_tensor", None)
+    return (partition if partition is not None else param).detach()

@@ -28,6 +28,7 @@ from scaling.compress.distill_loss import default_layer_map
 from scaling.compress.errors import CompressUserError, NotAModelError
 from scaling.config.fields import option
 from scaling.errors import ConfigError, Problem, UserError
+from scaling.files import apply_umask
 
 if TYPE_CHECKING:
     from scaling.config.run import RunConfig
@@ -410,6 +411,7 @@ def _write_random_student(
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        apply_umask(staging)
         staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

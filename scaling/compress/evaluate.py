@@ -149,7 +149,8 @@ def _unique_params(model: Any) -> list[Any]:
 
 
 def speed(loaded: LoadedModel, cfg: EvalConfig) -> dict[str, float]:
-    """Median latency of `runs` forwards of [batch_size, seq_len] after `warmup` forwards."""
+    """Median, fastest and slowest latency of `runs` forwards of [batch_size, seq_len] after `warmup`
+    forwards: the spread says how far a difference between two models can be trusted on this host."""
     import torch
 
     vocab = 100
@@ -168,6 +169,8 @@ def speed(loaded: LoadedModel, cfg: EvalConfig) -> dict[str, float]:
     median = statistics.median(times)
     return {
         "latency_ms": median * 1000,
+        "latency_min_ms": min(times) * 1000,
+        "latency_max_ms": max(times) * 1000,
         "throughput_tokens_per_s": cfg.batch_size * cfg.seq_len / median,
         "threads": torch.get_num_threads(),
     }

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from scaling.compat.safe_load import load_weights_only, refuse_unsafe_pt2, restricted_torch_load
 from scaling.compress.errors import MissingPackageError, UnsupportedError
 
 INSTALL_HINT = "install it with: pip install 'scaling[compress]' (neural-compressor and neural-compressor-pt)"
@@ -160,6 +161,25 @@ def woq_module_types() -> tuple[type[Any], ...]:
     return (WeightOnlyLinear,)
 
 
+def dequantized_linears(model: Any) -> dict[str, tuple[Any, Any]]:
+    """Module name -> (float weight [out, in], bias or None) for every weight-only quantized layer: exactly
+    what its forward multiplies by. AWQ's MulLinear scales its input first, which folds into the weight's
+    columns."""
+    import torch
+
+    (woq,) = woq_module_types()
+    out: dict[str, tuple[Any, Any]] = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            inner = getattr(module, "linear", None)
+            if isinstance(inner, woq) and hasattr(module, "input_scale"):
+                weight = inner.recover().float() * module.input_scale.float().view(1, -1)
+                out[name] = (weight, inner.bias)
+            elif isinstance(module, woq) and not any(name.startswith(f"{k}.") for k in out):
+                out[name] = (module.recover().float(), module.bias)
+    return out
+
+
 def save_woq(model: Any, directory: Path) -> None:
     api().save(model, str(directory))
 
@@ -180,9 +200,9 @@ def load_woq(directory: Path, conv1d_to_linear: bool = False) -> Any:
     fresh = model_from_config(model_class(config), config, dtype=torch.float32)
     if conv1d_to_linear:
         globals()["conv1d_to_linear"](fresh)
-    with contextlib.redirect_stdout(io.StringIO()):  # INC prints progress with print()
+    with contextlib.redirect_stdout(io.StringIO()), restricted_torch_load():  # INC prints with print()
         model = api().load(str(directory), original_model=fresh)
-    state = torch.load(Path(directory) / WEIGHT_FILE, weights_only=True)
+    state = load_weights_only(Path(directory) / WEIGHT_FILE)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise RuntimeError(
@@ -237,4 +257,7 @@ def save_pt2e(graph: Any, example: tuple[Any, Any], directory: Path) -> None:
 
 
 def load_pt2e(directory: Path) -> Any:
-    return api().load(str(directory))
+    # torch.export.load unpickles pickled weights with weights_only=False and opaque objects with pickle.loads
+    refuse_unsafe_pt2(Path(directory) / WEIGHT_FILE)
+    with restricted_torch_load():
+        return api().load(str(directory))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.compress.errors import CompressUserError, NotAModelError
+from scaling.files import apply_umask, copy_contained
 
 MANIFEST = "compression.json"
 FORMAT_HF = "hf"
@@ -138,9 +139,12 @@ def load_hf(path: Path) -> LoadedModel:
     import torch
     from transformers import AutoConfig
 
+    from scaling.compat.safe_load import restricted_torch_load
+
     config = AutoConfig.from_pretrained(str(path))
     cls = model_class(config)
-    model = cls.from_pretrained(str(path), dtype=torch.float32).eval()
+    with restricted_torch_load():  # a received pytorch_model.bin is a pickle too
+        model = cls.from_pretrained(str(path), dtype=torch.float32).eval()
     task = task_of_architecture(type(model).__name__)
     return LoadedModel(model, load_tokenizer(path), task, path, FORMAT_HF, read_manifest(path))
 
@@ -197,6 +201,7 @@ def atomic_output(output: Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    apply_umask(tmp)
     if output.exists():
         shutil.rmtree(output)
     os.replace(tmp, output)
@@ -218,4 +223,4 @@ def copy_tokenizer(source_dir: Path, target_dir: Path, tokenizer: Any) -> None:
     # No loadable tokenizer: still carry the files, so a later tool can try.
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (source_dir / name).is_file():
-            shutil.copy2(source_dir / name, target_dir / name)
+            copy_contained(source_dir / name, target_dir / name, source_dir)

@@ -52,7 +52,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         head += [q, f"Δ {q}"]
     timed = all("latency_ms" in r for r in rows)
     if timed:
-        head += ["latency ms", "tokens/s"]
+        head += ["latency ms: median [min, max]", "latency ×", "tokens/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r, name in zip(rows, display_names([r["model"] for r in rows]), strict=True):
         cells = [
@@ -66,16 +66,45 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         if q:
             cells += [f"{r[q]:.4f}", f"{(r[q] - base[q]) / base[q]:+.2%}"]
         if timed:
-            cells += [f"{r['latency_ms']:.1f}", f"{r['throughput_tokens_per_s']:.0f}"]
+            cells += [latency_cell(r), speed_ratio(r, base), f"{r['throughput_tokens_per_s']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     settings = base.get("settings", {})
-    if settings:
-        lines.append("")
-        lines.append(
-            f"Latency: median of {settings.get('runs')} runs after {settings.get('warmup')} warm-up, batch "
-            f"{settings.get('batch_size')} × {settings.get('seq_len')} tokens, CPU, {base.get('threads', '?')} thread(s)."
+    if timed:
+        how = (
+            f" of {settings.get('runs')} runs after {settings.get('warmup')} warm-up, batch "
+            f"{settings.get('batch_size')} × {settings.get('seq_len')} tokens, CPU, "
+            f"{base.get('threads', '?')} thread(s)"
+            if settings
+            else ""
         )
+        lines += [
+            "",
+            f"Latency: median [min, max]{how}. A ratio marked `~` is inside the noise: the two models' "
+            "[min, max] ranges overlap, so this host cannot tell them apart (rerun with more --runs).",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def latency_cell(row: dict[str, Any]) -> str:
+    if "latency_min_ms" not in row:  # a report written before ranges were measured
+        return f"{row['latency_ms']:.1f}"
+    return f"{row['latency_ms']:.1f} [{row['latency_min_ms']:.1f}, {row['latency_max_ms']:.1f}]"
+
+
+def within_noise(row: dict[str, Any], base: dict[str, Any]) -> bool:
+    """Whether two latency measurements overlap (min..max), i.e. their difference is not measurable here."""
+    lo, hi = row.get("latency_min_ms", row["latency_ms"]), row.get("latency_max_ms", row["latency_ms"])
+    base_lo = base.get("latency_min_ms", base["latency_ms"])
+    base_hi = base.get("latency_max_ms", base["latency_ms"])
+    return lo <= base_hi and base_lo <= hi
+
+
+def speed_ratio(row: dict[str, Any], base: dict[str, Any]) -> str:
+    """Median latency relative to the baseline; `~` when the difference is inside the noise."""
+    if row is base:
+        return "1.00"
+    ratio = row["latency_ms"] / max(base["latency_ms"], 1e-9)
+    return f"~{ratio:.2f}" if within_noise(row, base) else f"{ratio:.2f}"
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.compress.errors import CompressUserError
+from scaling.files import apply_umask, copy_contained
 
 STUDENT_FILE = "scaling_student.json"
 """Written into a reduced student's directory: where its layers came from."""
@@ -161,9 +162,10 @@ def write_reduced_student(
     try:
         student.save_pretrained(staging)
         for name in _tokenizer_files(teacher_dir):
-            shutil.copy2(teacher_dir / name, staging / name)
+            copy_contained(teacher_dir / name, staging / name, teacher_dir)
         record = {"teacher": str(teacher_dir), **reduction.__dict__}
         (staging / STUDENT_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        apply_umask(staging)
         if output.exists():
             shutil.rmtree(output)
         staging.rename(output)

@@ -3,7 +3,8 @@
 Every command that takes run options (`train`, `distill`, `launch -- train`, `config`, `estimate`) gets them
 from here, so each option's type, default, choices and help exist once: on its section field.
 
-Type mapping: bool -> `--x/--no-x` (a plain switch when the flag is already `--no-x`); `list[str]` -> a repeatable option; `list[int]` -> one comma-separated
+Type mapping: bool -> `--x/--no-x` (a plain switch when the flag is already `--no-x`); `list[str]` -> a
+repeatable option (with `choices`: one comma-separated value, `a,b`); `list[int]` -> one comma-separated
 value (`0,2,4`); `tuple[float, float]` -> `A,B`; `T | None` -> T with no default shown; numbers with bounds
 -> ranges; `choices` -> a choice.
 """
@@ -68,6 +69,24 @@ class IntList(click.ParamType):
             self.fail(f"expected comma-separated integers, e.g. 0,2,4; got {value!r}", param, ctx)
 
 
+class NameList(click.ParamType):
+    """Comma-separated names out of a fixed set (`--report-to wandb,csv`); `none` or '' for none."""
+
+    name = "NAME,..."
+
+    def __init__(self, choices: tuple[str, ...]) -> None:
+        self.choices = choices
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> list[str]:
+        if isinstance(value, list | tuple):
+            return list(value)
+        names = [x.strip() for x in str(value).split(",") if x.strip() and x.strip() != "none"]
+        unknown = [x for x in names if x not in self.choices]
+        if unknown:
+            self.fail(f"{', '.join(unknown)}: choose from {', '.join(self.choices)}", param, ctx)
+        return names
+
+
 def _strip_optional(hint: Any) -> Any:
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -102,7 +121,9 @@ def field_option(section: type, f: Field[Any], *, required: bool = False) -> Fie
         "metavar": spec.metavar,
     }
     decl = flag
-    if spec.choices:
+    if spec.choices and origin is list:
+        kwargs["type"] = NameList(spec.choices)
+    elif spec.choices:
         kwargs["type"] = click.Choice(spec.choices)
     elif base is bool and flag.startswith("--no-"):
         kwargs["is_flag"] = True  # already a negative (--no-ssh): a plain switch, not --no-no-ssh

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from scaling.config.deepspeed import ResolvedDeepSpeed, RunValues, resolve_deepspeed
+from scaling.config.device import Devices
+from scaling.config.hardware import hardware_problems
 from scaling.config.sections import (
     ON_NAN,
     TASKS,
@@ -175,6 +177,8 @@ def resolve_run(
     hidden_size: int | None,
     num_heads: int | None = None,
     kv_heads: int | None = None,
+    devices: Devices | None = None,
+    ranks_here: int | None = None,
     total_steps: int,
     cpu_only: bool | None = None,
     lora: LoraConfig | None = None,
@@ -182,10 +186,14 @@ def resolve_run(
     """Resolve the DeepSpeed JSON against the run options and return the complete run.
 
     `explicit` names the options the user gave (others yield to values written in the JSON); `cpu_only`
-    None asks this machine (scaling.config.device).
+    None asks this machine (scaling.config.device). `devices`: the machine the ranks run on, checked against
+    the run (precision, writable paths, and `ranks_here`, the ranks started on it, when known); None when
+    they run elsewhere.
     Raises ConfigError with every problem found.
     """
     problems = check_sections(model, data, optim, checkpoint)
+    if devices is not None and cpu_only is None:
+        cpu_only = devices.gpus == 0
     values = run_values(
         optim,
         parallel,
@@ -202,6 +210,8 @@ def resolve_run(
         resolved = resolve_deepspeed(deepspeed_source.config, deepspeed_source.overrides, values)
     except ConfigError as err:
         problems.extend(err.problems)
+    if devices is not None:
+        problems.extend(_machine_problems(resolved, values, checkpoint, ranks_here, devices))
     if problems:
         raise ConfigError(problems, header="cannot start this run")
     assert resolved is not None
@@ -227,4 +237,25 @@ def resolve_run(
         deepspeed=resolved.config,
         deepspeed_sources=resolved.sources,
         lora=lora or LoraConfig(),
+    )
+
+
+def _machine_problems(
+    resolved: ResolvedDeepSpeed | None,
+    values: RunValues,
+    checkpoint: CheckpointConfig,
+    ranks_here: int | None,
+    devices: Devices,
+) -> list[Problem]:
+    """The run as far as it resolved (the options alone when the JSON did not) against this machine."""
+    precision = resolved.run.precision if resolved is not None else values.precision
+    given = "option --precision" if "precision" in values.explicit else "default of --precision"
+    source = resolved.sources.get(f"{precision}.enabled", given) if resolved is not None else given
+    return hardware_problems(
+        precision=precision,
+        precision_source=source.split(" (")[0],
+        deepspeed=resolved.config if resolved is not None else {},
+        output=checkpoint.output,
+        ranks_here=ranks_here,
+        devices=devices,
     )

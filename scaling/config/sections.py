@@ -14,6 +14,8 @@ TASKS = ("clm", "mlm", "seq-cls", "sft")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 ON_NAN = ("stop", "skip")
+TRACKERS = ("tensorboard", "wandb", "mlflow", "csv")
+"""What --report-to accepts."""
 ASSUMED_GPUS_PER_NODE = 8
 """Ranks per node assumed where the node size is unknown (ZeRO++ hpZ partitions, memory estimates)."""
 
@@ -39,6 +41,10 @@ class ModelConfig:
     """Vocabulary of a tokenizer trained for a preset or bare config."""
     activation_checkpointing: bool = option(False)
     """Recompute each block's activations in backward to save memory."""
+    fused_loss: bool = option(True)
+    """clm/sft: compute the output head and cross-entropy in chunks, never the full [tokens, vocab] logits (the
+    same loss and gradients; used where exact: not under ZeRO-3, AutoTP, pipeline stages or logit
+    post-processing, where the run says why it is off)."""
 
 
 @dataclass(kw_only=True)
@@ -108,9 +114,21 @@ class LogConfig:
     eval_batches: int = option(50, min=1)
     """Upper bound on eval micro-batches per evaluation."""
     tensorboard: bool = option(True)
-    """Write TensorBoard event files under OUTPUT/tensorboard."""
+    """Write TensorBoard event files under OUTPUT/tensorboard (the default tracker; see --report-to)."""
+    report_to: list[str] = option(default_factory=list, choices=TRACKERS, metavar="NAME,...")
+    """Experiment trackers besides metrics.jsonl, comma-separated: tensorboard, wandb, mlflow (optional
+    extras, offline modes honoured), csv (OUTPUT/metrics.csv)."""
+    early_stop_patience: int | None = option(None, min=1)
+    """Stop after N evaluations (--eval-every) without a lower eval loss; the best checkpoint is kept and
+    exported as OUTPUT/final."""
     progress: bool = option(True)
     """Show a progress bar on the console."""
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers this run reports to: --report-to, plus TensorBoard unless --no-tensorboard."""
+        chosen = [name for name in self.report_to if name != "tensorboard"]
+        return ["tensorboard", *chosen] if self.tensorboard else chosen
 
 
 @dataclass(kw_only=True)

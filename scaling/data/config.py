@@ -52,6 +52,16 @@ class DataConfig:
     """Synonym table for `synonym`/`insert`: one line per word, `word<TAB>syn1,syn2` or `word syn1 syn2`."""
     max_doc_chars: int = option(1_000_000, min=1000)
     """Longer documents (or lines) are split into pieces of this many characters, bounding memory."""
+    encoding: str = option("utf-8", metavar="CODEC")
+    """Encoding of text, JSONL and CSV/TSV sources (a Python codec that keeps ASCII as is: utf-8, latin-1,
+    cp1252, ...). Bytes that do not decode are replaced by U+FFFD and count as bad records."""
+    max_bad_fraction: float = option(0.01, min=0.0, max=1.0)
+    """Share of a file's records that may be bad (undecodable bytes, malformed JSON, CSV rows without the
+    needed columns or merged by a stray quote, labels that are not integers) before the run stops naming the
+    file and the first bad record; below it, a one-line notice."""
+    max_record_bytes: int = option(16 * 2**20, min=1024)
+    """Largest JSONL line or CSV/TSV line read whole (text lines are read in pieces of --max-doc-chars); a
+    longer one stops the run naming its file and line, so one huge record cannot exhaust memory."""
     chunk_docs: int = 1024
     """Documents read and tokenized together: the unit of batching, shuffling and of resume replay."""
     chunk_chars: int = 4_000_000

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scaling.data.config import DataConfig
 from scaling.errors import DataError
 
 TEXT_UNITS = ("line", "paragraph", "file")
@@ -104,16 +105,50 @@ class ReadCounts:
     """Records a reader repaired or dropped; kept in the stream state so resume does not double-count."""
 
     repaired_utf8: int = 0
-    """Records whose invalid UTF-8 bytes were replaced by U+FFFD."""
+    """Records whose undecodable bytes (in the source's encoding, utf-8 by default) were replaced by U+FFFD."""
     skipped_empty: int = 0
     """Empty or whitespace-only records."""
     skipped_bad: int = 0
-    """Records that could not be parsed (bad JSON, missing field, bad label)."""
+    """Records that could not be parsed (bad JSON, missing field or column, merged CSV rows, bad label)."""
     split_long: int = 0
     """Extra pieces created by splitting documents longer than max_doc_chars."""
+    read: int = 0
+    """Non-empty records (lines of plain text) examined, good or bad: the base of the bad share."""
+
+    @property
+    def bad(self) -> int:
+        return self.repaired_utf8 + self.skipped_bad
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How strictly sources are read: the data section's encoding and bounds (its defaults are theirs)."""
+
+    encoding: str = DataConfig.encoding
+    max_bad_fraction: float = DataConfig.max_bad_fraction
+    max_record_bytes: int = DataConfig.max_record_bytes
+
+    @classmethod
+    def of(cls, data: DataConfig) -> ReadLimits:
+        return cls(data.encoding, data.max_bad_fraction, data.max_record_bytes)
+
+
+@dataclass(frozen=True)
+class BadRecord:
+    """Where the first bad record of a read is, and what is wrong with it."""
+
+    path: str
+    offset: int
+    """Byte offset in the file (a row number for Parquet)."""
+    why: str
+
+    def where(self) -> str:
+        if self.path.lower().endswith(PARQUET_EXTS):
+            return f"{self.path} row {self.offset}"
+        return f"{self.path}:{line_number(self.path, self.offset)} (byte offset {self.offset})"
 
 
 @dataclass
@@ -127,17 +162,42 @@ class ReaderOptions:
     """Yield each JSONL line / Parquet row whole, as JSON text (chat SFT parses the conversation itself)."""
     # dataclasses.field: the bare name would be this class's `field` attribute
     counts: ReadCounts = dataclasses.field(default_factory=ReadCounts)
+    limits: ReadLimits = dataclasses.field(default_factory=ReadLimits)
+    first_bad: BadRecord | None = None
+    """The first bad record this process read (not kept in the stream state)."""
+
+    def decode(self, raw: bytes, path: str, start: int) -> str:
+        """`raw` (which starts at byte `start` of `path`) as text; undecodable bytes replaced and counted."""
+        try:
+            return raw.decode(self.limits.encoding)
+        except UnicodeDecodeError as err:
+            self.counts.repaired_utf8 += 1
+            self._note(path, start + err.start, f"bytes that are not {self.limits.encoding} ({err.reason})")
+            return raw.decode(self.limits.encoding, errors="replace")
+
+    def bad(self, path: str, offset: int, why: str, records: int = 1) -> None:
+        self.counts.skipped_bad += records
+        self._note(path, offset, why)
+
+    def _note(self, path: str, offset: int, why: str) -> None:
+        if self.first_bad is None:
+            self.first_bad = BadRecord(path, offset, why)
 
 
 Record = tuple[str, int | None]
 
 
-def _decode(raw: bytes, counts: ReadCounts) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        counts.repaired_utf8 += 1
-        return raw.decode("utf-8", errors="replace")
+def line_number(path: str, offset: int) -> int:
+    """The 1-based line of byte `offset` (read in steps: only error messages ask)."""
+    lines, done = 1, 0
+    with open(path, "rb") as f:
+        while done < offset:
+            block = f.read(min(_READ_STEP, offset - done))
+            if not block:
+                break
+            lines += block.count(b"\n")
+            done += len(block)
+    return lines
 
 
 def _utf8_safe_cut(data: bytes) -> int:
@@ -192,15 +252,37 @@ def _read_lines(f: io.BufferedReader, offset: int, max_bytes: int) -> Iterator[t
         continued = True
 
 
+def _whole_lines(
+    f: io.BufferedReader, offset: int, path: str, limit: int
+) -> Iterator[tuple[bytes, int, int]]:
+    """Lines (without the newline) from `offset` with their start and end offsets; a line longer than `limit`
+    bytes is refused, not held: one 198 MB JSONL line read whole peaked at 1.34 GB."""
+    f.seek(offset)
+    while True:
+        line = f.readline(limit + 1)
+        if not line:
+            return
+        if len(line) > limit and not line.endswith(b"\n"):
+            raise DataError(
+                f"{path}:{line_number(path, offset)}: a record longer than --max-record-bytes {limit} (byte "
+                f"offset {offset}); split it into smaller records, or raise --max-record-bytes"
+            )
+        yield line.rstrip(b"\r\n"), offset, offset + len(line)
+        offset += len(line)
+
+
 def _text_lines(path: str, offset: int, opts: ReaderOptions) -> Iterator[tuple[Record, int]]:
     with open(path, "rb") as f:
+        start = offset
         for raw, pos, continued in _read_lines(f, offset, opts.max_doc_chars):
             if continued:
                 opts.counts.split_long += 1
-            text = _decode(raw, opts.counts)
+            text = opts.decode(raw, path, start)
+            start = pos
             if not text.strip():
                 opts.counts.skipped_empty += 1
                 continue
+            opts.counts.read += 1
             yield (text, None), pos
 
 
@@ -208,9 +290,12 @@ def _text_paragraphs(path: str, offset: int, opts: ReaderOptions) -> Iterator[tu
     with open(path, "rb") as f:
         lines: list[str] = []
         size = 0
+        start = offset
         for raw, pos, _ in _read_lines(f, offset, opts.max_doc_chars):
-            text = _decode(raw, opts.counts)
+            text = opts.decode(raw, path, start)
+            start = pos
             if text.strip():
+                opts.counts.read += 1
                 lines.append(text)
                 size += len(text)
                 if size < opts.max_doc_chars:
@@ -234,47 +319,59 @@ def _text_file(path: str, offset: int, opts: ReaderOptions) -> Iterator[tuple[Re
             if cut < len(data):
                 f.seek(offset + cut)
                 data = data[:cut]
-            offset += len(data)
+            start, offset = offset, offset + len(data)
             if f.peek(1):
                 opts.counts.split_long += 1
-            text = _decode(data, opts.counts)
+            text = opts.decode(data, path, start)
             if text.strip():
+                opts.counts.read += 1
                 yield (text, None), offset
             else:
                 opts.counts.skipped_empty += 1
 
 
-def _parse_label(value: Any, opts: ReaderOptions) -> tuple[bool, int | None]:
+def _parse_label(value: Any, opts: ReaderOptions, path: str, offset: int) -> tuple[bool, int | None]:
     if opts.label_column is None:
         return True, None
     try:
         return True, int(value)
     except (TypeError, ValueError):
-        opts.counts.skipped_bad += 1
+        opts.bad(path, offset, f"label {opts.label_column!r} = {value!r} is not an integer")
         return False, None
 
 
 def _jsonl(path: str, offset: int, opts: ReaderOptions) -> Iterator[tuple[Record, int]]:
     key = opts.field or "text"
     with open(path, "rb") as f:
-        for raw, pos, continued in _read_lines(f, offset, 1 << 62):
-            del continued
+        for raw, start, pos in _whole_lines(f, offset, path, opts.limits.max_record_bytes):
             if not raw.strip():
                 opts.counts.skipped_empty += 1
                 continue
+            opts.counts.read += 1
+            line = opts.decode(raw, path, start)
             if opts.records:
-                yield (_decode(raw, opts.counts), None), pos
+                yield (line, None), pos
                 continue
             try:
-                obj = json.loads(_decode(raw, opts.counts))
-                text = obj[key]
-            except (ValueError, KeyError, TypeError):
-                opts.counts.skipped_bad += 1
+                obj = json.loads(line)
+            except ValueError as err:
+                opts.bad(path, start, f"not valid JSON ({err})")
                 continue
-            if not isinstance(text, str) or not text.strip():
+            if not isinstance(obj, dict) or key not in obj:
+                opts.bad(
+                    path, start, f"no field {key!r}" + ("" if isinstance(obj, dict) else " (not an object)")
+                )
+                continue
+            text = obj[key]
+            if not isinstance(text, str):
+                opts.bad(path, start, f"field {key!r} is {type(text).__name__}, not a string")
+                continue
+            if not text.strip():
                 opts.counts.skipped_empty += 1
                 continue
-            ok, label = _parse_label(obj.get(opts.label_column) if opts.label_column else None, opts)
+            ok, label = _parse_label(
+                obj.get(opts.label_column) if opts.label_column else None, opts, path, start
+            )
             if ok:
                 yield from _split_long((text, label), pos, opts)
 
@@ -293,41 +390,83 @@ def _split_long(record: Record, pos: int, opts: ReaderOptions) -> Iterator[tuple
 
 def _table(path: str, offset: int, opts: ReaderOptions) -> Iterator[tuple[Record, int]]:
     delimiter = "\t" if path.lower().endswith(".tsv") else ","
+    limit = opts.limits.max_record_bytes
     with open(path, "rb") as f:
-        header_raw = f.readline()
-        header = next(csv.reader([_decode(header_raw, opts.counts).rstrip("\r\n")], delimiter=delimiter), [])
+        header_raw, _, header_end = next(_whole_lines(f, 0, path, limit), (b"", 0, 0))
+        header = next(csv.reader([opts.decode(header_raw, path, 0)], delimiter=delimiter), [])
         text_col = _pick_column(header, opts, path)
         label_col = None
         if opts.label_column is not None:
             if opts.label_column not in header:
                 raise DataError(f"{path}: no label column {opts.label_column!r} (columns: {header})")
             label_col = header.index(opts.label_column)
-        position = max(offset, len(header_raw))
+        position = max(offset, header_end)
         consumed = [position]
+        row_lines: list[str] = []
 
         def lines() -> Iterator[str]:
-            # csv pulls exactly the lines one row needs, so the running offset is the row's end.
-            for raw, pos, _ in _read_lines(f, position, 1 << 62):
-                consumed[0] = pos
-                yield _decode(raw, opts.counts)
+            # csv pulls exactly the lines one row needs, so the running offset is the row's end. The newline
+            # goes with the line: a quoted field spanning lines keeps it.
+            for raw, start, end in _whole_lines(f, position, path, limit):
+                consumed[0] = end
+                row_lines.append(opts.decode(raw, path, start))
+                yield row_lines[-1] + "\n"
 
         tsv = delimiter == "\t"
-        for row in csv.reader(
-            lines(), delimiter=delimiter, quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
-        ):
+        rows = csv.reader(lines(), delimiter=delimiter, quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL)
+        while True:
+            start = consumed[0]
+            row_lines.clear()
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except csv.Error as err:
+                raise DataError(
+                    f"{path}:{line_number(path, start)}: {err} in the row starting there (byte offset {start}): "
+                    'a quote (") that opens a field and never closes, probably a stray one; quote that field '
+                    'and double the quotes inside it ("")'
+                ) from None
             if not row or not any(cell.strip() for cell in row):
                 opts.counts.skipped_empty += 1
                 continue
+            if len(row_lines) > 1 and _merged_rows(row_lines, delimiter, len(header), label_col):
+                opts.counts.read += len(row_lines)
+                opts.bad(
+                    path,
+                    start,
+                    f'{len(row_lines)} lines read as one row: a quote (") opens a field that spans rows, '
+                    "probably a stray one",
+                    records=len(row_lines),
+                )
+                continue
+            opts.counts.read += 1
             if len(row) != len(header):
-                opts.counts.skipped_bad += 1
+                opts.bad(path, start, f"{len(row)} field(s) where the header has {len(header)}")
                 continue
             text = row[text_col]
             if not text.strip():
                 opts.counts.skipped_empty += 1
                 continue
-            ok, label = _parse_label(row[label_col] if label_col is not None else None, opts)
+            ok, label = _parse_label(row[label_col] if label_col is not None else None, opts, path, start)
             if ok:
                 yield from _split_long((text, label), consumed[0], opts)
+
+
+def _merged_rows(lines: list[str], delimiter: str, width: int, label_col: int | None) -> bool:
+    """Whether a row read over several lines swallowed rows of its own, told by field counts: a line inside it
+    (not the last, where the quote closes) that alone has the header's field count, and, with a label column,
+    an integer label; with one, also the first line without its quotes (two rows merged: `"text,1` then
+    `more",0`). A quoted field may span lines; its lines rarely look like rows. With one column every line
+    does: nothing to tell them apart by."""
+    if width < 2:
+        return False
+    candidates = lines[1:-1] + ([lines[0].replace('"', "")] if label_col is not None else [])
+    for line in candidates:
+        cells = next(csv.reader([line], delimiter=delimiter), [])
+        if len(cells) == width and (label_col is None or cells[label_col].strip().lstrip("-").isdigit()):
+            return True
+    return False
 
 
 def _pick_column(header: list[str], opts: ReaderOptions, path: str) -> int:
@@ -378,7 +517,8 @@ def _parquet(path: str, offset: int, opts: ReaderOptions) -> Iterator[tuple[Reco
             if not isinstance(text, str) or not text.strip():
                 opts.counts.skipped_empty += 1
                 continue
-            ok, label = _parse_label(labels[i] if labels is not None else None, opts)
+            opts.counts.read += 1
+            ok, label = _parse_label(labels[i] if labels is not None else None, opts, path, row)
             if ok:
                 yield from _split_long((text, label), row, opts)
 

@@ -24,7 +24,7 @@ from scaling.data.pipeline import (
     tokenizer_ids,
 )
 from scaling.data.shards import PackedShards, ShardChunker
-from scaling.data.sources import SourceSpec, is_packed_dir, parse_spec
+from scaling.data.sources import ReadLimits, SourceSpec, is_packed_dir, parse_spec
 from scaling.data.streams import RecordStream, SourceRecord, open_record_stream
 from scaling.errors import ConfigError, DataError, Problem
 
@@ -61,6 +61,7 @@ def _open_streams(
     for spec in specs:
         stream = open_record_stream(
             spec,
+            limits=ReadLimits.of(data),
             label_column=data.label_column if task == "seq-cls" else None,
             max_doc_chars=data.max_doc_chars,
             dp_rank=dp_rank,
@@ -127,7 +128,8 @@ class TrainStream:
         while self._chunk is None or self._emitted >= len(self._chunk):
             # sft drops conversations without a target inside --seq-len: a whole pass of them would loop forever.
             first_epoch = self.epoch if first_epoch is None else first_epoch
-            if self.epoch > first_epoch + 1:
+            # Packed clm/mlm always progress (each pass adds its tokens to the carry, however short the source).
+            if self.task == "sft" and self.epoch > first_epoch + 1:
                 raise DataError(
                     f"data {', '.join(self.source_names)}: a whole pass yields no batch (task {self.task}: no "
                     f"conversation has an assistant token within --seq-len {self.data.seq_len})"

@@ -15,8 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from scaling.data.sources import ReadCounts, ReaderOptions, SourceSpec, expand_files, file_reader
+from scaling.data.sources import (
+    ReadCounts,
+    ReaderOptions,
+    ReadLimits,
+    SourceSpec,
+    expand_files,
+    file_reader,
+    line_number,
+)
 from scaling.errors import DataError
+
+CHECK_EVERY = 10_000
+"""Records between two checks of a stream's bad share (also checked at the end of each file)."""
 
 
 @dataclass(frozen=True)
@@ -44,12 +55,17 @@ class RecordStream:
         seed: int,
         shuffle_files: bool = True,
         records: bool = False,
+        limits: ReadLimits | None = None,
     ) -> None:
         self.spec = spec
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
         self.shuffle_files = shuffle_files
         self.options = ReaderOptions(
-            field=spec.field, label_column=label_column, max_doc_chars=max_doc_chars, records=records
+            field=spec.field,
+            label_column=label_column,
+            max_doc_chars=max_doc_chars,
+            records=records,
+            limits=limits or ReadLimits(),
         )
         self.files = expand_files(spec)
         self.epoch = 0
@@ -57,6 +73,8 @@ class RecordStream:
         self._offset = 0
         self._record_index = 0
         self._iter: Iterator[tuple[tuple[str, int | None], int]] | None = None
+        self._path = ""
+        """The file `_iter` reads."""
 
     @property
     def size_bytes(self) -> int:
@@ -102,19 +120,48 @@ class RecordStream:
                 if stop_at_epoch_end:
                     return None
             if self._iter is None:
-                path = self._file_order(self.epoch)[self._file_pos]
+                self._path = path = self._file_order(self.epoch)[self._file_pos]
                 self._iter = file_reader(path, self.spec, records=self.options.records)(
                     path, self._offset, self.options
                 )
-            for (text, label), offset in self._iter:
+            while (item := self._next_of(self._path)) is not None:
+                (text, label), offset = item
                 self._offset = offset
                 index = self._record_index
                 self._record_index += 1
+                if self.counts.read % CHECK_EVERY == 0:
+                    self.check_bad_share()
                 if index % self.dp_size == self.dp_rank:
                     return SourceRecord(text, label, self.epoch, index)
             self._iter = None
             self._file_pos += 1
             self._offset = 0
+            self.check_bad_share()
+
+    def _next_of(self, path: str) -> tuple[tuple[str, int | None], int] | None:
+        """The open reader's next record (None at the file's end); an error it raises names the file and the
+        record it was reading. Not a wrapping generator: abandoning one would close the reader with it."""
+        assert self._iter is not None
+        try:
+            return next(self._iter)
+        except StopIteration:
+            return None
+        except DataError:
+            raise
+        except (OSError, ValueError, EOFError, ArithmeticError, LookupError) as err:
+            # csv.Error, pyarrow's ArrowInvalid (a ValueError), a file gone or truncated under the reader
+            where = f"{path}:{line_number(path, self._offset)}" if os.path.isfile(path) else path
+            raise DataError(
+                f"data source {self.spec.raw!r}: {where}: cannot read the record after byte offset "
+                f"{self._offset}: {type(err).__name__}: {err}"
+            ) from None
+
+    def check_bad_share(self) -> None:
+        """Stop when more than --max-bad-fraction of the records read were bad (the launch-time scan sees a
+        file's head only; the same limit holds for the rest, every rank reaching it at the same record)."""
+        counts, limit = self.counts, self.options.limits.max_bad_fraction
+        if counts.bad and counts.bad > limit * counts.read:
+            raise DataError(bad_share_message(self.options, self.spec.raw))
 
 
 class HFRecordStream(RecordStream):
@@ -130,11 +177,16 @@ class HFRecordStream(RecordStream):
         dp_size: int,
         seed: int,
         records: bool = False,
+        limits: ReadLimits | None = None,
     ) -> None:
         self.spec = spec
         self.dp_rank, self.dp_size, self.seed = dp_rank, dp_size, seed
         self.options = ReaderOptions(
-            field=spec.field, label_column=label_column, max_doc_chars=max_doc_chars, records=records
+            field=spec.field,
+            label_column=label_column,
+            max_doc_chars=max_doc_chars,
+            records=records,
+            limits=limits or ReadLimits(),
         )
         self.files = [spec.path] if os.path.exists(spec.path) else []
         if not self.files:
@@ -244,15 +296,33 @@ def open_record_stream(
     dp_size: int,
     seed: int,
     records: bool = False,
+    limits: ReadLimits | None = None,
 ) -> RecordStream:
-    """`records`: yield whole records as JSON text (chat SFT), not a text field."""
+    """`records`: yield whole records as JSON text (chat SFT), not a text field. `limits`: the data section's
+    encoding and bounds (default: its defaults)."""
     cls = HFRecordStream if spec.hf else RecordStream
     return cls(
         spec,
         records=records,
+        limits=limits,
         label_column=label_column,
         max_doc_chars=max_doc_chars,
         dp_rank=dp_rank,
         dp_size=dp_size,
         seed=seed,
+    )
+
+
+def bad_share_message(options: ReaderOptions, raw: str) -> str:
+    """The error (or, below the limit, the notice) about a read's bad records: how many, the first, the fix."""
+    counts, limits = options.counts, options.limits
+    share = counts.bad / max(1, counts.read)
+    first = options.first_bad
+    where = f"; the first at {first.where()}: {first.why}" if first is not None else ""
+    encoding = (
+        f" (read as {limits.encoding}: --encoding names another)" if counts.repaired_utf8 and first else ""
+    )
+    return (
+        f"data source {raw!r}: {counts.bad} of {counts.read} records read are bad ({share:.1%}; "
+        f"--max-bad-fraction {limits.max_bad_fraction:g}){where}{encoding}"
     )

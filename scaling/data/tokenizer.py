@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -13,13 +14,15 @@ from pathlib import Path
 
 from scaling.data.chat import training_text
 from scaling.data.config import DataConfig
-from scaling.data.sources import is_packed_dir, parse_spec
+from scaling.data.sources import ReadLimits, is_packed_dir, parse_spec
 from scaling.data.streams import open_record_stream
 from scaling.errors import ConfigError, DataError, Problem
+from scaling.files import apply_umask
 
 MODEL_TYPES = ("unigram", "bpe")
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 MASK, CLS, SEP = "<mask>", "<cls>", "<sep>"
+_SPECIAL_PIECES = (PAD, UNK, BOS, EOS, MASK, CLS, SEP)
 # Enough text for a small vocabulary; bounds training time and memory whatever the corpus size.
 DEFAULT_MAX_SENTENCES = 300_000
 _TOKENIZER_FILES = (
@@ -50,7 +53,12 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def iter_training_text(
-    specs: Iterable[str], *, max_sentences: int, max_doc_chars: int = 100_000, conversations: bool = False
+    specs: Iterable[str],
+    *,
+    max_sentences: int,
+    max_doc_chars: int = 100_000,
+    conversations: bool = False,
+    limits: ReadLimits | None = None,
 ) -> Iterator[str]:
     """Text of the sources in file order, one pass, at most max_sentences records: deterministic by design.
     `conversations`: the sources hold chat records (task sft); their turns' contents are the text."""
@@ -70,6 +78,7 @@ def iter_training_text(
                 dp_size=1,
                 seed=0,
                 records=conversations,
+                limits=limits,
             )
         )
     for stream in streams:
@@ -124,7 +133,7 @@ def train_sentencepiece(
             hard_vocab_limit=False,
         )
     except RuntimeError as e:
-        raise DataError(f"tokenizer training failed (vocab {vocab_size}, {model_type}): {e}") from e
+        raise DataError(_training_failure(str(e), vocab_size, model_type)) from None
     if model.getbuffer().nbytes == 0:
         raise DataError("tokenizer training read no text: the sources are empty")
     return _wrap_sentencepiece(model.getvalue(), Path(output), model_type)
@@ -190,11 +199,15 @@ def build_tokenizer(
             staging = Path(tempfile.mkdtemp(prefix=".tok-", dir=save_dir.parent))
             train_sentencepiece(
                 iter_training_text(
-                    data.train, max_sentences=DEFAULT_MAX_SENTENCES, conversations=task == "sft"
+                    data.train,
+                    max_sentences=DEFAULT_MAX_SENTENCES,
+                    conversations=task == "sft",
+                    limits=ReadLimits.of(data),
                 ),
                 staging,
                 vocab_size=vocab_size,
             )
+            apply_umask(staging)
             try:
                 os.replace(staging, save_dir)
             except OSError:
@@ -213,3 +226,21 @@ def check_tokenizer_for_task(tok, task: str) -> None:
         raise ConfigError(
             [Problem("tokenizer", "packing needs an eos (or sep) token between documents", tok.name_or_path)]
         )
+
+
+def _training_failure(error: str, vocab_size: int, model_type: str) -> str:
+    """SentencePiece's complaint in terms of our options (its advice names its own flags, not ours)."""
+    head = f"tokenizer training failed (--vocab-size {vocab_size}, {model_type})"
+    chars = re.search(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)", error)
+    if chars:
+        needed = int(chars.group(2))
+        return (
+            f"{head}: the training text has {needed - len(_SPECIAL_PIECES)} distinct characters and every one "
+            f"needs a piece of the vocabulary. Binary data or text read in the wrong encoding looks like this "
+            f"(check the sources, or name their encoding with --encoding); for real text with that many "
+            f"characters, pass --vocab-size {needed} or more, or give a --tokenizer"
+        )
+    too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", error)
+    if too_high:
+        return f"{head}: too little text for that vocabulary: pass --vocab-size {too_high.group(2)} or less, or more --data"
+    return f"{head}: {error}"

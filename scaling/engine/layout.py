@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from scaling.distributed.env import LaunchEnv
     from scaling.engine.objective import EvalTotals, Objective
 
-__all__ = ["Layout", "StepLoop", "layout_for"]
+__all__ = ["Layout", "StepLoop", "layout_for", "to_device"]
 
 
 class StepLoop(Protocol):
@@ -52,8 +52,11 @@ class StepLoop(Protocol):
 
     def next_batch(self) -> dict[str, torch.Tensor]: ...
 
-    def agree(self, loss: torch.Tensor, sigterm_raised: bool) -> tuple[list[int], bool]:
-        """Collective: the ranks with a non-finite loss, and whether any rank got SIGTERM."""
+    def agree(
+        self, loss: torch.Tensor, sigterm_raised: bool, *, boundary: bool = True
+    ) -> tuple[list[int], bool]:
+        """Collective: the ranks with a non-finite loss, and whether any rank got SIGTERM. `boundary`: the
+        last micro-batch of the optimizer step (where a run that stops on NaN needs its only agreement)."""
 
     def handle_nonfinite(self, step: int, bad_ranks: list[int], attempts: int) -> None:
         """Skip (count it) or stop, per --on-nan; raises NonFiniteLoss to stop."""
@@ -128,9 +131,13 @@ class Layout:
             data_wait += time.perf_counter() - fetch_started
             reseed(position_seed(run.optim.seed, step, attempts, self.rank))
             attempts += 1
-            batch = {k: v.to(engine.device) for k, v in batch.items()}
+            # Counted on the host copy: counting the device copy would wait for the device.
+            batch_tokens = count_tokens(batch)
+            batch_targets = count_targets(batch, causal=causal)
+            batch = to_device(batch, engine.device)
             loss = self.loss(loop.objective, batch)
-            bad_ranks, stop_requested = loop.agree(loss, sigterm.raised)
+            boundary = micro == run.optim.grad_accum - 1
+            bad_ranks, stop_requested = loop.agree(loss, sigterm.raised, boundary=boundary)
             if bad_ranks:
                 loop.handle_nonfinite(step, bad_ranks, attempts)
                 continue
@@ -138,8 +145,8 @@ class Layout:
             engine.step()
             window.add_micro(loss.detach())
             if loop.counts_data:  # tensor and sequence peers hold the same batch: count it once
-                tokens += count_tokens(batch)
-                targets += count_targets(batch, causal=causal)
+                tokens += batch_tokens
+                targets += batch_targets
             micro += 1
         loop.objective.after_step(engine, lr)
         window.end_step(time.perf_counter() - started, data_wait, tokens, targets)
@@ -158,7 +165,7 @@ class Layout:
         names: list[str] | None = None
         totals: torch.Tensor | None = None
         for batch in batches:
-            figures = self.eval_totals(objective, {k: v.to(engine.device) for k, v in batch.items()})
+            figures = self.eval_totals(objective, to_device(batch, engine.device))
             if totals is None:
                 names = sorted(figures)
                 totals = torch.zeros(2 * len(names), dtype=torch.float64, device=engine.device)
@@ -174,6 +181,14 @@ class Layout:
 
     def before_commit(self, ref: CheckpointRef) -> None:
         """Called on every rank after all files of a save are written, before the manifest commits them."""
+
+
+def to_device(batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.Tensor]:
+    """The batch on the engine's device; on CUDA through pinned memory, so the copy does not block the host
+    (the stream orders it before the forward that reads it)."""
+    if torch.device(device).type != "cuda":
+        return {k: v.to(device) for k, v in batch.items()}
+    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def reduce_totals(names: list[str] | None, totals: torch.Tensor | None, device: Any) -> EvalTotals:

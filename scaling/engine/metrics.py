@@ -1,4 +1,5 @@
-"""Where rank 0's numbers go: metrics.jsonl, TensorBoard event files and a console progress bar."""
+"""Where rank 0's numbers go: metrics.jsonl (always), the chosen experiment trackers (scaling.engine.trackers),
+a console progress bar with eval results, and at the end OUTPUT/plots/loss.png."""
 
 from __future__ import annotations
 
@@ -12,26 +13,47 @@ from pathlib import Path
 from typing import Any
 
 from scaling.config.sections import LogConfig
+from scaling.engine.trackers import Tracker, open_tracker, scalars_of
 
 logger = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsSink:
     """Rank 0 writes; other ranks hold an inert sink so call sites need no rank checks."""
 
-    def __init__(self, cfg: LogConfig, output: Path, *, active: bool, total_steps: int, start_step: int):
+    def __init__(
+        self,
+        cfg: LogConfig,
+        output: Path,
+        *,
+        active: bool,
+        total_steps: int,
+        start_step: int,
+        run_config: dict[str, Any] | None = None,
+    ):
         self.active = active
+        self.output = output
         self._jsonl = None
-        self._tb = None
+        self._trackers: list[Tracker] = []
         self._bar = None
         if not active:
             return
         output.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(output / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - lives with the run
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(output / "tensorboard"), purge_step=start_step + 1)
+        self._jsonl = open(output / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115 - lives with the run
+        for name in cfg.trackers:
+            try:
+                self._trackers.append(
+                    open_tracker(name, output, start_step=start_step, run_config=run_config or {})
+                )
+            except Exception as err:  # only rank 0 reports: failing here would leave the others waiting
+                logger.warning(
+                    "not reporting to %s: %s: %s (metrics.jsonl has everything)",
+                    name,
+                    type(err).__name__,
+                    err,
+                )
         if cfg.progress:
             from tqdm.auto import tqdm
 
@@ -46,10 +68,17 @@ class MetricsSink:
         self._jsonl.write(json.dumps(_jsonable(record)) + "\n")
         self._jsonl.flush()
         step = int(record["step"])
-        if self._tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, int | float) and math.isfinite(value):
-                    self._tb.add_scalar(_tb_name(key), value, step)
+        scalars = scalars_of(record)
+        for tracker in list(self._trackers):
+            try:
+                tracker.log(step, scalars)
+            except Exception as err:  # a tracker's server going away must not end the run
+                logger.warning(
+                    "stopped reporting to %s: %s: %s", type(tracker).__name__, type(err).__name__, err
+                )
+                self._trackers.remove(tracker)
+        if "eval_loss" in record:
+            self.message(eval_line(record))
         if self._bar is not None and "loss" in record:
             extra = {"mfu": f"{record['mfu_pct']:.1f}%"} if "mfu_pct" in record else {}
             self._bar.set_postfix(
@@ -72,16 +101,45 @@ class MetricsSink:
             logger.info(text)
 
     def close(self) -> None:
-        for thing in (self._bar, self._tb, self._jsonl):
+        """Close every sink, then draw OUTPUT/plots/loss.png from metrics.jsonl (rank 0)."""
+        for thing in (self._bar, *self._trackers, self._jsonl):
             if thing is not None:
                 thing.close()
-        self._bar = self._tb = self._jsonl = None
+        was_active = self._jsonl is not None
+        self._bar = self._jsonl = None
+        self._trackers = []
+        if was_active:
+            from scaling.engine.plot import plot_run
+
+            try:
+                plot_run(self.output)
+            except Exception as err:  # a missing plotting library must not fail a finished run
+                logger.warning("could not draw the loss plot: %s: %s", type(err).__name__, err)
 
 
-def _tb_name(key: str) -> str:
-    if key.startswith("eval_"):
-        return f"eval/{key[5:]}"
-    return f"train/{key}"
+def eval_line(record: dict[str, Any]) -> str:
+    """`eval @ step 40: loss 2.3456, perplexity 10.44` (accuracy for classifiers)."""
+    parts = [f"loss {record['eval_loss']:.4f}"]
+    for key in ("eval_perplexity", "eval_accuracy"):
+        if key in record and isinstance(record[key], int | float):
+            parts.append(f"{key[5:]} {record[key]:.4g}")
+    return f"eval @ step {record['step']}: " + ", ".join(parts)
+
+
+def read_metrics(output: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl as records; where a step was logged twice (a resume repeated it) the later one wins."""
+    path = Path(output) / METRICS_FILE
+    if not path.is_file():
+        return []
+    latest: dict[tuple[int, str], dict[str, Any]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        kind = "eval" if "eval_loss" in record else "train" if "loss" in record else "other"
+        latest[(int(record["step"]), kind)] = record
+    return [latest[key] for key in sorted(latest)]
 
 
 def _jsonable(record: dict[str, Any]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ scaling.engine.state): its keys go into every rank's state file.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from scaling.config.run import RunConfig
 
 __all__ = ["EvalTotals", "LanguageModelling", "Objective"]
+
+logger = logging.getLogger(__name__)
 
 EvalTotals = dict[str, tuple[float, float]]
 """Per eval batch (and after the reduction): metric name -> (weighted sum, total weight)."""
@@ -95,7 +98,25 @@ class LanguageModelling:
     def build_model(self, run: RunConfig, tokenizer: Any) -> Any:
         from scaling.engine.build import make_model
 
-        return make_model(run, tokenizer)
+        model = make_model(run, tokenizer)
+        if run.model.fused_loss and self.task in ("clm", "sft"):
+            from scaling.engine.fused_loss import enable_fused_loss, fused_loss_blocker
+
+            # LoRA: the HF model inside PEFT's wrapper, whose forward PEFT calls with the labels
+            inner: Any = model.get_base_model() if run.lora.enabled else model
+            blocker = fused_loss_blocker(
+                inner,
+                task=self.task,
+                zero_stage=run.zero_stage,
+                tensor_parallel=run.parallel.tensor_parallel,
+                pipeline=run.parallel.pipeline_stages > 1,
+            )
+            if blocker is None:
+                enable_fused_loss(inner)
+                logger.info("fused loss: on (chunked output head + cross-entropy, no full logits)")
+            else:
+                logger.info("fused loss: off (%s)", blocker)
+        return model
 
     def attach(self, engine: Any) -> None:
         """Language modelling needs nothing beside the engine."""

@@ -42,6 +42,12 @@ class RunRequest:
     deepspeed_source: DeepSpeedSource
     world_size: int
     """Processes the run will have."""
+    ranks_here: bool = True
+    """The ranks run on this machine, so its devices are checked against the run (False: a hostfile names
+    other hosts, whose devices this one cannot see)."""
+    ranks_placed: bool = False
+    """A launcher we did not plan started the ranks (deepspeed, srun, mpirun): each may see only its own
+    GPUs, so their number is not checked against the ranks per node."""
     explicit: frozenset[str]
     """Options typed on the command line; the rest are defaults that yield to the DeepSpeed JSON."""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -49,7 +55,11 @@ class RunRequest:
 
 
 def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfig:
-    """Resolve everything that needs no data: raises ConfigError listing every problem."""
+    """Resolve everything that needs no model or tokenizer, with a bounded scan of each data source's head
+    (on the first resolution: with total_steps, the data has been read already): raises ConfigError listing
+    every problem."""
+    from scaling.config.device import probe
+    from scaling.data.quality import scan_sources
     from scaling.models import describe_source, hf_config_for
     from scaling.models.load import hidden_size_of
 
@@ -65,6 +75,8 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
         problems.extend(err.problems)
     if request.model.tokenizer is not None and not Path(request.model.tokenizer).is_dir():
         problems.append(Problem("--tokenizer", "no such tokenizer directory", request.model.tokenizer))
+    if total_steps is None:
+        problems.extend(scan_sources(request.data, request.model.task))
     steps = total_steps or request.optim.max_steps or 1
     try:
         run = resolve_run(
@@ -76,6 +88,8 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
             parallel=request.parallel,
             deepspeed_source=request.deepspeed_source,
             world_size=request.world_size,
+            devices=probe() if request.ranks_here else None,
+            ranks_here=None if request.ranks_placed else request.parallel.gpus_per_node or request.world_size,
             explicit=request.explicit,
             hidden_size=hidden,
             num_heads=heads,
@@ -91,9 +105,34 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
     # The resolved degrees: the DeepSpeed JSON may set them where the options were left at their defaults.
     problems.extend(_layout_problems(hf_config, request, run.parallel))
     problems.extend(_lora_problems(hf_config, source, request, run.parallel))
+    problems.extend(_watch_problems(request))
     if problems:
         raise ConfigError(problems, header="cannot start this run")
     return run
+
+
+def _watch_problems(request: RunRequest) -> list[Problem]:
+    """Tracker and early-stopping options that contradict each other or lack what they watch."""
+    log, problems = request.log, []
+    if not log.tensorboard and "tensorboard" in log.report_to:
+        problems.append(
+            Problem("--report-to", "lists tensorboard, but --no-tensorboard is given", "tensorboard")
+        )
+    from scaling.engine.trackers import tracker_problems
+
+    problems += [
+        Problem("--report-to", text, ",".join(log.report_to)) for text in tracker_problems(log.trackers)
+    ]
+    if log.early_stop_patience is not None and not (request.data.eval and log.eval_every):
+        problems.append(
+            Problem(
+                "--early-stop-patience",
+                "watches the eval loss of periodic evaluations",
+                log.early_stop_patience,
+                fix="also pass --eval-data SPEC and --eval-every N",
+            )
+        )
+    return problems
 
 
 def _layout_problems(hf_config: Any, request: RunRequest, parallel: Any) -> list[Problem]:
@@ -136,6 +175,7 @@ def _lora_problems(hf_config: Any, source: Any, request: RunRequest, parallel: A
 def materialize(request: RunRequest) -> RunConfig:
     """Validate, prepare the tokenizer and the run length, and write OUTPUT/run_config.json."""
     from scaling.data import build_eval_batches, build_tokenizer, build_train_stream
+    from scaling.data.quality import short_source_notices
     from scaling.distributed import Topology
 
     run = validate(request)
@@ -178,6 +218,7 @@ def materialize(request: RunRequest) -> RunConfig:
         dp_size=topology.data_parallel,
         seed=run.optim.seed,
     )
+    short_source_notices(run.data, tokenizer, run.model.task)
     # Reading the first batch here, before any rank starts, turns a missing, empty or unreadable source
     # into a message on the launching host instead of a failure on every rank after start-up.
     next(stream)

@@ -2,8 +2,9 @@
 
 Every piece of run state outside the engine (the data stream's position, the random generators, the loop's
 counters, an objective's own tensors) is a *stateful extra*: an object with `state_dict()` and
-`load_state_dict(state)`. `RankState` unites their dicts into the one `rank{N:05d}.pt` file a checkpoint holds
-per rank, and hands the loaded dict back to each of them on resume.
+`load_state_dict(state)`. `RankState` unites their dicts into the one `rank{N:05d}.safetensors` file a checkpoint
+holds per rank (data only: scaling.checkpoint.state_file), and hands the loaded dict back to each of them on
+resume.
 
 The file stays a flat dict whose keys belong to exactly one part (a clash is a bug and raises):
 `step`, `tokens_seen`, `skipped_nonfinite` (the loop's counters), `world_size`, `dp_rank`, `loss_scale`

@@ -29,14 +29,16 @@ import torch
 import torch.distributed as dist
 
 from scaling.checkpoint.manager import CheckpointManager, saved_run_config
-from scaling.checkpoint.store import CheckpointRef, resolve_resume
+from scaling.checkpoint.store import CheckpointRef, publish_best, resolve_resume, tag_for
 from scaling.config.run import RunConfig
 from scaling.distributed.env import LaunchEnv
 from scaling.distributed.topology import Topology
 from scaling.engine import dist as dist_setup
+from scaling.engine.early_stop import EarlyStopping
 from scaling.engine.layout import Layout, layout_for
 from scaling.engine.metrics import MetricsSink, MfuMeter, memory_stats
 from scaling.engine.objective import LanguageModelling, Objective
+from scaling.engine.run_dir import agree_on_resume, node_local_storage
 from scaling.engine.state import (
     Keyed,
     RankState,
@@ -184,11 +186,18 @@ class Trainer:
         self.output = run.output
         self.layout = layout or layout_for(run, env)
         self.objective: Objective = objective or LanguageModelling(run.model.task)
-        self.ckpt = CheckpointManager(self.output / "checkpoints", self.rank, run.checkpoint.keep_last)
+        # With a run directory per node, each node's local rank 0 writes its node's copy (DeepSpeed's rule).
+        writer = env.local_rank == 0 if node_local_storage(run.deepspeed) else self.rank == 0
+        self.ckpt = CheckpointManager(
+            self.output / "checkpoints", self.rank, run.checkpoint.keep_last, writer=writer
+        )
         self.counters = LoopCounters()
         self.rank_state = RankState()
         self.resume_changes: list[str] = []
         self.current_step = 0  # the optimizer step being run (1-based), named in failure reports
+        self._pending_nonfinite: torch.Tensor | None = None  # this step's earlier micro-batches (see agree)
+        patience = run.log.early_stop_patience
+        self.early_stop = EarlyStopping(patience) if patience else None
 
     @property
     def engine(self) -> Any:
@@ -240,6 +249,8 @@ class Trainer:
             self.objective,
         ):
             self.rank_state.add(part)
+        if self.early_stop is not None:
+            self.rank_state.add(self.early_stop)
 
     # -- the loop -------------------------------------------------------------------------------------
 
@@ -247,11 +258,16 @@ class Trainer:
         run = self.run
         self._build()
         start_step = self._maybe_resume()
-        if self.rank == 0:
+        if self.ckpt.writer:
             self.output.mkdir(parents=True, exist_ok=True)
             (self.output / "run_config.json").write_text(run.to_json(), encoding="utf-8")
         sink = MetricsSink(
-            run.log, self.output, active=self.rank == 0, total_steps=run.total_steps, start_step=start_step
+            run.log,
+            self.output,
+            active=self.rank == 0,
+            total_steps=run.total_steps,
+            start_step=start_step,
+            run_config=run.to_dict(),
         )
         if start_step:
             sink.message(f"resumed from step {start_step}")
@@ -270,6 +286,7 @@ class Trainer:
         eval_metrics: dict[str, float] = {}
         step = start_step
         counters = self.counters
+        stopped_early = False
         try:
             with SigtermFlag() as sigterm:
                 while step < run.total_steps:
@@ -295,6 +312,11 @@ class Trainer:
                     if run.log.eval_every and step % run.log.eval_every == 0 and self.eval_batches:
                         eval_metrics = self.evaluate()
                         sink.log({"step": step, **eval_metrics})
+                        if self.early_stop is not None:
+                            stopped_early = self._watch_eval(step, eval_metrics["eval_loss"], sink)
+                            last_saved = step if self.early_stop.best_step == step else last_saved
+                            if stopped_early:
+                                break
                     adapted = self.stream.maybe_adapt(step, self._evaluate_loss)
                     if adapted:
                         sink.log({"step": step, **{f"mix_weight/{k}": v for k, v in adapted.items()}})
@@ -306,7 +328,7 @@ class Trainer:
                         last_saved = step
                     if step == run.checkpoint.halt_at_step:
                         break
-            halted = step < run.total_steps
+            halted = step < run.total_steps and not stopped_early
             if (
                 self.eval_batches
                 and not halted
@@ -321,7 +343,10 @@ class Trainer:
             )
             export_dir = None
             if run.checkpoint.export_final and not halted:
-                export_dir = self._export_final(ref)
+                best = self._best_ref()
+                if best is not None and best.tag != ref.tag:
+                    sink.message(f"exporting the best checkpoint (lowest eval loss): {best.tag}")
+                export_dir = self._export_final(best or ref)
                 sink.message(f"exported HF model to {export_dir}")
         finally:
             sink.close()
@@ -333,6 +358,25 @@ class Trainer:
             skipped_nonfinite=counters.skipped_nonfinite,
             eval=eval_metrics,
         )
+
+    def _watch_eval(self, step: int, eval_loss: float, sink: MetricsSink) -> bool:
+        """Early stopping: save and pin a checkpoint at every new best eval loss (retention keeps it);
+        whether to stop now (every rank reaches the same verdict from the same collective loss)."""
+        assert self.early_stop is not None
+        verdict = self.early_stop.update(step, eval_loss)
+        if verdict.improved:
+            ref = self.save_checkpoint(step)
+            if self.rank == 0:
+                publish_best(ref)
+        if verdict.stop:
+            sink.message(self.early_stop.describe())
+        return verdict.stop
+
+    def _best_ref(self) -> CheckpointRef | None:
+        """The checkpoint early stopping pinned (None without early stopping or before any eval)."""
+        if self.early_stop is None or self.early_stop.best_step is None:
+            return None
+        return CheckpointRef(self.ckpt.root, tag_for(self.early_stop.best_step))
 
     def train_step(self, step: int, window: StepWindow, sigterm: SigtermFlag) -> bool:
         """One optimizer step, run by the layout. Returns whether any rank got SIGTERM."""
@@ -350,14 +394,25 @@ class Trainer:
         except (AttributeError, TypeError, ZeroDivisionError):  # a model config without the usual names
             return None
 
-    def agree(self, loss: torch.Tensor, sigterm_raised: bool) -> tuple[list[int], bool]:
-        """One small all-reduce per micro-step: which ranks saw a non-finite loss, and whether any rank
-        was asked to stop. Every rank must agree, or a skipped backward would deadlock the others.
+    def agree(
+        self, loss: torch.Tensor, sigterm_raised: bool, *, boundary: bool = True
+    ) -> tuple[list[int], bool]:
+        """Which ranks saw a non-finite loss, and whether any rank was asked to stop: one small all-reduce
+        and one host sync per optimizer step.
 
-        The flags live on the loss's device (NCCL reduces only device tensors) and are read back once:
-        one host sync per micro-step, not one for the finiteness test and another for the result."""
+        With --on-nan skip, every micro-step agrees (a skipped backward on one rank alone would deadlock the
+        others' gradient reduction). A run that stops on NaN needs no such agreement mid-step: each rank
+        remembers its own flag on the device and the ranks agree once, on the last micro-batch before its
+        backward, so non-finite gradients never reach the weights. SIGTERM waits for that boundary too."""
+        local = ~torch.isfinite(loss.detach()).all()
+        if self._pending_nonfinite is not None:
+            local = local | self._pending_nonfinite
+        if not boundary and self.run.optim.on_nan == "stop":
+            self._pending_nonfinite = local
+            return [], False
+        self._pending_nonfinite = None
         flags = torch.zeros(self.env.world_size + 1, dtype=torch.float32, device=loss.device)
-        flags[self.rank] = (~torch.isfinite(loss.detach()).all()).float()
+        flags[self.rank] = local.float()
         if sigterm_raised:
             flags[-1] = 1.0
         if dist.is_initialized() and self.env.world_size > 1:
@@ -405,7 +460,11 @@ class Trainer:
                 tokenizer=self.tokenizer,
                 barrier=dist_setup.barrier,
                 before_commit=self._before_commit,
+                on_every_rank=self._on_every_rank,
             )
+
+    def _on_every_rank(self, flag: bool) -> bool:
+        return all_reduce_int(int(flag), dist.ReduceOp.MIN, device=self.engine.device) == 1
 
     def _before_commit(self, ref: CheckpointRef) -> None:
         self.layout.before_commit(ref)
@@ -413,9 +472,12 @@ class Trainer:
 
     def _assert_finite_weights(self, step: int) -> None:
         # Never commit non-finite weights: a resume from them could never recover.
+        from scaling.compat.deepspeed import local_partition
+
         finite = torch.tensor([1.0], device=self.engine.device)
         for param in self.engine.module.parameters():
-            if param.numel() and not torch.isfinite(param.detach()).all():
+            local = local_partition(param)  # ZeRO-3: this rank's shard (the parameter itself is empty)
+            if local.numel() and not torch.isfinite(local).all():
                 finite[0] = 0.0
                 break
         if dist.is_initialized():
@@ -426,7 +488,12 @@ class Trainer:
     def _maybe_resume(self) -> int:
         """Restore the engine and every stateful extra from the checkpoint `--resume` names; the step to
         continue from (0 for a fresh start)."""
-        ref = resolve_resume(self.run.checkpoint.resume, self.ckpt.root)
+        ref = agree_on_resume(
+            lambda: resolve_resume(self.run.checkpoint.resume, self.ckpt.root),
+            self.ckpt.root,
+            self.env,
+            writer=bool(self.ckpt.writer),
+        )
         if ref is None:
             return 0
         self._check_layout(ref)
@@ -470,9 +537,23 @@ class Trainer:
         target = self.output / "final"
         adapter = self.output / "adapter" if self.run.lora.enabled else None
         with dist_setup.collective_timeout(self.run.parallel.init_timeout_s):  # the others wait for rank 0
-            dist_setup.on_rank0(
-                lambda: export_checkpoint(ref.path, target, adapter_dir=adapter), rank=self.rank
-            )
+            if node_local_storage(self.run.deepspeed) and self.env.world_size > self.env.local_world_size:
+                # rank 0's node holds only its own shards: export from a copy completed by the others
+                from scaling.checkpoint.gather import discard_gathered, gather_to_rank0
+
+                staged = gather_to_rank0(ref, self.rank)
+                try:
+                    source = staged.path if staged is not None else ref.path
+                    dist_setup.on_rank0(
+                        lambda: export_checkpoint(source, target, recorded_as=ref.path, adapter_dir=adapter),
+                        rank=self.rank,
+                    )
+                finally:
+                    discard_gathered(staged)
+            else:
+                dist_setup.on_rank0(
+                    lambda: export_checkpoint(ref.path, target, adapter_dir=adapter), rank=self.rank
+                )
         return target
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from scaling.config.fields import option
 from scaling.errors import ConfigError, Problem
-from scaling.launch.hostfile import parse_hostfile
+from scaling.launch.hostfile import is_valid_hostname, parse_hostfile
 
 RANK_MODULE = "scaling.rank"
 """What every rank runs (`python -m scaling.rank KIND ARGS`): a module of the package, so an installed wheel
@@ -48,8 +48,25 @@ FORWARD_PREFIXES = (
 )
 """Variables every node must share (transport, caches, offline mode) that DeepSpeed's runner does not export."""
 FORWARD_NAMES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-# Credentials must not be copied into a file in the run directory (often on a shared, world-readable disk).
-_SECRET = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS|_KEY)$")
+_SECRET = re.compile(
+    r"TOKEN(?!IZER)|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|AUTH|(?:^|_)KEYS?(?:_|$)", re.IGNORECASE
+)
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MASK = "***"
+"""What the dry run and the logs show in place of a forwarded value."""
+
+
+def is_secret(name: str) -> bool:
+    """Whether a variable's name says it holds a credential. Such variables are never forwarded to other nodes
+    from any source (this host's environment, `.deepspeed_env` files, DeepSpeed's exported prefixes such as
+    MLFLOW_): they would be written into the run directory, onto every node's command line (visible in `ps`)
+    and into logs. docs/security.md says how to give remote ranks a secret deliberately."""
+    return bool(_SECRET.search(name))
+
+
+def forwardable(environ: Mapping[str, str]) -> dict[str, str]:
+    """`environ` without credentials, names a shell cannot export, and multi-line values."""
+    return {k: v for k, v in environ.items() if not is_secret(k) and _ENV_NAME.match(k) and "\n" not in v}
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,8 @@ class NodeCommand:
     """Global ranks started on it."""
     command: str
     """The exact shell command DeepSpeed (or our ssh launcher) runs there."""
+    shown: str = ""
+    """The command as the dry run and the logs show it: forwarded values masked."""
 
 
 @dataclass(frozen=True)
@@ -179,15 +198,8 @@ def select_resources(spec: LaunchSpec) -> dict[str, list[int]]:
 
 def forwarded_environment(environ: Mapping[str, str]) -> dict[str, str]:
     """The variables of this host that every node must see, beyond what DeepSpeed exports by itself."""
-    out = {}
-    for key in sorted(environ):
-        if not (key.startswith(FORWARD_PREFIXES) or key in FORWARD_NAMES):
-            continue
-        value = environ[key]
-        if _SECRET.search(key) or "\n" in value:
-            continue
-        out[key] = value
-    return out
+    wanted = {k: v for k, v in environ.items() if k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES}
+    return dict(sorted(forwardable(wanted).items()))
 
 
 def user_env_files(environ: Mapping[str, str], cwd: Path) -> list[Path]:
@@ -211,7 +223,7 @@ def env_file_values(spec: LaunchSpec, master: str, environ: Mapping[str, str], c
     as they would without us), then the rendezvous address for launchers that start ranks directly."""
     values = forwarded_environment(environ)
     for path in user_env_files(environ, cwd):
-        values.update(read_env_file(path))
+        values.update(forwardable(read_env_file(path)))
     if spec.launcher in SCHEDULER_LAUNCHERS and not spec.no_ssh:
         # srun/mpirun start the ranks themselves; they need the rendezvous address like every other rank.
         values.update(MASTER_ADDR=master, MASTER_PORT=str(spec.port))
@@ -228,7 +240,7 @@ def deepspeed_exports(
     env = dict(environ)
     env["PYTHONPATH"] = f"{cwd}:{env['PYTHONPATH']}" if "PYTHONPATH" in env else str(cwd)
     prefixes = list(ds_runner.EXPORT_ENVS) + list(get_accelerator().export_envs())
-    out = {k: v for k, v in env.items() if any(k.startswith(p) for p in prefixes)}
+    out = forwardable({k: v for k, v in env.items() if any(k.startswith(p) for p in prefixes)})
     out.update(file_values)
     return dict(sorted(out.items()))
 
@@ -277,6 +289,7 @@ def build_plan(
     hosts = list(resources)
     multi = spec.hostfile is not None
     master = spec.master_addr or ("127.0.0.1" if not multi else hosts[0])
+    check_hostname(master, "--master-addr")
     notes: list[str] = []
     if spec.no_ssh and (spec.node_rank is None or not 0 <= spec.node_rank < len(hosts)):
         raise ConfigError(
@@ -316,7 +329,8 @@ def build_plan(
 
     ranks = _rank_ranges(resources)
     nodes: list[NodeCommand] = []
-    export_prefix = "".join(f"export {k}={_ds_quote(v)}; " for k, v in exports.items())
+    if multi and spec.launcher == "pdsh" and not spec.no_ssh:
+        _check_pdsh_words(cwd, python, rank_args, exports)
     for index, host in enumerate(hosts):
         if spec.no_ssh and index != spec.node_rank:
             continue
@@ -327,12 +341,15 @@ def build_plan(
             resources, node_rank=index, master_addr=master, master_port=spec.port,
             rank_args=rank_args, python=python, log_level=local_launch,
         )  # fmt: skip
-        command = shlex.join(argv) if local_launch else f"{export_prefix}cd {cwd}; {shlex.join(argv)}"
-        nodes.append(NodeCommand(host=host, node_rank=index, ranks=ranks[host], command=command))
+        if local_launch:
+            command = shown = shlex.join(argv)
+        else:
+            command = remote_command(exports, cwd, argv)
+            shown = remote_command(exports, cwd, argv, masked=True)
+        nodes.append(NodeCommand(host=host, node_rank=index, ranks=ranks[host], command=command, shown=shown))
     local = [runner]
     if multi and spec.launcher == "ssh" and not spec.no_ssh:
-        ssh = ["ssh", "-o", "BatchMode=yes"] + (["-p", str(spec.ssh_port)] if spec.ssh_port else [])
-        local = [[*ssh, node.host, node.command] for node in nodes]
+        local = [ssh_argv(node.host, node.command, spec.ssh_port) for node in nodes]
     if scheduler:
         notes.append(
             f"{spec.launcher} starts every rank itself with `python -u -m {RANK_MODULE} ...`; "
@@ -344,6 +361,60 @@ def build_plan(
     )  # fmt: skip
 
 
+def remote_command(exports: Mapping[str, str], cwd: Path, argv: list[str], *, masked: bool = False) -> str:
+    """One shell command line for a node: the exports, `cd` into the working directory, then `argv`, every
+    piece quoted, so that `shlex.split` gives back exactly these words (with `;` between the commands).
+    `masked`: the values shown as MASK, for the dry run and the logs."""
+    names = [k for k in exports if _ENV_NAME.match(k)]
+    parts = [f"export {k}={MASK}" if masked else shlex.join(["export", f"{k}={exports[k]}"]) for k in names]
+    parts += [shlex.join(["cd", "--", str(cwd)]), shlex.join(argv)]
+    return " ; ".join(parts)
+
+
+def ssh_argv(host: str, command: str, port: int | None = None) -> list[str]:
+    """ssh to `host` running `command`; `--` ends ssh's options, so no hostname is read as one."""
+    check_hostname(host)
+    return ["ssh", "-o", "BatchMode=yes", *(["-p", str(port)] if port else []), "--", host, command]
+
+
+def check_hostname(host: str, where: str = "host") -> None:
+    """Refuse what is neither an IP address nor a hostname of RFC 1123 labels: a name starting with '-'
+    reaches ssh as an option (`-oProxyCommand=...`)."""
+    if not is_valid_hostname(host):
+        raise ConfigError(
+            [Problem(where, "not a hostname (RFC 1123 labels: letters, digits, '-') or an IP address", host)],
+            header="invalid launch options",
+        )
+
+
+# What DeepSpeed's pdsh runner puts into the remote shell command unquoted (the working directory, the
+# interpreter, arguments without spaces) must be plain words; its exported values are double-quoted, where
+# these still expand.
+_PLAIN_WORD = re.compile(r"^[\w@%+=:,./-]*$")
+_DOUBLE_QUOTE_SPECIAL = re.compile(r'[$`"\\!\n]')
+
+
+def _check_pdsh_words(cwd: Path, python: str, rank_args: list[str], exports: Mapping[str, str]) -> None:
+    """DeepSpeed's pdsh runner builds the remote command as a string without quoting (`cd {cwd}; ...`): refuse
+    anything a shell would read as more than a word instead of letting it run on every node."""
+    bad = [
+        Problem(name, "contains characters DeepSpeed's pdsh command would pass to the remote shell", value)
+        for name, value in [("working directory", str(cwd)), ("python", python)]
+        + [("argument", arg) for arg in rank_args]
+        if not _PLAIN_WORD.match(value)
+    ]
+    bad += [
+        Problem(f"exported {k}", "contains characters that expand inside DeepSpeed's double quotes", MASK)
+        for k, v in exports.items()
+        if _DOUBLE_QUOTE_SPECIAL.search(v)
+    ]
+    if bad:
+        raise ConfigError(
+            bad,
+            header="unsafe for --launcher pdsh (use --launcher ssh, which quotes every piece)",
+        )
+
+
 def write_env_file(
     plan: LaunchPlan, environ: Mapping[str, str] | None = None, cwd: Path | None = None
 ) -> None:
@@ -353,14 +424,25 @@ def write_env_file(
     environ = os.environ if environ is None else environ
     values = env_file_values(plan.spec, plan.master_addr, environ, cwd or Path.cwd())
     plan.env_file.parent.mkdir(parents=True, exist_ok=True)
-    # DeepSpeed splits each line at the first '=' and would fail on a blank line: write nothing else.
-    plan.env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()), encoding="utf-8")
+    # Owner-only: the run directory is often on a shared disk. Created with that mode (no window in which
+    # another user could open it), and an older file's mode is corrected.
+    fd = os.open(plan.env_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        # DeepSpeed splits each line at the first '=' and would fail on a blank line: write nothing else.
+        handle.write("".join(f"{k}={v}\n" for k, v in values.items()))
 
 
 def runner_environment(plan: LaunchPlan, environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of the deepspeed runner: ours, plus DS_ENV_FILE pointing at the run's env file."""
     env = dict(os.environ if environ is None else environ)
     if plan.env_file is not None:
+        # DeepSpeed's multi-node runners export every variable of theirs with its prefixes (MLFLOW_, PYTHON...)
+        # onto the remote command line: credentials among them must not be in the runner's environment.
+        from deepspeed.launcher import runner as ds_runner
+
+        prefixes = tuple(ds_runner.EXPORT_ENVS)
+        env = {k: v for k, v in env.items() if not (k.startswith(prefixes) and is_secret(k))}
         # The runner reads $HOME/<name> and ./<name>; an absolute name makes both point at our file.
         env["DS_ENV_FILE"] = str(plan.env_file.resolve())
     return env
@@ -373,22 +455,28 @@ def render_plan(plan: LaunchPlan, *, run_config: Path) -> str:
         f"{plan.spec.port}; launcher {'no-ssh' if plan.spec.no_ssh else plan.spec.launcher}",
         f"# every rank reads {run_config}",
         "# on this host:",
-        *(shlex.join(argv) for argv in plan.local),
+        *(shlex.join(argv) for argv in shown_local(plan)),
     ]
     for node in plan.nodes:
         first, last = node.ranks[0], node.ranks[-1]
         ranks = f"rank {first}" if first == last else f"ranks {first}-{last}"
         lines.append(f"# node {node.node_rank} ({node.host}), {ranks}:")
-        lines.append(node.command)
+        lines.append(node.shown or node.command)
     if plan.exports:
         lines.append(
             f"# environment every node gets (via {plan.env_file} and DeepSpeed's exported prefixes):"
         )
-        lines.extend(f"{k}={v}" for k, v in plan.exports.items())
+        lines.extend(f"{k}={MASK}" for k in plan.exports)
     elif plan.spec.no_ssh or plan.env_file is None:
         lines.append("# environment: this node's own (each node runs its own launcher)")
     lines.extend(f"# note: {note}" for note in plan.notes)
     return "\n".join(lines) + "\n"
+
+
+def shown_local(plan: LaunchPlan) -> list[list[str]]:
+    """The commands run on this host as the dry run and the logs show them (forwarded values masked)."""
+    shown = {node.command: node.shown for node in plan.nodes if node.shown}
+    return [[shown.get(word, word) for word in argv] for argv in plan.local]
 
 
 def _rank_ranges(resources: Mapping[str, list[int]]) -> dict[str, list[int]]:
@@ -397,9 +485,3 @@ def _rank_ranges(resources: Mapping[str, list[int]]) -> dict[str, list[int]]:
         out[host] = list(range(start, start + len(slots)))
         start += len(slots)
     return out
-
-
-def _ds_quote(value: str) -> str:
-    # MultiNodeRunner.add_export: values with shell-special characters are wrapped in double quotes.
-    value = value.strip()
-    return f'"{value}"' if re.search(r"[^\w@%+=:,./-]", value) else value

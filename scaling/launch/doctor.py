@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.errors import ConfigError
-from scaling.launch.command import LaunchPlan, LaunchSpec, select_resources
+from scaling.launch.command import LaunchPlan, LaunchSpec, check_hostname, select_resources
 from scaling.launch.hostfile import parse_hostfile
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +102,8 @@ def ssh_runner(ssh_port: int | None = None) -> Runner:
         ssh = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={max(1, int(timeout))}"]
         if ssh_port is not None:
             ssh += ["-p", str(ssh_port)]
-        return local_runner(host, [*ssh, host, shlex.join(argv)], timeout)
+        check_hostname(host)
+        return local_runner(host, [*ssh, "--", host, shlex.join(argv)], timeout)
 
     return run
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,11 @@ def parse_hostfile(path: Path) -> list[Host]:
             problems.append(Problem(f"{path}:{number}", "expected 'HOSTNAME slots=N'", raw.strip()))
             continue
         name, slots = match["host"], int(match["slots"])
+        if not is_valid_hostname(name):
+            problems.append(
+                Problem(f"{path}:{number}", "not a hostname (RFC 1123 labels) or an IP address", name)
+            )
+            continue
         if slots < 1:
             problems.append(Problem(f"{path}:{number}", "slots must be at least 1", raw.strip()))
         if name in seen:
@@ -59,3 +66,14 @@ def world_size_of(path: Path, *, num_nodes: int | None = None, num_gpus: int | N
     if num_nodes is not None:
         hosts = hosts[:num_nodes]
     return sum(min(h.slots, num_gpus) if num_gpus else h.slots for h in hosts)
+
+
+def is_valid_hostname(host: str) -> bool:
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host.strip("[]") if host.startswith("[") else host)
+        return True
+    labels = host.split(".")
+    return 0 < len(host) <= 253 and all(_LABEL.match(label) for label in labels)
+
+
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")  # '_' too: common in container and cluster names

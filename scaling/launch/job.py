@@ -94,6 +94,26 @@ def rank_args(kind: JobKind, run_config: Path, *, init_timeout_s: float | None =
     return args
 
 
+def on_hosts(request: JobRequest, spec: LaunchSpec) -> JobRequest:
+    """The request with where its ranks run: this machine's devices are checked against the run only when
+    every selected host is this machine."""
+    from scaling.launch.command import select_resources
+
+    if spec.hostfile is None or all(_is_this_host(host) for host in select_resources(spec)):
+        return request
+    return replace(request, run=replace(request.run, ranks_here=False))
+
+
+def _is_this_host(host: str) -> bool:
+    # getfqdn last: it may wait on DNS
+    return (
+        host == "localhost"
+        or host.startswith("127.")
+        or host == socket.gethostname()
+        or host == socket.getfqdn()
+    )
+
+
 def with_init_timeout(request: JobRequest, timeout_s: float) -> JobRequest:
     parallel = replace(request.run.parallel, init_timeout_s=timeout_s)
     return replace(request, run=replace(request.run, parallel=parallel))
@@ -127,6 +147,10 @@ def run_job(kind: JobKind, ctx: click.Context, params: dict[str, Any]) -> None:
     from scaling.distributed import LaunchEnv
 
     env = LaunchEnv.from_environ(local_rank=params["local_rank"])
+    if env.launched:
+        from scaling.launch.watch import watch_launchers
+
+        watch_launchers()  # a launcher that dies stops this rank like SIGTERM (saved, exit 75)
     job: Callable[[], TrainResult]
     if params["resolved_config"]:
         path = Path(params["resolved_config"])
@@ -137,7 +161,10 @@ def run_job(kind: JobKind, ctx: click.Context, params: dict[str, Any]) -> None:
         per_node = params["num_gpus"] if launching else env.local_world_size
         request = kind.request(ctx, world, per_node)
         if launching:
-            sys.exit(launch_prepared(kind, request, _local_spec(params)))
+            spec = _local_spec(params)
+            sys.exit(launch_prepared(kind, on_hosts(request, spec), spec))
+        if env.launched:
+            request = replace(request, run=replace(request.run, ranks_placed=True))
         job = (
             partial(rank_from_request, kind, request, env)
             if env.world_size > 1
@@ -192,12 +219,14 @@ def rank_from_file(
     """
     from scaling.config.sections import ParallelConfig
     from scaling.engine import dist as dist_setup
+    from scaling.engine.run_dir import adopt_run_dir
 
     if env.world_size == 1:
         return train_rank(kind, read_resolved(kind, run_config), env)
     dist_setup.init_process_group(env, timeout_s=init_timeout_s or ParallelConfig().init_timeout_s)
     with _closing_on_failure():
         texts = dist_setup.from_rank0(lambda: read_resolved(kind, run_config), rank=env.rank)
+        texts = adopt_run_dir(texts, run_config.parent.resolve(), env)
     return train_rank(kind, texts, env)
 
 
@@ -205,6 +234,7 @@ def rank_from_request(kind: JobKind, request: JobRequest, env: LaunchEnv) -> Tra
     """A rank started by a launcher with the job's options (`deepspeed -m scaling.rank train ARGS`, `srun`):
     every rank checks the options (fast, identical failures), rank 0 prepares, all train from its files."""
     from scaling.engine import dist as dist_setup
+    from scaling.engine.run_dir import adopt_run_dir
 
     kind.check(request)
     dist_setup.init_process_group(env, timeout_s=request.run.parallel.init_timeout_s)
@@ -212,6 +242,7 @@ def rank_from_request(kind: JobKind, request: JobRequest, env: LaunchEnv) -> Tra
         texts = dist_setup.from_rank0(
             lambda: read_resolved(kind, kind.prepare(request) / RUN_CONFIG), rank=env.rank
         )
+        texts = adopt_run_dir(texts, Path(request.run.checkpoint.output).resolve(), env)
     return train_rank(kind, texts, env)
 
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+EXIT_USER_ERROR = 2  # a UserError: one message, no traceback, on every rank
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: the run saved and stopped on SIGTERM; `--resume auto` continues it
 REPORTS_DIR = "reports"
 PREEMPTED = "preempted"
@@ -99,7 +100,11 @@ class Outcome:
     """One paragraph for the log; empty for a clean finish."""
 
 
-def conclude(returncode: int, reports: list[RankReport], world_size: int) -> Outcome:
+def conclude(
+    returncode: int, reports: list[RankReport], world_size: int, *, ranks: list[int] | None = None
+) -> Outcome:
+    """`ranks`: the ranks this host started and must account for (all of them by default; with --no-ssh
+    only this node's, whose reports are the only ones a node-local run directory holds)."""
     failed = [r for r in reports if r.kind == FAILED]
     preempted = [r for r in reports if r.kind == PREEMPTED]
     if not failed and preempted:
@@ -111,8 +116,11 @@ def conclude(returncode: int, reports: list[RankReport], world_size: int) -> Out
         )
     if returncode == 0 and not failed:
         return Outcome(0, "")
+    if returncode == EXIT_USER_ERROR and not reports:
+        # Every rank raised the same user error before training (it is on the console once, from rank 0).
+        return Outcome(EXIT_USER_ERROR, "the ranks stopped before training on the error above")
     code = returncode if returncode > 0 else 1
-    silent = sorted(set(range(world_size)) - {r.rank for r in reports})
+    silent = sorted(set(range(world_size) if ranks is None else ranks) - {r.rank for r in reports})
     causes = [r for r in failed if not r.peer_failure]
     lines = []
     if causes:
@@ -121,8 +129,8 @@ def conclude(returncode: int, reports: list[RankReport], world_size: int) -> Out
     if silent and (not causes or returncode < 0 or returncode > 128):
         steps = sorted({r.step for r in failed})
         at = f" (its peers failed at step {steps[0]})" if steps else ""
-        ranks = ", ".join(map(str, silent))
-        lines.append(f"rank {ranks} stopped without a report: killed, crashed hard or hung{at}")
+        names = ", ".join(map(str, silent))
+        lines.append(f"rank {names} stopped without a report: killed, crashed hard or hung{at}")
     for r in failed:
         if r.peer_failure:
             lines.append(f"  rank {r.rank} on {r.host} at step {r.step}: {_first_line(r.error)}")

@@ -19,8 +19,10 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from scaling.launch.command import LaunchPlan, runner_environment, write_env_file
+from scaling.launch.command import LaunchPlan, runner_environment, shown_local, write_env_file
+from scaling.launch.quiet import QuietOutput
 from scaling.launch.status import clear_reports, conclude, read_reports
+from scaling.logs import launcher_log
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,10 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
     env = runner_environment(plan, environ)
     _become_subreaper()
     before = {p.pid for p in _descendants()}  # e.g. a test's worker pool: not ours to end
-    for argv in plan.local:
+    for argv in shown_local(plan):  # forwarded values masked
         log.info("+ %s", shlex.join(argv))
-    procs = [subprocess.Popen(argv, env=env) for argv in plan.local]
+    quiet = QuietOutput(launcher_log(output))
+    procs = [quiet.start(argv, env) for argv in plan.local]
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: _forward_sigterm(procs))
     try:
         try:
@@ -51,7 +54,9 @@ def run_plan(plan: LaunchPlan, *, output: Path, environ: Mapping[str, str] | Non
     finally:
         signal.signal(signal.SIGTERM, previous)
         _reap_orphans(before)
-    outcome = conclude(returncode, read_reports(output), plan.world_size)
+        quiet.close()
+    ours = [rank for node in plan.nodes for rank in node.ranks] if plan.spec.no_ssh else None
+    outcome = conclude(returncode, read_reports(output), plan.world_size, ranks=ours)
     if outcome.message:
         log.warning("[scaling launch] %s", outcome.message)
     return outcome.exit_code

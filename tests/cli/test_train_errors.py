@@ -109,3 +109,16 @@ def test_bad_config_exits_before_any_process_group(ok_args, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "zero_optimization.stage" in proc.stderr
     assert "ENGINE_IMPORTED False" in proc.stdout
+
+
+def test_watch_options_that_cannot_work_are_refused_before_launch(ok_args, monkeypatch):
+    result = run_train(*ok_args, "--early-stop-patience", "2")
+    assert_usage_error(result, "--early-stop-patience", "--eval-data SPEC and --eval-every N")
+    result = run_train(*ok_args, "--report-to", "tensorboard", "--no-tensorboard")
+    assert_usage_error(result, "--report-to", "--no-tensorboard")
+    result = run_train(*ok_args, "--report-to", "wandb,nope")
+    assert_usage_error(result, "nope: choose from tensorboard, wandb, mlflow, csv")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    result = run_train(*ok_args, "--report-to", "mlflow")
+    assert_usage_error(result, "MLFLOW_ALLOW_FILE_STORE=true")

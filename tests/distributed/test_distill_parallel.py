@@ -82,11 +82,12 @@ def test_parallel_distillation_matches_one_rank(
 def _assert_same_projection(one, par):
     """The projection trained beside the engine ends where the one-rank run's does, and so does its Adam
     first moment, which (unlike Adam's update) scales with the gradient: a wrong average over the ranks shows."""
-    import torch
 
     def saved(run):
-        state = torch.load(
-            run / "checkpoints" / f"step-{STEPS:08d}" / "scaling" / "rank00000.pt", weights_only=False
+        from scaling.checkpoint.state_file import read_rank_state
+
+        state = read_rank_state(
+            run / "checkpoints" / f"step-{STEPS:08d}" / "scaling" / "rank00000.safetensors"
         )
         moment = next(iter(state["projection_optim"]["state"].values()))["exp_avg"]
         return state["projection"]["weight"], moment

@@ -38,3 +38,17 @@ def test_skip_counts_and_continues(tmp_path, small_corpus, clm_tokenizer):
     assert all(math.isfinite(r["loss"]) for r in records)
     assert records[-1]["skipped_nonfinite"] == 2
     assert store.read_latest(out / "checkpoints").step == 6
+
+
+def test_stop_with_accumulation_catches_an_early_micro_batch_before_the_step(
+    tmp_path, small_corpus, clm_tokenizer
+):
+    # One agreement per optimizer step: the NaN of micro-batch 0 of step 2 (call 2) is remembered on rank 1
+    # and agreed on before micro-batch 1's backward, so the step never applies it.
+    out = tmp_path / "run"
+    args = args_for(out, small_corpus, clm_tokenizer, "--grad-accum", "2")
+    results = run_ranks(train_cli_with_nan, 2, args, 1, [2])
+    for result in results:
+        assert result["exit"] == 2
+        assert "non-finite loss at step 2, rank(s) 1" in result["message"]
+    assert store.read_latest(out / "checkpoints") is None

@@ -9,6 +9,7 @@ from ranks import train_cli
 from ranks_parallel import dp_phase, tiny_model
 
 from scaling.checkpoint.reshape import Layout, _to_universal, check_reshape
+from scaling.checkpoint.state_file import read_rank_state
 
 ROWS, SEQ, SAVE_AT, END = 4, 16, 2, 4
 RTOL = 1e-5
@@ -115,7 +116,7 @@ def test_zero3_dp2_run_resumes_on_one_zero2_rank_at_the_global_sample_position(
         cli, ["checkpoint", "reshape", str(tmp_path / "b"), "--output", str(out), "--world-size", "1"]
     )
     assert result.exit_code == 0, result.output
-    state = torch.load(next(out.glob("step-*")) / "scaling" / "rank00000.pt", weights_only=False)
+    state = read_rank_state(next(out.glob("step-*")) / "scaling" / "rank00000.safetensors")
     # 2 steps x 2 ranks x 1 micro-batch of 2 samples = 8 samples = 4 micro-batches of the single new rank
     assert state["reshaped"] == {"consumed_samples": 8, "micro_batches_per_rank": 4}
     assert state["data"]["batches"] == 4 and state["data"]["dp_size"] == 1 and state["world_size"] == 1

@@ -22,5 +22,7 @@ def test_fp16_trains_and_checkpoints_loss_scale(tmp_path, small_corpus, clm_toke
             "--no-progress"]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    state = torch.load(out / "checkpoints" / "step-00000006" / "scaling" / "rank00000.pt", weights_only=False)
+    from scaling.checkpoint.state_file import read_rank_state
+
+    state = read_rank_state(out / "checkpoints" / "step-00000006" / "scaling" / "rank00000.safetensors")
     assert state["loss_scale"] is not None and state["loss_scale"] > 0

@@ -50,6 +50,7 @@ def test_mlm_and_size_and_speed(models: dict[str, Path]) -> None:
     assert res["size_bytes"] == (models["bert-mlm"] / "model.safetensors").stat().st_size
     assert res["parameters"] == sum(p.numel() for p in load_hf(models["bert-mlm"]).model.parameters())
     assert res["latency_ms"] > 0 and res["throughput_tokens_per_s"] > 0
+    assert res["latency_min_ms"] <= res["latency_ms"] <= res["latency_max_ms"]
 
 
 @pytest.mark.skipif(not (SHARED / "sst2" / "dev.tsv").is_file(), reason="shared data absent")
@@ -100,3 +101,20 @@ def test_report_labels_tell_exported_runs_apart() -> None:
         "student/final",
         "student-int8",
     ]
+
+
+def test_report_gives_latency_ranges_and_marks_differences_inside_the_noise() -> None:
+    from scaling.compress.report import markdown
+
+    def row(name: str, median: float, low: float, high: float) -> dict:
+        return {"model": name, "size_bytes": 1000, "latency_ms": median, "latency_min_ms": low,
+                "latency_max_ms": high, "throughput_tokens_per_s": 1000 / median}  # fmt: skip
+
+    rows = [row("float", 36.6, 30.0, 41.0), row("int8", 34.0, 33.0, 52.0), row("pruned", 20.0, 18.0, 21.0)]
+    table = markdown(rows).splitlines()
+    assert "latency ms: median [min, max]" in table[0]
+    cells = {line.split("|")[1].strip(): line for line in table[2:5]}
+    assert "| 36.6 [30.0, 41.0] | 1.00 |" in cells["float"]
+    assert "| 34.0 [33.0, 52.0] | ~0.93 |" in cells["int8"]  # ranges overlap: not measurably faster
+    assert "| 20.0 [18.0, 21.0] | 0.55 |" in cells["pruned"]  # apart: a real difference
+    assert "inside the noise" in markdown(rows)

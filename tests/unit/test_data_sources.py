@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from scaling.data.sources import parse_spec
+from scaling.data.sources import ReadLimits, parse_spec
 from scaling.data.streams import open_record_stream
 from scaling.errors import DataError
 
@@ -23,6 +23,7 @@ def read_all(
     dp_rank: int = 0,
     dp_size: int = 1,
     max_doc_chars: int = 1_000_000,
+    limits: ReadLimits | None = None,
 ):
     stream = open_record_stream(
         parse_spec(raw),
@@ -31,6 +32,7 @@ def read_all(
         dp_rank=dp_rank,
         dp_size=dp_size,
         seed=0,
+        limits=limits,
     )
     stream.shuffle_files = False
     records = []
@@ -149,7 +151,10 @@ def test_two_ranks_read_disjoint_complete_shares():
 def test_bad_data_is_repaired_skipped_split_and_counted(tmp_path):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"good line\n\n   \ncaf\xe9 broken\n" + "é".encode() * 3000 + b"\nend\n")
-    records, stream = read_all(str(path), max_doc_chars=1000)
+    tolerant = ReadLimits(
+        max_bad_fraction=1.0
+    )  # the default refuses these files (tests/unit/test_data_quality.py)
+    records, stream = read_all(str(path), max_doc_chars=1000, limits=tolerant)
     assert records[0].text == "good line"
     assert records[1].text == "caf\ufffd broken"
     assert stream.counts.repaired_utf8 == 1 and stream.counts.skipped_empty == 2
@@ -158,7 +163,7 @@ def test_bad_data_is_repaired_skipped_split_and_counted(tmp_path):
     assert stream.counts.split_long == len(long_pieces) - 1 and "\ufffd" not in "".join(long_pieces)
     jsonl = tmp_path / "bad.jsonl"
     jsonl.write_text('{"text": "ok"}\n{not json}\n{"other": 1}\n{"text": ""}\n')
-    records, stream = read_all(str(jsonl))
+    records, stream = read_all(str(jsonl), limits=tolerant)
     assert [r.text for r in records] == ["ok"]
     assert stream.counts.skipped_bad == 2 and stream.counts.skipped_empty == 1
 

@@ -176,6 +176,17 @@ def test_preemption_is_75_whatever_the_launcher_said(tmp_path):
     assert RankReport(0, "h", 1, FAILED, "Timed out waiting 5000ms for recv").peer_failure
 
 
+def test_a_node_accounts_only_for_its_own_silent_ranks(tmp_path):
+    write_report(tmp_path, rank=2, step=5, kind=FAILED, error="RuntimeError: Connection closed by peer")
+    message = conclude(1, read_reports(tmp_path), world_size=4, ranks=[2, 3]).message
+    assert "rank 3 stopped without a report" in message and "rank 0" not in message
+
+
+def test_a_user_error_before_training_is_not_called_a_crash():
+    outcome = conclude(2, [], world_size=2)  # every rank printed the same UserError and wrote no report
+    assert outcome.exit_code == 2 and "stopped without a report" not in outcome.message
+
+
 def test_cli_dry_run_prints_and_starts_nothing(hostfile, tmp_path, small_corpus, clm_tokenizer):
     run = tmp_path / "run"
     result = CliRunner().invoke(cli, [

@@ -90,3 +90,91 @@ def test_every_scaling_command_logs_info_on_rank_0_only(monkeypatch):
     assert result.exit_code == 0 and result.output == "checkpoint step 2 committed\n"
     other = CliRunner().invoke(main.cli, ["export"], env={"RANK": "1", "WORLD_SIZE": "2"})
     assert other.exit_code == 0 and other.output == ""
+
+
+# What the deepspeed launcher chain printed during `make demo` (one SIGTERM-preempted run), verbatim.
+LAUNCHER_OUTPUT = (
+    "[2026-12-01 02:00:12,159] [WARNING] [runner.py:214:fetch_hostfile] Unable to find hostfile, will proceed "
+    "with training with local resources only.\n"
+    "[2026-12-01 02:00:12,159] [INFO] [runner.py:618:main] cmd = /venv/bin/python -u -m deepspeed.launcher.launch "
+    "--world_info=eyJsb2NhbGhvc3QiOiBbMCwgMV19 --master_addr=127.0.0.1 --module scaling.rank train\n"
+    "[2026-12-01 02:01:06,065] [INFO] [launch.py:174:main] Setting CUDA_VISIBLE_DEVICES=0,1\n"
+    "Failed to load /venv/lib/python3.11/site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: Could "
+    "not load this library\n"
+    "[rank0]:W1201 02:00:26.877000 17745 torch/utils/_pytree.py:630] <enum 'KernelPreference'> is an Enum "
+    "subclass and is now natively supported by torch.compile as an opaque value type. Calling register_constant() "
+    "on Enum subclasses is deprecated and will be an error in a future release.\n"
+    "\r  0%|          | 0/120 [00:00<?, ?step/s]/venv/lib/python3.11/site-packages/torch/distributed/"
+    "c10d_logger.py:83: FutureWarning: `torch.distributed.all_gather_into_tensor` is deprecated. Please use "
+    "`torch.distributed.all_gather_single` instead.\n"
+    "  return func(*args, **kwargs)\n"
+    "\r  1%|          | 1/120 [00:01<02:34,  1.29s/step]"
+    "\r  2%|▏         | 2/120 [00:01<01:38,  1.20step/s]\n"
+    "resumed from step 60\n"
+    "eval @ step 120: loss 5.8070, perplexity 333.1\n"
+    "Processing zero checkpoint '/tmp/demo/run/checkpoints/step-00000120'\n"
+    "Reconstructed fp32 state dict with 28 params 263936 elements\n"
+    "[2026-12-01 02:01:42,182] [ERROR] [launch.py:259:main] ['/venv/bin/python', '-u', '-m', 'scaling.rank'] "
+    "exits with return code = 75\n"
+    "[2026-12-01 02:01:42,182] [ERROR] [launch.py:259:main] ['/venv/bin/python'] exits with return code = 1\n"
+    "Traceback (most recent call last):\n"
+    '  File "x.py", line 1, in <module>\n'
+    "prompt without a line end"
+)
+
+
+def test_launcher_output_keeps_our_lines_and_logs_the_third_party_noise():
+    from scaling.logs import LineFilter
+
+    console: list[str] = []
+    noise: list[str] = []
+    lines = LineFilter(console.append, noise.append)
+    for start in range(0, len(LAUNCHER_OUTPUT), 37):  # arrives in arbitrary pieces
+        lines.feed(LAUNCHER_OUTPUT[start : start + 37])
+    lines.flush()
+    shown = "".join(console)
+    assert shown == (
+        "\r"  # the carriage return before the bar frame the warning was printed behind
+        "\r  1%|          | 1/120 [00:01<02:34,  1.29s/step]"
+        "\r  2%|▏         | 2/120 [00:01<01:38,  1.20step/s]\n"
+        "resumed from step 60\n"
+        "eval @ step 120: loss 5.8070, perplexity 333.1\n"
+        "[2026-12-01 02:01:42,182] [ERROR] [launch.py:259:main] ['/venv/bin/python'] exits with return code = 1\n"
+        "Traceback (most recent call last):\n"
+        '  File "x.py", line 1, in <module>\n'
+        "prompt without a line end"
+    )  # a real failure and its traceback stay; a clean preemption (75) prints no [ERROR]
+    logged = "".join(noise)
+    assert len(noise) == 10 and logged.count("\n") == 10
+    for needle in ("Unable to find hostfile", "cmd = ", "CUDA_VISIBLE_DEVICES", "_C_mxfp8", "register_constant",
+                   "all_gather_into_tensor", "return func(*args", "Processing zero", "return code = 75"):  # fmt: skip
+        assert needle in logged, needle
+
+
+def test_in_process_noise_goes_to_the_rank_log_not_the_console(tmp_path):
+    import subprocess
+    import sys
+
+    script = f"""
+import logging, warnings
+from pathlib import Path
+from scaling.logs import setup_logging
+setup_logging(0)                                   # the CLI's set-up: no run directory yet
+logging.getLogger("torchao").warning("Failed to load /x/torchao/_C_mxfp8.so: Could not load this library")
+warnings.warn("`torch.distributed.all_gather_into_tensor` is deprecated.", FutureWarning)
+setup_logging(0, run_dir=Path({str(tmp_path)!r}))  # the rank's, once the run directory is known
+logging.getLogger("neural_compressor").warning("hw aligned scales not supported for device CPU")
+logging.getLogger("torchao").warning("a torchao warning we have not seen before")
+warnings.warn("a warning of our own", UserWarning)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Failed to load" not in done.stderr and "all_gather_into_tensor" not in done.stderr
+    assert "hw aligned" not in done.stderr
+    assert (
+        "a torchao warning we have not seen before" in done.stderr and "a warning of our own" in done.stderr
+    )
+    logged = (tmp_path / "logs" / "rank-0.log").read_text()
+    assert "WARNING torchao: Failed to load /x/torchao/_C_mxfp8.so" in logged  # held, then written
+    assert "py.warnings: FutureWarning: `torch.distributed.all_gather_into_tensor` is deprecated." in logged
+    assert "WARNING neural_compressor: hw aligned scales" in logged
