@@ -103,7 +103,9 @@ class LanguageModelling:
             from scaling.engine.fused_loss import enable_fused_loss, fused_loss_blocker
 
             # LoRA: the HF model inside PEFT's wrapper, whose forward PEFT calls with the labels
-            inner: Any = model.get_base_model() if run.lora.enabled else model
+            inner: Any = model
+            if run.lora.enabled:
+                inner = inner.get_base_model()
             blocker = fused_loss_blocker(
                 inner,
                 task=self.task,
