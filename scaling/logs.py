@@ -15,7 +15,9 @@ which writes them to OUTPUT/logs/launcher.log.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
+import os
 import re
 import sys
 import threading
@@ -287,3 +289,44 @@ def setup_logging(
 def _own(logger: logging.Logger, handler: logging.Handler) -> None:
     handler._scaling_owned = True  # type: ignore[attr-defined]
     logger.addHandler(handler)
+
+
+class _LostConsoleGuard:
+    """A text stream that keeps working when its reader is gone: the first EPIPE points the underlying file
+    descriptor at /dev/null and the write is dropped. A rank's stdout is a pipe to `scaling launch`'s output
+    filter; when that process is killed, the rank must still reach its step boundary and save (the launcher
+    watch asks it to) instead of dying of a BrokenPipeError in a progress bar or a print. Its log file keeps
+    every record either way."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def _silence(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._silence()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def survive_lost_console() -> None:
+    """Guard sys.stdout and sys.stderr against a reader that dies (see _LostConsoleGuard)."""
+    if not isinstance(sys.stdout, _LostConsoleGuard):
+        sys.stdout = _LostConsoleGuard(sys.stdout)
+    if not isinstance(sys.stderr, _LostConsoleGuard):
+        sys.stderr = _LostConsoleGuard(sys.stderr)

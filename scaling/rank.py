@@ -65,8 +65,9 @@ def split_args(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def main(argv: list[str] | None = None, *, prog_name: str | None = None) -> None:
-    from scaling.logs import install_noise_filters
+    from scaling.logs import install_noise_filters, survive_lost_console
 
+    survive_lost_console()  # our stdout is a pipe to `scaling launch`, which may be killed before we save
     install_noise_filters()  # before torch, torchao and deepspeed are imported: some speak at import time
     args = sys.argv[1:] if argv is None else list(argv)
     name, command_args = split_args(args)

@@ -106,9 +106,9 @@ def export_checkpoint(
 
     `checkpoint` may be a step directory, a checkpoints root or a run directory. The directory appears
     complete or not at all: it is assembled beside the target and renamed into place. `recorded_as`: the
-    checkpoint to name in scaling_export.json when `checkpoint` is a temporary copy of it. A LoRA run's export is its
-    base with the adapters merged in, and the PEFT adapter directory goes to `adapter_dir` (default:
-    `output_dir` with `-adapter` appended to its name).
+    checkpoint to name in scaling_export.json when `checkpoint` is a temporary copy of it. A LoRA run's
+    export is its base with the adapters merged in, and the PEFT adapter directory goes to `adapter_dir`
+    (default: `output_dir` with `-adapter` appended to its name).
     """
     ref = ref_from_path(Path(checkpoint))
     verify(ref.path, hashes=True)

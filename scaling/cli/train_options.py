@@ -14,6 +14,7 @@ from scaling.config.cli_options import explicit_options, from_params, section_op
 from scaling.config.sections import (
     CheckpointConfig,
     DeepSpeedSource,
+    DpoConfig,
     LogConfig,
     ModelConfig,
     OptimConfig,
@@ -41,6 +42,7 @@ def run_option_groups() -> list[list[Any]]:
         section_options(LogConfig),
         section_options(ParallelConfig, exclude=_NOT_TRAIN_OPTIONS),
         section_options(DataConfig),
+        section_options(DpoConfig),
     ]
 
 
@@ -65,5 +67,6 @@ def run_request_from_options(
         deepspeed_source=from_params(DeepSpeedSource, params),
         world_size=world_size,
         explicit=explicit,
+        dpo=from_params(DpoConfig, params),
         lora=from_params(LoraConfig, params),
     )

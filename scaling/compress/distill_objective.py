@@ -3,8 +3,8 @@ supplies soft labels (and hidden states / attention maps), see scaling.compress.
 
 It runs on every layout where the teacher's outputs line up with the student's:
 - plain data parallelism / ZeRO: each rank keeps a full teacher, or under ZeRO-3 the teacher gets its own
-  DeepSpeed engine, partitioned with ZeRO-3 and without an optimizer, so a teacher larger than one rank's
-  share never sits whole on any rank;
+  DeepSpeed engine, partitioned with ZeRO-3 and without an optimizer (scaling.engine.frozen), so a teacher
+  larger than one rank's share never sits whole on any rank;
 - AutoTP: the sharded student's outputs are whole on every tensor peer, so the loss is the plain one
   (attention maps are not: the eager attention of a sharded layer returns its own heads only);
 - Ulysses: the teacher runs on the whole micro-batch every sequence peer holds (it is not sequence-parallel:
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,6 +36,7 @@ from scaling.compress.distill_loss import (
     kd_per_position,
     kd_positions,
 )
+from scaling.engine.frozen import build_frozen, run_dtype
 from scaling.engine.objective import EvalTotals, LanguageModelling, ratio
 from scaling.engine.shards import IGNORE, SequenceShard, gradient_factor, token_loss_sum
 from scaling.engine.step_window import loss_scale
@@ -48,7 +47,7 @@ if TYPE_CHECKING:
     from scaling.compress.distill import DistillConfig
     from scaling.config.run import RunConfig
 
-__all__ = ["DistillObjective", "parallel_problems", "teacher_deepspeed_config"]
+__all__ = ["DistillObjective", "parallel_problems"]
 
 
 def parallel_problems(cfg: DistillConfig | None, parallel: Any) -> list[tuple[str, str, Any]]:
@@ -80,39 +79,6 @@ def parallel_problems(cfg: DistillConfig | None, parallel: Any) -> list[tuple[st
                     )
                 )
     return out
-
-
-def teacher_deepspeed_config(run: RunConfig) -> dict[str, Any]:
-    """The teacher's engine: ZeRO-3 partitioned like the student's, no optimizer, same precision."""
-    zero = run.deepspeed.get("zero_optimization", {})
-    section: dict[str, Any] = {"stage": 3}
-    for key, value in zero.items():
-        if key.startswith("stage3_") or key in ("offload_param", "param_persistence_threshold"):
-            section[key] = value
-    config: dict[str, Any] = {
-        "train_micro_batch_size_per_gpu": run.optim.micro_batch,
-        "gradient_accumulation_steps": 1,
-        "zero_optimization": section,
-        "steps_per_print": 1 << 30,
-    }
-    for key in ("bf16", "fp16"):
-        if run.deepspeed.get(key, {}).get("enabled"):
-            config[key] = {"enabled": True}
-    return config
-
-
-@contextmanager
-def zero3_init(ds_config: dict[str, Any]) -> Iterator[None]:
-    """Partition parameters as transformers creates them (see scaling.engine.build._zero3_construction)."""
-    from transformers.integrations import HfDeepSpeedConfig
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    keep_alive = HfDeepSpeedConfig(ds_config)
-    try:
-        yield
-    finally:
-        del keep_alive
-        unset_hf_deepspeed_config()
 
 
 class DistillObjective:
@@ -151,8 +117,11 @@ class DistillObjective:
     # -- building -------------------------------------------------------------------------------------
 
     def build_model(self, run: RunConfig, tokenizer: Any) -> Any:
-        """The student (run.model.source names its directory once the run is prepared)."""
-        return self.lm.build_model(run, tokenizer)
+        """The student (run.model.source names its directory once the run is prepared). Built plainly, never
+        with the fused loss: distillation reads the student's logits."""
+        from scaling.engine.build import make_model
+
+        return make_model(run, tokenizer)
 
     def attach(self, engine: Any) -> None:
         from scaling.compress.student import num_layers
@@ -193,25 +162,11 @@ class DistillObjective:
 
         run = self.run
         assert self.distill.teacher_dir is not None
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run.optim.precision, torch.float32)
-        kwargs: dict[str, Any] = {"local_files_only": True, "dtype": dtype}
+        kwargs: dict[str, Any] = {"local_files_only": True, "dtype": run_dtype(run)}
         if self.wants_attention:
             kwargs["attn_implementation"] = "eager"
         cls = model_class_for(run.model.task)
-        if run.zero_stage == 3:
-            import deepspeed
-
-            ds_config = teacher_deepspeed_config(run)
-            with zero3_init(ds_config):
-                model = cls.from_pretrained(self.distill.teacher_dir, **kwargs)
-            model.requires_grad_(False)
-            teacher, _, _, _ = deepspeed.initialize(model=model, config=ds_config, dist_init_required=False)
-            teacher.eval()
-            return teacher
-        model = cls.from_pretrained(self.distill.teacher_dir, **kwargs).to(device)
-        model.requires_grad_(False)
-        model.eval()
-        return model
+        return build_frozen(run, lambda: cls.from_pretrained(self.distill.teacher_dir, **kwargs), device)
 
     # -- the loss -------------------------------------------------------------------------------------
 
@@ -309,6 +264,10 @@ class DistillObjective:
         metrics = self.lm.metrics({k: v for k, v in totals.items() if k != "kd"})
         metrics["eval_kd_loss"] = ratio(totals, "kd")
         return metrics
+
+    def train_metrics(self) -> dict[str, float]:
+        """The blended loss the step window logs is all there is."""
+        return {}
 
     # -- the projection, checkpoints ------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from scaling.config.sections import (
     TASKS,
     CheckpointConfig,
     DeepSpeedSource,
+    DpoConfig,
     LogConfig,
     ModelConfig,
     OptimConfig,
@@ -51,6 +52,8 @@ class RunConfig:
     """The final DeepSpeed JSON every rank passes to deepspeed.initialize."""
     deepspeed_sources: dict[str, str] = field(default_factory=dict)
     """Dotted key -> where its value came from."""
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    """The DPO loss's settings (read by --task dpo only)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapters over a frozen base (off unless lora.r > 0)."""
 
@@ -84,6 +87,7 @@ class RunConfig:
             total_steps=data["total_steps"],
             deepspeed=data["deepspeed"],
             deepspeed_sources=data["deepspeed_sources"],
+            dpo=DpoConfig(**data.get("dpo", {})),
             lora=LoraConfig(**data.get("lora", {})),  # runs saved before LoRA existed have none
         )
 
@@ -181,6 +185,7 @@ def resolve_run(
     ranks_here: int | None = None,
     total_steps: int,
     cpu_only: bool | None = None,
+    dpo: DpoConfig | None = None,
     lora: LoraConfig | None = None,
 ) -> RunConfig:
     """Resolve the DeepSpeed JSON against the run options and return the complete run.
@@ -236,6 +241,7 @@ def resolve_run(
         total_steps=resolved.run.total_steps,
         deepspeed=resolved.config,
         deepspeed_sources=resolved.sources,
+        dpo=dpo or DpoConfig(),
         lora=lora or LoraConfig(),
     )
 

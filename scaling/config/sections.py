@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from scaling.config.fields import option
 
-TASKS = ("clm", "mlm", "seq-cls", "sft")
+TASKS = ("clm", "mlm", "seq-cls", "sft", "dpo")
 PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("linear", "cosine", "constant")
 ON_NAN = ("stop", "skip")
@@ -28,13 +28,14 @@ class ModelConfig:
     """An HF model directory (weights loaded offline), a config.json (random init) or a preset (tiny-gpt2,
     tiny-llama, tiny-bert)."""
     task: str = option("clm", choices=TASKS)
-    """clm (causal LM), mlm (masked LM), seq-cls (sequence classification) or sft (chat fine-tuning of a
-    causal LM on conversations, loss on the assistant turns)."""
+    """clm (causal LM), mlm (masked LM), seq-cls (sequence classification), sft (chat fine-tuning of a
+    causal LM on conversations, loss on the assistant turns) or dpo (preference tuning of a causal LM on
+    chosen/rejected answer pairs)."""
     tokenizer: str | None = option(None)
     """Tokenizer directory (default: the model's own, or one trained on --data for presets and bare configs)."""
-    chat_template: str | None = option(None, metavar="chatml|FILE")
-    """sft: the chat template, 'chatml' or a Jinja file (default: the tokenizer's own; ChatML, with its special
-    tokens added, for a tokenizer trained here)."""
+    chat_template: str | None = option(None, metavar="chatml|llama3|FILE")
+    """sft, dpo: the chat template, 'chatml', 'llama3' or a Jinja file (default: the tokenizer's own; ChatML,
+    with its special tokens added, for a tokenizer trained here)."""
     num_labels: int = option(2, min=2)
     """Classes for seq-cls."""
     vocab_size: int = option(4096, min=64)
@@ -81,6 +82,15 @@ class OptimConfig:
     """Seed of model init, data order, dropout and augmentation."""
     on_nan: str = option("stop", choices=ON_NAN)
     """What a non-finite loss does: stop the run, or skip the step and count it."""
+
+
+@dataclass(kw_only=True)
+class DpoConfig:
+    """Preference tuning (--task dpo): the settings of the DPO loss."""
+
+    beta: float = option(0.1, flag="--dpo-beta", param="dpo_beta", min=0, min_open=True)
+    """dpo: strength of the pull towards the reference model in the sigmoid DPO loss (larger: the policy
+    stays closer to the reference; rewards are beta times the log-probability ratio)."""
 
 
 @dataclass(kw_only=True)

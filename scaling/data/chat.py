@@ -38,6 +38,17 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
     "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+LLAMA3 = "llama3"
+LLAMA3_TOKENS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+# Meta's Llama 3 instruct template (without tools), its special tokens written out rather than taken from
+# the tokenizer's bos_token, so the format is the same whatever tokenizer it is given to.
+LLAMA3_TEMPLATE = (
+    "{{ '<|begin_of_text|>' }}{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+BUILT_IN_TEMPLATES = {CHATML: (CHATML_TEMPLATE, CHATML_TOKENS), LLAMA3: (LLAMA3_TEMPLATE, LLAMA3_TOKENS)}
+"""--chat-template NAME -> (Jinja template, the special tokens it writes)."""
 # A probe conversation to find what the template writes after an assistant's answer.
 _PROBE_ANSWER = "Probe answer 42."
 _PROBE = [{"role": "user", "content": "Probe question?"}, {"role": "assistant", "content": _PROBE_ANSWER}]
@@ -121,27 +132,51 @@ def parse_record(text: str, fmt: str | None) -> list[Message]:
     return to_messages(obj, fmt)
 
 
-def check_format_name(raw_spec: str, field: str | None) -> str | None:
+def check_format_name(raw_spec: str, field: str | None, task: str = "sft") -> str | None:
     """The format a `--data PATH:FORMAT` names (None: detect per record)."""
     if field is None:
         return None
-    if field not in FORMATS:
+    formats = record_formats(task)
+    if field not in formats:
         raise ConfigError(
             [
                 Problem(
-                    "--data", f"task sft: the format after ':' must be one of {', '.join(FORMATS)}", raw_spec
+                    "--data",
+                    f"task {task}: the format after ':' must be one of {', '.join(formats)}",
+                    raw_spec,
                 )
             ]
         )
     return field
 
 
+def record_formats(task: str) -> tuple[str, ...]:
+    """The record formats of a task that reads whole records (sft: conversations, dpo: preference pairs)."""
+    if task == "dpo":
+        from scaling.data import preference
+
+        return preference.FORMATS
+    return FORMATS
+
+
+def record_conversations(text: str, fmt: str | None, task: str) -> list[list[Message]]:
+    """The conversations a record holds: one (sft), or the prompt with each answer (dpo)."""
+    if task == "dpo":
+        from scaling.data.preference import parse_pair
+
+        return parse_pair(text, fmt).conversations()
+    return [parse_record(text, fmt)]
+
+
 def training_text(text: str) -> str:
-    """The contents of a conversation record, for training a tokenizer ('' for a record that is not one)."""
+    """The contents of a conversation or preference record, for training a tokenizer ('' for a record that is
+    neither)."""
     try:
         return "\n".join(m["content"] for m in parse_record(text, None))
     except RecordError:
-        return ""
+        from scaling.data.preference import training_text as pair_text
+
+        return pair_text(text)
 
 
 # -- templates ------------------------------------------------------------------------------------------
@@ -150,41 +185,48 @@ def training_text(text: str) -> str:
 def prepare_chat_tokenizer(tokenizer, choice: str | None, *, trained_here: bool) -> str:
     """Give the tokenizer its chat template; returns the template's name for messages.
 
-    An explicit `--chat-template` wins; else the tokenizer's own; else, for a tokenizer trained here,
-    ChatML with its special tokens added to the vocabulary."""
+    An explicit `--chat-template` wins (a built-in one gets its special tokens added to the vocabulary); else
+    the tokenizer's own; else, for a tokenizer trained here, ChatML with its special tokens added."""
     if choice is not None:
-        if choice == CHATML:
-            _use_chatml(tokenizer)
-            return CHATML
+        if choice in BUILT_IN_TEMPLATES:
+            _use_built_in(tokenizer, choice)
+            return choice
         path = Path(choice)
         if not path.is_file():
             raise ConfigError(
-                [Problem("--chat-template", "neither 'chatml' nor a readable Jinja file", choice)]
+                [
+                    Problem(
+                        "--chat-template",
+                        f"neither a built-in template ({', '.join(BUILT_IN_TEMPLATES)}) nor a readable Jinja file",
+                        choice,
+                    )
+                ]
             )
         tokenizer.chat_template = path.read_text(encoding="utf-8")
         return str(path)
     if getattr(tokenizer, "chat_template", None):
         return f"the chat_template of tokenizer {tokenizer.name_or_path}"
     if trained_here:
-        _use_chatml(tokenizer)
+        _use_built_in(tokenizer, CHATML)
         return CHATML
     raise ConfigError(
         [
             Problem(
                 "--chat-template",
                 f"tokenizer {tokenizer.name_or_path} has no chat_template",
-                fix="give --chat-template chatml or a Jinja file",
+                fix=f"give --chat-template {'|'.join(BUILT_IN_TEMPLATES)} or a Jinja file",
             )
         ]
     )
 
 
-def _use_chatml(tokenizer) -> None:
-    missing = [t for t in CHATML_TOKENS if t not in tokenizer.get_vocab()]
+def _use_built_in(tokenizer, name: str) -> None:
+    template, tokens = BUILT_IN_TEMPLATES[name]
+    missing = [t for t in tokens if t not in tokenizer.get_vocab()]
     if missing:
         # As added special tokens, each is one id that is never split, and decoding can skip it.
         tokenizer.add_tokens(missing, special_tokens=True)
-    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.chat_template = template
 
 
 def render(tokenizer, messages: list[Message], *, generation_prompt: bool = False) -> str:
@@ -256,7 +298,8 @@ def end_token(tokenizer, template_name: str) -> EndToken:
     )
     text = special[0] if special else suffix.split()[0]
     ids = encode_texts(tokenizer, [text])[0]
-    if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+    # GPT-2-style tokenizers name one token for EOS and UNK alike: that token is known, not an unknown one.
+    if len(ids) != 1 or (ids[0] == tokenizer.unk_token_id and text != tokenizer.unk_token):
         raise ConfigError(
             [
                 Problem(
@@ -330,29 +373,31 @@ def iter_file_records(path: str) -> Iterator[tuple[int, str]]:
                 yield n, line
 
 
-def check_sources(specs: list[str], tokenizer, template_name: str) -> int:
-    """Read every conversation of the local sources before launch; DataError at the first bad one, with its
-    file and line. Returns the number of conversations checked (HF datasets are checked when read)."""
+def check_sources(specs: list[str], tokenizer, template_name: str, task: str = "sft") -> int:
+    """Read every record (sft: conversation, dpo: preference pair) of the local sources before launch;
+    DataError at the first bad one, with its file and line. Returns the number of records checked (HF
+    datasets are checked when read)."""
     from scaling.data.sources import expand_files, parse_spec
 
     end = end_token(tokenizer, template_name)
     checked = 0
     for raw in specs:
         spec = parse_spec(raw)
-        fmt = check_format_name(raw, spec.field)
+        fmt = check_format_name(raw, spec.field, task)
         if spec.hf:
             continue
         for path in expand_files(spec):
             if not path.lower().endswith((".jsonl", ".json", ".ndjson", ".parquet")):
                 raise DataError(
-                    f"data source {raw!r}: task sft reads JSONL or Parquet conversations, not {path}"
+                    f"data source {raw!r}: task {task} reads JSONL or Parquet records, not {path}"
                 )
             for n, text in iter_file_records(path):
                 where = f"{path} row {n}" if path.lower().endswith(".parquet") else f"{path}:{n}"
                 try:
-                    messages = parse_record(text, fmt)
+                    conversations = record_conversations(text, fmt, task)
                 except RecordError as e:
                     raise DataError(f"{where}: {e}") from None
-                check_end_targets(tokenizer, messages, end, template_name, where)
+                for messages in conversations:
+                    check_end_targets(tokenizer, messages, end, template_name, where)
                 checked += 1
     return checked

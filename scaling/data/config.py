@@ -16,7 +16,8 @@ class DataConfig:
     train: list[str] = option(default_factory=list, flag="--data", param="data", metavar="SPEC")
     """Training source: [hf:]PATH|GLOB|DIR[:field|:line|:paragraph|:file][@weight], e.g.
     `corpus/*.jsonl:text@0.7`; repeat to mix sources. For --task sft the part after ':' names the conversation
-    format (messages, alpaca, sharegpt; default: detected per record). A directory written by `scaling preprocess` is read as
+    format (messages, alpaca, sharegpt), for --task dpo the pair format (pairs, messages); default: detected
+    per record. A directory written by `scaling preprocess` is read as
     packed tokens."""
     eval: list[str] = option(default_factory=list, flag="--eval-data", param="eval_data", metavar="SPEC")
     """Held-out source spec (repeatable); evaluation is skipped without one."""

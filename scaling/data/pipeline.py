@@ -19,6 +19,9 @@ from scaling.data.config import DataConfig
 from scaling.data.streams import RecordStream, SourceRecord
 from scaling.errors import DataError
 
+RECORD_TASKS = ("sft", "dpo")
+"""Tasks whose sources are read as whole JSON records (conversations, preference pairs), not text."""
+
 
 def tokenizer_ids(tokenizer) -> dict[str, int]:
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
@@ -93,7 +96,11 @@ class TextChunker:
         self.frame = (
             (cls_id, sep_id) if task == "seq-cls" and cls_id is not None and sep_id is not None else None
         )
-        self.formats = [check_format_name(s.spec.raw, s.spec.field) for s in streams] if task == "sft" else []
+        self.formats = (
+            [check_format_name(s.spec.raw, s.spec.field, task) for s in streams]
+            if task in RECORD_TASKS
+            else []
+        )
 
     def initial_state(self, weights: list[float]) -> dict:
         return {
@@ -144,6 +151,8 @@ class TextChunker:
             ]
         if self.task == "sft":
             return self._produce_sft(state, records)
+        if self.task == "dpo":
+            return self._produce_dpo(state, records)
         encoded = encode_texts(self.tokenizer, texts)
         next_state = self._next_state(state)
         stats = {"docs": len(records), "truncated": 0}
@@ -207,6 +216,25 @@ class TextChunker:
                 rows.append(np.asarray([ids[:limit], labels[:limit]], dtype=np.int64))
         batches = self._group(rows, [None] * len(rows), state["chunk"])
         return Chunk(blocks=None, batches=batches, docs=len(records)), next_state, stats
+
+    def _produce_dpo(
+        self, state: dict, records: list[tuple[int, SourceRecord]]
+    ) -> tuple[Chunk, dict, dict[str, int]]:
+        """Preference pairs: batches of [2, 2, L] pair arrays (scaling.data.preference), never packed."""
+        from scaling.data.preference import encode_pairs, parse_pair
+
+        pairs = []
+        for source, record in records:
+            try:
+                pairs.append(parse_pair(record.text, self.formats[source]))
+            except RecordError as e:
+                raise DataError(
+                    f"data source {self.streams[source].spec.raw!r}, record {record.index + 1}: {e}"
+                ) from None
+        arrays, truncated = encode_pairs(self.tokenizer, pairs, self.data.seq_len)
+        batches = self._group(arrays, [None] * len(arrays), state["chunk"])
+        stats = {"docs": len(records), "truncated": truncated}
+        return Chunk(blocks=None, batches=batches, docs=len(records)), self._next_state(state), stats
 
     def _bucket(self, encoded: list[list[int]], labels: list[int | None], chunk_index: int):
         limit = self.data.seq_len
@@ -315,7 +343,11 @@ def sft_packed_batch(blocks: np.ndarray) -> dict[str, torch.Tensor]:
 def padded_batch(
     seqs: list[np.ndarray], labels: list[int | None], *, task: str, pad: int
 ) -> dict[str, torch.Tensor]:
-    """Pad to the longest sequence of the batch (dynamic padding)."""
+    """Pad to the longest sequence of the batch (dynamic padding); dpo: both answers of each pair."""
+    if task == "dpo":
+        from scaling.data.preference import dpo_batch
+
+        return dpo_batch(seqs, pad=pad)
     width = max(s.shape[-1] for s in seqs)
     input_ids = torch.full((len(seqs), width), pad, dtype=torch.long)
     attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)

@@ -15,6 +15,7 @@ from scaling.data.augment import Masker, batch_generator, parse_augment
 from scaling.data.config import MIX_MODES, DataConfig
 from scaling.data.mixing import dynamic_update, initial_weights
 from scaling.data.pipeline import (
+    RECORD_TASKS,
     Chunk,
     TextChunker,
     encode_texts,
@@ -28,8 +29,10 @@ from scaling.data.sources import ReadLimits, SourceSpec, is_packed_dir, parse_sp
 from scaling.data.streams import RecordStream, SourceRecord, open_record_stream
 from scaling.errors import ConfigError, DataError, Problem
 
-TASKS = ("clm", "mlm", "seq-cls", "sft")
+TASKS = ("clm", "mlm", "seq-cls", "sft", "dpo")
 STATE_VERSION = 1
+UNPACKED_TASKS = ("seq-cls", "dpo")
+"""Tasks whose samples are never packed: one label per sequence, or (dpo) one log-probability per answer."""
 
 
 def _validate(data: DataConfig, task: str, micro_batch: int, dp_rank: int, dp_size: int) -> None:
@@ -44,9 +47,9 @@ def _validate(data: DataConfig, task: str, micro_batch: int, dp_rank: int, dp_si
         problems.append(Problem("--mix", f"must be one of {MIX_MODES}", data.mix))
     if not 0.0 < data.mlm_probability < 1.0:
         problems.append(Problem("mlm_probability", "must lie in (0, 1)", data.mlm_probability))
-    if task == "sft" and data.augment:
+    if task in RECORD_TASKS and data.augment:
         problems.append(
-            Problem("--augment", "text augmentation would corrupt chat records (task sft)", data.augment)
+            Problem("--augment", f"text augmentation would corrupt chat records (task {task})", data.augment)
         )
     if data.mix_update_every < 1:
         problems.append(Problem("--mix-update-every", "must be >= 1", data.mix_update_every))
@@ -67,7 +70,7 @@ def _open_streams(
             dp_rank=dp_rank,
             dp_size=dp_size,
             seed=seed,
-            records=task == "sft",
+            records=task in RECORD_TASKS,
         )
         stream.shuffle_files = shuffle
         streams.append(stream)
@@ -374,7 +377,7 @@ def build_train_stream(
         raise ConfigError([Problem("--data", "no training source given")])
     specs = [parse_spec(raw) for raw in data.train]
     ids = tokenizer_ids(tokenizer)
-    packed = data.packing and task != "seq-cls"
+    packed = data.packing and task not in UNPACKED_TASKS
     plan = parse_augment(data.augment, data.synonyms, task=task)
     masker = (
         Masker(tokenizer, probability=data.mlm_probability, strategy=plan.mask_op) if task == "mlm" else None
@@ -392,7 +395,7 @@ def build_train_stream(
     }
     packed_dirs = [s for s in specs if is_packed_dir(s.path)]
     if packed_dirs:
-        if len(specs) > 1 or task in ("seq-cls", "sft"):
+        if len(specs) > 1 or task in ("seq-cls", *RECORD_TASKS):
             raise ConfigError(
                 [
                     Problem(
@@ -465,7 +468,7 @@ def build_eval_batches(
         Masker(tokenizer, probability=data.mlm_probability, strategy=plan.mask_op) if task == "mlm" else None
     )
     global_batches: list[dict[str, torch.Tensor]] = []
-    packed = data.packing and task != "seq-cls"
+    packed = data.packing and task not in UNPACKED_TASKS
     for spec in specs:
         if is_packed_dir(spec.path):
             shards = PackedShards(spec.path, tokenizer=tokenizer, seq_len=data.seq_len)

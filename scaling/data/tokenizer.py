@@ -61,7 +61,7 @@ def iter_training_text(
     limits: ReadLimits | None = None,
 ) -> Iterator[str]:
     """Text of the sources in file order, one pass, at most max_sentences records: deterministic by design.
-    `conversations`: the sources hold chat records (task sft); their turns' contents are the text."""
+    `conversations`: the sources hold chat records (task sft, dpo); their turns' contents are the text."""
     streams = []
     for raw in specs:
         spec = parse_spec(raw)
@@ -201,7 +201,7 @@ def build_tokenizer(
                 iter_training_text(
                     data.train,
                     max_sentences=DEFAULT_MAX_SENTENCES,
-                    conversations=task == "sft",
+                    conversations=task in ("sft", "dpo"),
                     limits=ReadLimits.of(data),
                 ),
                 staging,

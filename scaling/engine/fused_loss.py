@@ -162,6 +162,7 @@ def fused_loss_blocker(
         return "AutoTP shards the output head"
     if zero_stage == 3:
         return "ZeRO-3 partitions the output head's weight (gathered only inside its own forward)"
+    model = _transformer(model)
     config = getattr(model, "config", None)
     family = getattr(config, "model_type", None)
     if family not in PLAIN_HEAD_FAMILIES:
@@ -176,9 +177,16 @@ def fused_loss_blocker(
     return None
 
 
+def _transformer(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (whose forward ends in the transformers model's own)."""
+    inner = getattr(model, "get_base_model", None)
+    return inner() if callable(inner) else model
+
+
 def enable_fused_loss(model: Any) -> None:
     """Make `model(**batch)` with labels return the fused loss (and no logits); without labels the model's
     own forward runs (generation, sequence-parallel shards, anything that needs logits)."""
+    model = _transformer(model)
     own_forward = model.forward
 
     def forward(self: Any, *args: Any, labels: torch.Tensor | None = None, **kwargs: Any) -> Any:

@@ -123,7 +123,7 @@ class Layout:
         micro = 0
         attempts = 0
         tokens = targets = 0
-        causal = run.model.task in ("clm", "sft")
+        causal = run.model.task in ("clm", "sft", "dpo")
         stop_requested = False
         while micro < run.optim.grad_accum:
             fetch_started = time.perf_counter()

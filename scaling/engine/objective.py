@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from scaling.checkpoint.store import CheckpointRef
     from scaling.config.run import RunConfig
 
-__all__ = ["EvalTotals", "LanguageModelling", "Objective"]
+__all__ = ["EvalTotals", "LanguageModelling", "Objective", "objective_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,10 @@ class Objective(Protocol):
     def metrics(self, totals: EvalTotals) -> dict[str, float]:
         """Logged eval figures from the reduced totals."""
 
+    def train_metrics(self) -> dict[str, float]:
+        """Figures of the training micro-batches since the last call, added to each log record beside the loss
+        (collective: every rank calls it at every log step)."""
+
     def after_step(self, engine: Any, lr: float) -> None:
         """After every optimizer step (the engine's): step what the objective trains outside the engine."""
 
@@ -76,6 +80,15 @@ class Objective(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def objective_for(run: RunConfig) -> Objective:
+    """The objective `run.model.task` trains: DPO for dpo, else the model's own language-modelling task."""
+    if run.model.task == "dpo":
+        from scaling.engine.dpo import DpoObjective
+
+        return DpoObjective(run)
+    return LanguageModelling(run.model.task)
 
 
 def ratio(totals: EvalTotals, name: str) -> float:
@@ -102,19 +115,15 @@ class LanguageModelling:
         if run.model.fused_loss and self.task in ("clm", "sft"):
             from scaling.engine.fused_loss import enable_fused_loss, fused_loss_blocker
 
-            # LoRA: the HF model inside PEFT's wrapper, whose forward PEFT calls with the labels
-            inner: Any = model
-            if run.lora.enabled:
-                inner = inner.get_base_model()
             blocker = fused_loss_blocker(
-                inner,
+                model,
                 task=self.task,
                 zero_stage=run.zero_stage,
                 tensor_parallel=run.parallel.tensor_parallel,
                 pipeline=run.parallel.pipeline_stages > 1,
             )
             if blocker is None:
-                enable_fused_loss(inner)
+                enable_fused_loss(model)
                 logger.info("fused loss: on (chunked output head + cross-entropy, no full logits)")
             else:
                 logger.info("fused loss: off (%s)", blocker)
@@ -166,6 +175,10 @@ class LanguageModelling:
         else:
             metrics["eval_perplexity"] = math.exp(min(loss, 50.0))
         return metrics
+
+    def train_metrics(self) -> dict[str, float]:
+        """The loss the step window logs is all there is."""
+        return {}
 
     def after_step(self, engine: Any, lr: float) -> None:
         """No parameters outside the engine to step."""

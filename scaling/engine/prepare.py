@@ -17,6 +17,7 @@ from scaling.config.run import RUN_CONFIG_FILE, RunConfig, resolve_run
 from scaling.config.sections import (
     CheckpointConfig,
     DeepSpeedSource,
+    DpoConfig,
     LogConfig,
     ModelConfig,
     OptimConfig,
@@ -50,6 +51,8 @@ class RunRequest:
     GPUs, so their number is not checked against the ranks per node."""
     explicit: frozenset[str]
     """Options typed on the command line; the rest are defaults that yield to the DeepSpeed JSON."""
+    dpo: DpoConfig = field(default_factory=DpoConfig)
+    """The DPO loss's settings (--task dpo)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapters over the frozen base (off by default)."""
 
@@ -95,6 +98,7 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
             num_heads=heads,
             kv_heads=kv_heads,
             total_steps=steps,
+            dpo=request.dpo,
             lora=request.lora,
         )
     except ConfigError as err:
@@ -104,8 +108,8 @@ def validate(request: RunRequest, *, total_steps: int | None = None) -> RunConfi
         raise ConfigError(problems, header="cannot start this run") from None
     # The resolved degrees: the DeepSpeed JSON may set them where the options were left at their defaults.
     problems.extend(_layout_problems(hf_config, request, run.parallel))
-    problems.extend(_lora_problems(hf_config, source, request, run.parallel))
     problems.extend(_watch_problems(request))
+    problems.extend(_lora_problems(hf_config, source, request, run.parallel))
     if problems:
         raise ConfigError(problems, header="cannot start this run")
     return run
@@ -196,7 +200,7 @@ def materialize(request: RunRequest) -> RunConfig:
             save_dir=tokenizer_dir,
         )
         tokenizer.save_pretrained(tokenizer_dir)
-    if run.model.task == "sft":
+    if run.model.task in ("sft", "dpo"):
         _prepare_chat(run, request, tokenizer, tokenizer_dir)
     if run.lora.enabled:
         _check_frozen_vocabulary(run, tokenizer)
@@ -253,7 +257,7 @@ def _prepare_chat(run: RunConfig, request: RunRequest, tokenizer: Any, tokenizer
     name = prepare_chat_tokenizer(tokenizer, run.model.chat_template, trained_here=trained_here)
     if (tokenizer.chat_template, len(tokenizer)) != before:
         tokenizer.save_pretrained(tokenizer_dir)
-    check_sources(list(run.data.train) + list(run.data.eval), tokenizer, name)
+    check_sources(list(run.data.train) + list(run.data.eval), tokenizer, name, run.model.task)
 
 
 def _check_frozen_vocabulary(run: RunConfig, tokenizer: Any) -> None:

@@ -2,8 +2,8 @@
 
     Trainer = layout (how the model sits on the ranks: scaling.engine.layout and its pipeline, AutoTP and
               Ulysses variants)
-            + objective (what is learnt: scaling.engine.objective.LanguageModelling, distillation in
-              scaling.compress.distill_objective)
+            + objective (what is learnt: scaling.engine.objective.LanguageModelling, DPO in
+              scaling.engine.dpo, distillation in scaling.compress.distill_objective)
             + stateful extras (data stream, rng, counters, the objective's own state) gathered into each
               checkpoint's rank state (scaling.engine.state)
 
@@ -37,7 +37,7 @@ from scaling.engine import dist as dist_setup
 from scaling.engine.early_stop import EarlyStopping
 from scaling.engine.layout import Layout, layout_for
 from scaling.engine.metrics import MetricsSink, MfuMeter, memory_stats
-from scaling.engine.objective import LanguageModelling, Objective
+from scaling.engine.objective import Objective, objective_for
 from scaling.engine.run_dir import agree_on_resume, node_local_storage
 from scaling.engine.state import (
     Keyed,
@@ -93,8 +93,8 @@ class TrainResult:
 def train(run: RunConfig, env: LaunchEnv, *, objective: Objective | None = None) -> TrainResult:
     """Run (or resume) the training described by `run` in this process, as rank `env.rank`.
 
-    The layout follows from the run's parallel degrees; `objective` defaults to language modelling on
-    `run.model.task` (distillation passes its own, see scaling.compress.distill_objective). On failure every
+    The layout follows from the run's parallel degrees; `objective` defaults to the one `run.model.task`
+    trains (language modelling, or DPO; distillation passes its own, see scaling.compress.distill_objective). On failure every
     rank writes its report (rank, step, error) into the run directory before anything else can fail."""
     dist_setup.init_process_group(env, timeout_s=run.parallel.init_timeout_s)
     training = Trainer(run, env, objective=objective)
@@ -185,7 +185,7 @@ class Trainer:
         self.counts_data = self.topology.counts_data(self.rank)
         self.output = run.output
         self.layout = layout or layout_for(run, env)
-        self.objective: Objective = objective or LanguageModelling(run.model.task)
+        self.objective: Objective = objective or objective_for(run)
         # With a run directory per node, each node's local rank 0 writes its node's copy (DeepSpeed's rule).
         writer = env.local_rank == 0 if node_local_storage(run.deepspeed) else self.rank == 0
         self.ckpt = CheckpointManager(
@@ -303,6 +303,7 @@ class Trainer:
                     if step % run.log.log_every == 0 or step == run.total_steps:
                         record = window.flush(step, self.engine)
                         record["skipped_nonfinite"] = counters.skipped_nonfinite
+                        record.update(self.objective.train_metrics())
                         record.update(self.stream.metrics())
                         record.update(memory_stats())
                         if mfu is not None:
@@ -558,7 +559,17 @@ class Trainer:
 
 
 # Sections whose change alters what a resumed run computes (paths, logging and resume settings do not).
-_COMPARED_SECTIONS = ("model", "data", "optim", "parallel", "deepspeed", "total_steps", "world_size", "lora")
+_COMPARED_SECTIONS = (
+    "model",
+    "data",
+    "optim",
+    "parallel",
+    "deepspeed",
+    "total_steps",
+    "world_size",
+    "lora",
+    "dpo",
+)
 
 
 def run_config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

@@ -119,7 +119,15 @@ class LauncherWatch:
                 gone.pid,
                 gone.name,
             )
-            os.kill(os.getpid(), signal.SIGTERM)
+            # Only while a handler turns SIGTERM into "save at the step boundary" (the training loop): before
+            # it, wait for it; after it (the loop ended: saving, reporting, exporting, leaving the group) the
+            # default action would kill the rank before its report, and its peers with it (launch.py ends
+            # every rank when one exits non-zero).
+            while not self._stop.is_set():
+                if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+                self._stop.wait(self.poll_s / 10)
             return
 
 

@@ -100,6 +100,7 @@ def model_class_for(task: str) -> Any:
     return {
         "clm": AutoModelForCausalLM,
         "sft": AutoModelForCausalLM,
+        "dpo": AutoModelForCausalLM,
         "mlm": AutoModelForMaskedLM,
         "seq-cls": AutoModelForSequenceClassification,
     }[task]
@@ -148,7 +149,7 @@ def build_model(
         model.resize_token_embeddings(len(tokenizer))
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # training never reuses past key/values; caching only costs memory
-    if task in ("clm", "sft") and getattr(model, "loss_type", None) is None:
+    if task in ("clm", "sft", "dpo") and getattr(model, "loss_type", None) is None:
         # transformers infers the loss from the class name; GPT2LMHeadModel matches none and warns on every
         # run before falling back to this same causal-LM loss.
         model.loss_type = "ForCausalLM"

@@ -69,6 +69,7 @@ def test_the_run_options_are_generated_and_every_option_field_is_offered() -> No
     from scaling.config.sections import (
         CheckpointConfig,
         DeepSpeedSource,
+        DpoConfig,
         LogConfig,
         ModelConfig,
         ParallelConfig,
@@ -79,7 +80,15 @@ def test_the_run_options_are_generated_and_every_option_field_is_offered() -> No
     offered: set[tuple[type, str]] = set()
     for command in COMMANDS.values():
         offered |= {(p.section, p.field_name) for p in _options(command) if isinstance(p, FieldOption)}
-    sections = (ModelConfig, OptimConfig, CheckpointConfig, LogConfig, ParallelConfig, DeepSpeedSource)
+    sections = (
+        ModelConfig,
+        OptimConfig,
+        CheckpointConfig,
+        LogConfig,
+        ParallelConfig,
+        DeepSpeedSource,
+        DpoConfig,
+    )
     for section in (*sections, DataConfig, DistillConfig, LaunchSpec):
         for field in option_fields(section):
             assert (section, field.name) in offered, (section.__name__, field.name)

@@ -78,7 +78,9 @@ def test_template_without_end_token_names_template_and_exits_2(tmp_path):
 
 def test_missing_template_file_is_refused(tmp_path):
     result, _ = _train(tmp_path, [GOOD] * 4, "--chat-template", str(tmp_path / "none.jinja"))
-    _refused(result, "--chat-template", "neither 'chatml' nor a readable Jinja file")
+    _refused(
+        result, "--chat-template", "neither a built-in template (chatml, llama3) nor a readable Jinja file"
+    )
 
 
 def test_augmentation_is_refused_for_chat_records(tmp_path):

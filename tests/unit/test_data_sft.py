@@ -155,6 +155,19 @@ def test_end_token_outside_the_vocabulary_is_refused(clm_tokenizer, tmp_path):
         end_token(tok, name)
 
 
+def test_an_eos_end_token_that_is_also_the_unk_token_is_accepted(tiny_models, tmp_path):
+    """GPT-2-style tokenizers use one token as EOS and UNK: as a template's end token it is a known token."""
+    from scaling.data import load_tokenizer
+
+    tok = load_tokenizer(tiny_models["gpt2"])
+    assert tok.eos_token == tok.unk_token == "<|endoftext|>"
+    template = tmp_path / "eos.jinja"
+    template.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}<|endoftext|>\n{% endfor %}"
+                        "{% if add_generation_prompt %}assistant: {% endif %}")  # fmt: skip
+    end = end_token(tok, prepare_chat_tokenizer(tok, str(template), trained_here=False))
+    assert end.text == "<|endoftext|>" and end.id == tok.eos_token_id
+
+
 def test_tokenizer_without_template_needs_one(clm_tokenizer):
     from scaling.data import load_tokenizer
 

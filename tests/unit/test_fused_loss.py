@@ -169,3 +169,22 @@ def test_peak_memory_at_32k_vocab_is_under_a_quarter_of_the_plain_loss(tmp_path)
     assert figures["fused"]["loss"] == pytest.approx(figures["plain"]["loss"], rel=1e-5)
     ratio = figures["fused"]["peak_kib"] / figures["plain"]["peak_kib"]
     assert ratio <= 0.25, figures
+
+
+def test_a_lora_model_gets_the_fused_loss_under_its_peft_wrapper():
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        _llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
+    batch = _batch(5)
+    plain_loss, plain_grads = _loss_and_grads(model, batch)
+    assert fused_loss_blocker(model, task="sft", zero_stage=2, tensor_parallel=1, pipeline=False) is None
+    enable_fused_loss(model)
+    fused, fused_grads = _loss_and_grads(model, batch)
+    assert model(**batch).logits is None
+    torch.testing.assert_close(fused, plain_loss, rtol=1e-5, atol=1e-6)
+    assert fused_grads.keys() == plain_grads.keys() and all("lora" in name for name in plain_grads)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(fused_grads[name], grad, rtol=1e-5, atol=1e-6, msg=name)

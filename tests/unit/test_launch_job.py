@@ -118,7 +118,12 @@ def test_bench_outside_a_checkout_says_where_to_run_it(tmp_path, monkeypatch):
 
 
 # import name -> distribution name, where they differ
-_DIST = {"yaml": "pyyaml", "neural_compressor": "neural-compressor", "google": "protobuf"}
+_DIST = {
+    "yaml": "pyyaml",
+    "neural_compressor": "neural-compressor",
+    "google": "protobuf",
+    "mlflow": "mlflow-skinny",
+}
 # imported only inside `try: ... except ImportError`, to patch or probe an optional backend
 _OPTIONAL = {"torchao", "intel_extension_for_pytorch"}
 

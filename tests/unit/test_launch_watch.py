@@ -60,3 +60,30 @@ def test_a_launchers_death_sigterms_the_rank_once(tmp_path):
     count, named, delay = result.stdout.split()
     assert (count, named) == ("1", "True")
     assert float(delay) < 1.0
+
+
+def test_no_sigterm_while_no_handler_turns_it_into_a_save(tmp_path):
+    # After the training loop (its SIGTERM handler gone) the rank is saving, reporting or leaving the group:
+    # the default action would kill it there, and launch.py would then kill its peers before their reports.
+    script = textwrap.dedent(
+        """
+        import signal, subprocess, time
+        import psutil
+        from scaling.launch.watch import Launcher, LauncherWatch
+
+        sleeper = subprocess.Popen(["sleep", "60"])
+        proc = psutil.Process(sleeper.pid)
+        watch = LauncherWatch([Launcher(proc.pid, proc.create_time(), "sleep")], poll_s=0.05).start()
+        sleeper.kill(); sleeper.wait()
+        time.sleep(0.5)  # default handler: the watch must hold its signal (or this process would die here)
+        got = []
+        signal.signal(signal.SIGTERM, lambda *a: got.append(1))  # a training loop starts
+        deadline = time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print(len(got))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1"]

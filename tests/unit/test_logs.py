@@ -178,3 +178,30 @@ warnings.warn("a warning of our own", UserWarning)
     assert "WARNING torchao: Failed to load /x/torchao/_C_mxfp8.so" in logged  # held, then written
     assert "py.warnings: FutureWarning: `torch.distributed.all_gather_into_tensor` is deprecated." in logged
     assert "WARNING neural_compressor: hw aligned scales" in logged
+
+
+def test_a_rank_whose_console_reader_dies_keeps_running(tmp_path):
+    # `scaling launch` reads the ranks' output through a pipe; kill -9 of it closes the pipe. The rank must
+    # survive its next print (and reach the save the launcher watch asks for), not die of BrokenPipeError.
+    import subprocess
+    import sys
+    import textwrap
+
+    marker = tmp_path / "done"
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from scaling.logs import survive_lost_console
+        survive_lost_console()
+        time.sleep(0.5)  # the reader closes meanwhile
+        for i in range(2000):
+            print("step", i, flush=True)
+            sys.stderr.write("bar\\r"); sys.stderr.flush()
+        open({str(marker)!r}, "w").write("saved")
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    child.stdout.close()
+    child.stderr.close()
+    assert child.wait(timeout=60) == 0
+    assert marker.read_text() == "saved"
