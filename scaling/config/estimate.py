@@ -67,7 +67,8 @@ class ModelShape:
     frozen: int = 0
     """Parameters held frozen (LoRA's base): working weights only, no gradients, no optimizer states."""
     frozen_bits: int | None = None
-    """Bits per frozen parameter: 4 for QLoRA's NF4 base; None: the run's precision (16 bits, fp32: 32)."""
+    """Bits per frozen parameter: 4 for QLoRA's NF4 base (a floor: bitsandbytes leaves the embeddings and the
+    head in 16 bits); None: the run's precision (16 bits, fp32: 32)."""
 
 
 @dataclass(frozen=True)
