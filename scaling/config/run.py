@@ -50,6 +50,9 @@ class RunConfig:
     """The final DeepSpeed JSON every rank passes to deepspeed.initialize."""
     deepspeed_sources: dict[str, str] = field(default_factory=dict)
     """Dotted key -> where its value came from."""
+    embedding_transplant: dict[str, Any] = field(default_factory=dict)
+    """A pretrained model moved to another tokenizer: the init, its plan file in OUTPUT, and the rows copied,
+    composed, set by role, set to the mean row, left random (empty: the vocabulary is the model's own)."""
 
     @property
     def output(self) -> Path:
@@ -81,6 +84,7 @@ class RunConfig:
             total_steps=data["total_steps"],
             deepspeed=data["deepspeed"],
             deepspeed_sources=data["deepspeed_sources"],
+            embedding_transplant=data.get("embedding_transplant", {}),
         )
 
     @classmethod

@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from scaling.data.chat import training_text
 from scaling.data.config import DataConfig
@@ -190,15 +191,15 @@ def fast_from_sentencepiece(model_proto: bytes, *, fold_whitespace: bool = False
     )
     from transformers import PreTrainedTokenizerFast
 
-    proto = pb.ModelProto()
+    proto: Any = pb.ModelProto()  # type: ignore[attr-defined]  # generated protobuf module
     proto.ParseFromString(model_proto)
     pieces = [(p.piece, p.score) for p in proto.pieces]
     byte_fallback = proto.trainer_spec.byte_fallback
-    if proto.trainer_spec.model_type == pb.TrainerSpec.UNIGRAM:
-        model = models.Unigram(pieces, unk_id=proto.trainer_spec.unk_id, byte_fallback=byte_fallback)
+    if proto.trainer_spec.model_type == 1:  # UNIGRAM in sentencepiece_model.proto
+        model: Any = models.Unigram(pieces, unk_id=proto.trainer_spec.unk_id, byte_fallback=byte_fallback)
     else:
         vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
-        normal = {p.piece for p in proto.pieces if p.type == pb.ModelProto.SentencePiece.NORMAL}
+        normal = {p.piece for p in proto.pieces if p.type == 1}  # NORMAL
         model = models.BPE(
             vocab, _merges(vocab, normal), unk_token=UNK, byte_fallback=byte_fallback, fuse_unk=True
         )
@@ -218,7 +219,7 @@ def fast_from_sentencepiece(model_proto: bytes, *, fold_whitespace: bool = False
     # SentencePiece's own word split in training (a run of spaces starts a word): no piece crosses it, and
     # encoding word by word keeps BPE fast on long documents.
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"{SPACE}*[^{SPACE}]+|{SPACE}+"), behavior="isolated")
-    steps = [decoders.Replace(SPACE, " ")]
+    steps: list[Any] = [decoders.Replace(SPACE, " ")]
     if byte_fallback:
         steps.append(decoders.ByteFallback())
     steps.append(decoders.Fuse())

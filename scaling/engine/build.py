@@ -23,12 +23,19 @@ def load_run_tokenizer(run: RunConfig, rank: int) -> PreTrainedTokenizerBase:
 
 
 def make_model(run: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    transplant = None
+    if run.embedding_transplant:
+        from scaling.models.transplant import TransplantPlan
+
+        transplant = TransplantPlan.load(run.output / run.embedding_transplant["plan"])
     with _zero3_construction(run):
         model = build_model(
             describe_source(run.model.source),
             task=run.model.task,
             tokenizer=tokenizer,
             num_labels=run.model.num_labels,
+            transplant=transplant,
+            seed=run.optim.seed,
         )
     if run.model.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
