@@ -69,7 +69,7 @@ def train(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if target and _smoothed(losses) <= target:
             break
     return losses
