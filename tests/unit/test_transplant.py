@@ -54,7 +54,9 @@ def test_rows_are_copied_composed_or_set_by_role(pretrained_tiny, sst2_tokenizer
     old, new = load_tokenizer(pretrained_tiny), load_tokenizer(sst2_tokenizer)
     plan = plan_transplant(old, new)
     counts = plan.counts
-    assert counts["role"] == 7 and counts["random"] == 0 and counts["copied"] > 100 and counts["composed"] > 100
+    assert (
+        counts["role"] == 7 and counts["random"] == 0 and counts["copied"] > 100 and counts["composed"] > 100
+    )
     model = AutoModelForCausalLM.from_pretrained(pretrained_tiny)
     before_in = model.get_input_embeddings().weight.detach().clone()
     before_out = model.get_output_embeddings().weight.detach().clone()
@@ -117,3 +119,33 @@ def test_train_records_the_move_and_exports_the_new_vocabulary(tmp_path, pretrai
     assert recorded == {"init": "transplant", "plan": "embedding_transplant.json", "rows": 800, **plan.counts}
     final = AutoModelForCausalLM.from_pretrained(out / "final")
     assert final.get_input_embeddings().weight.shape[0] == len(load_tokenizer(out / "final")) == 800
+
+
+def test_zero3_on_two_ranks_builds_the_same_transplanted_model_as_one(
+    tmp_path, pretrained_tiny, sst2_tokenizer
+):
+    import torch
+    from harness import run_ranks
+    from ranks_transplant import transplanted_embeddings
+    from transformers import AutoModelForCausalLM
+
+    from scaling.models.transplant import transplant_directory
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("\n".join(T.shakespeare(slice(0, 200))) + "\n", encoding="utf-8")
+
+    def args(out: Path) -> list[str]:
+        return [
+            "--model", str(pretrained_tiny), "--tokenizer", str(sst2_tokenizer), "--data", str(corpus),
+            "--output", str(out), "--max-steps", "1", "--seq-len", "32", "--micro-batch", "2",
+            "--precision", "fp32", "--ds-config", "zero3", "--no-progress", "--no-tensorboard",
+        ]  # fmt: skip
+
+    two = run_ranks(transplanted_embeddings, 2, args(tmp_path / "two"))[0]
+    assert two["partitioned"]
+    # The 1-rank result: the same move in one process, without DeepSpeed.
+    transplant_directory(pretrained_tiny, load_tokenizer(sst2_tokenizer), tmp_path / "moved")
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "moved")
+    for name, weight in (("input", plain.get_input_embeddings().weight), ("output", plain.lm_head.weight)):
+        assert torch.tensor(two[name]).shape == (800, 64)
+        assert torch.equal(torch.tensor(two[name]), weight.detach())
