@@ -273,10 +273,11 @@ def transplant_directory(
     config = hf_config_for(source)
     arch = (getattr(config, "architectures", None) or [""])[0]
     cls = getattr(transformers, arch, None) or transformers.AutoModel
-    model = cls.from_pretrained(str(model_dir), local_files_only=True, dtype=torch.float32)
-    input_embeddings(model)
+    with torch.device("meta"):  # its shape only: a model that cannot move is refused before any weight is read
+        input_embeddings(cls.from_config(config) if cls is transformers.AutoModel else cls(config))
     if not has_tokenizer(model_dir):
         raise UserError(f"model {model_dir}: has no tokenizer of its own, so its rows cannot be mapped")
+    model = cls.from_pretrained(str(model_dir), local_files_only=True, dtype=torch.float32)
     plan = plan_for_model(str(model_dir), tokenizer, init=init)
     if plan is None:  # the same vocabulary: rows are kept (or redrawn)
         old_rows = int(input_embeddings(model).weight.shape[0])
