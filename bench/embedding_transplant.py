@@ -2,6 +2,7 @@
 
     python -m bench.embedding_transplant tiny [--steps 150]
     python -m bench.embedding_transplant smollm2 [--steps 100] [--vocab 8000] [--seq-len 64] [--batch 8]
+        [--dev-limit N]
 
 tiny: tests/transplant_tiny.py's experiment (a Llama trained on tinyshakespeare with its own tokenizer, moved
 to a tokenizer trained on SST-2 sentences; held-out shakespeare perplexity right after the move, then steps
@@ -31,9 +32,8 @@ def _tests_on_path() -> None:
 def run_arms(src: Path, old: Any, new: Any, held: Any, train: Any, *, steps: int, lr: float, batch: int,
              target: float | None) -> dict[str, Any]:  # fmt: skip
     import torch
-    from transformers import AutoModelForCausalLM
-
     import transplant_tiny as T
+    from transformers import AutoModelForCausalLM
 
     from scaling.models.transplant import apply_transplant, plan_transplant, random_plan
 
@@ -85,13 +85,14 @@ def smollm2(args: argparse.Namespace) -> dict[str, Any]:
     if not (tok_dir / "tokenizer.json").is_file():
         train_sentencepiece(T.sst2("train"), tok_dir, vocab_size=args.vocab, model_type="bpe")
     old, new = load_tokenizer(src), load_tokenizer(tok_dir)
-    held = T.blocks(new, T.sst2("dev"), args.seq_len)
+    dev = T.sst2("dev", args.dev_limit)
+    held = T.blocks(new, dev, args.seq_len)
     train = T.blocks(new, T.sst2("train", 20000), args.seq_len)
     import torch
     from transformers import AutoModelForCausalLM
 
     own = T.perplexity(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32),
-                       T.blocks(old, T.sst2("dev"), args.seq_len), batch=args.batch)  # fmt: skip
+                       T.blocks(old, dev, args.seq_len), batch=args.batch)  # fmt: skip
     print("own tokenizer ppl", own, flush=True)
     out = run_arms(src, old, new, held, train, steps=args.steps, lr=args.lr, batch=args.batch, target=None)
     out["own_tokenizer_ppl"] = own
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--dev-limit", type=int, default=None, help="SST-2 dev sentences evaluated (all).")
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "scaling-bench"))
     args = parser.parse_args(argv)
     if args.steps is None:

@@ -273,7 +273,9 @@ def transplant_directory(
     config = hf_config_for(source)
     arch = (getattr(config, "architectures", None) or [""])[0]
     cls = getattr(transformers, arch, None) or transformers.AutoModel
-    with torch.device("meta"):  # its shape only: a model that cannot move is refused before any weight is read
+    with torch.device(
+        "meta"
+    ):  # its shape only: a model that cannot move is refused before any weight is read
         input_embeddings(cls.from_config(config) if cls is transformers.AutoModel else cls(config))
     if not has_tokenizer(model_dir):
         raise UserError(f"model {model_dir}: has no tokenizer of its own, so its rows cannot be mapped")

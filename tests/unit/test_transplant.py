@@ -149,3 +149,50 @@ def test_zero3_on_two_ranks_builds_the_same_transplanted_model_as_one(
     for name, weight in (("input", plain.get_input_embeddings().weight), ("output", plain.lm_head.weight)):
         assert torch.tensor(two[name]).shape == (800, 64)
         assert torch.equal(torch.tensor(two[name]), weight.detach())
+
+
+def test_distill_moves_a_student_with_its_own_tokenizer_to_the_teachers(
+    tmp_path, pretrained_tiny, tiny_models
+):
+    from click.testing import CliRunner
+
+    from scaling.cli.main import cli
+
+    teacher = tiny_models["llama"]
+    corpus = tmp_path / "text.txt"
+    corpus.write_text("\n".join(T.shakespeare(slice(0, 300))) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    args = [
+        "compress", "distill", "--teacher", str(teacher), "--student", str(pretrained_tiny), "--task", "clm",
+        "--data", str(corpus), "--output", str(out), "--max-steps", "1", "--precision", "fp32", "--seq-len", "32",
+        "--micro-batch", "2", "--no-progress", "--no-tensorboard", "--no-export",
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((out / "run_config.json").read_text())["embedding_transplant"]
+    plan = plan_transplant(load_tokenizer(pretrained_tiny), load_tokenizer(teacher))
+    assert recorded == {
+        "init": "transplant",
+        "plan": "embedding_transplant.json",
+        "rows": 1000,
+        **plan.counts,
+    }
+
+
+def test_explain_says_how_the_rows_would_be_made(pretrained_tiny, sst2_tokenizer):
+    from click.testing import CliRunner
+
+    from scaling.cli.main import cli
+
+    args = ["config", "explain", "zero3", "--model", str(pretrained_tiny), "--tokenizer", str(sst2_tokenizer)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    counts = plan_transplant(load_tokenizer(pretrained_tiny), load_tokenizer(sst2_tokenizer)).counts
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("embeddings: moved to --tokenizer") and "(transplant)" in line
+    assert f"{counts['copied']} copied, {counts['composed']} composed" in line and "0 left random" in line
+    result = CliRunner().invoke(cli, [*args, "--embedding-init", "random"])
+    assert (
+        "800 rows: 0 copied, 0 composed from old pieces, 0 special by role, 0 mean row, 800 left random"
+        in (result.output)
+    )
