@@ -117,7 +117,7 @@ def _python_sources() -> list[str]:
     import json
     import textwrap
 
-    files = sorted(Path(json.__file__).parent.glob("*.py")) + [Path(textwrap.__file__)]
+    files = [*sorted(Path(json.__file__).parent.glob("*.py")), Path(textwrap.__file__)]
     return [f.read_text(encoding="utf-8") for f in files]
 
 
