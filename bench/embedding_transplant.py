@@ -64,7 +64,7 @@ def tiny(args: argparse.Namespace) -> dict[str, Any]:
     from scaling.data.tokenizer import load_tokenizer
 
     work = Path(args.work)
-    src = T.pretrained(work / "tiny-llama")
+    src = T.pretrained(Path(args.model) if args.model else work / "tiny-llama")
     new = T.other_tokenizer(work / "sst2-tok-800")
     old = load_tokenizer(src)
     held = T.blocks(new, T.shakespeare(slice(36000, 40000)), 64)
@@ -88,15 +88,7 @@ def smollm2(args: argparse.Namespace) -> dict[str, Any]:
     dev = T.sst2("dev", args.dev_limit)
     held = T.blocks(new, dev, args.seq_len)
     train = T.blocks(new, T.sst2("train", 20000), args.seq_len)
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    own = T.perplexity(AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32),
-                       T.blocks(old, dev, args.seq_len), batch=args.batch)  # fmt: skip
-    print("own tokenizer ppl", own, flush=True)
-    out = run_arms(src, old, new, held, train, steps=args.steps, lr=args.lr, batch=args.batch, target=None)
-    out["own_tokenizer_ppl"] = own
-    return out
+    return run_arms(src, old, new, held, train, steps=args.steps, lr=args.lr, batch=args.batch, target=None)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--model", default=None, help="tiny: an already trained transplant_tiny model.")
     parser.add_argument("--dev-limit", type=int, default=None, help="SST-2 dev sentences evaluated (all).")
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "scaling-bench"))
     args = parser.parse_args(argv)
