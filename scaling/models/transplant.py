@@ -72,7 +72,7 @@ def plan_transplant(
 ) -> TransplantPlan:
     """The plan that moves rows of a model trained with `old` to the vocabulary of `new`."""
     old_vocab = old.get_vocab()
-    rows = max(old_rows or 0, len(old))
+    rows = old_rows or len(old)  # a tokenizer may name more ids than the embedding has rows
     kinds: list[str] = []
     sources: list[list[int]] = []
     role_of = {}
@@ -119,6 +119,10 @@ def plan_transplant(
             ids = [i for i in ids if i != old.unk_token_id and i < rows]
             if ids:
                 kinds[new_id], sources[new_id] = "composed", ids
+    for new_id, ids in enumerate(sources):
+        if any(i is None or i >= rows for i in ids):
+            sources[new_id] = []
+            kinds[new_id] = "mean" if kinds[new_id] == "role" else "random"
     return TransplantPlan(kinds=kinds, sources=sources, old_rows=rows)
 
 
