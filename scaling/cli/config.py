@@ -146,13 +146,20 @@ def resolve(ctx: click.Context, spec: str, **params: Any) -> None:
 @click.argument("spec", metavar="FILE|PRESET")
 @run_options
 @with_options(section_options(DataConfig, only=("seq_len",)))
-@with_options(section_options(ModelConfig, only=("activation_checkpointing",)))
+@with_options(section_options(ModelConfig, only=("activation_checkpointing", "tokenizer", "embedding_init")))
 @click.pass_context
 def explain(
-    ctx: click.Context, spec: str, seq_len: int, activation_checkpointing: bool, **params: Any
+    ctx: click.Context,
+    spec: str,
+    seq_len: int,
+    activation_checkpointing: bool,
+    tokenizer: str | None,
+    embedding_init: str,
+    **params: Any,
 ) -> None:
     """Print every value with its source, then a plain-words summary and the memory estimate (with a
-    --model; for --seq-len and --activation-checkpointing as `scaling train` takes them)."""
+    --model; for --seq-len and --activation-checkpointing as `scaling train` takes them), and with a
+    --tokenizer other than the model's own, how its embedding rows would be made."""
     from scaling.config.explain import render
 
     resolved, shape = _resolve(ctx, params, spec)
@@ -174,6 +181,20 @@ def explain(
         )
         memory = estimate(shape, layout, resolved.config, run.precision)
     click.echo(render(resolved, memory))
+    if tokenizer is not None and params["model"] is not None:
+        click.echo(_embedding_move(params["model"], tokenizer, embedding_init))
+
+
+def _embedding_move(model: str, tokenizer: str, init: str) -> str:
+    from scaling.data.tokenizer import load_tokenizer
+    from scaling.models.transplant import plan_for_model
+
+    plan = plan_for_model(model, load_tokenizer(tokenizer), init=init)
+    if plan is None:
+        return (
+            f"embeddings: kept (--tokenizer {tokenizer} is the model's own vocabulary, or it has none to map)"
+        )
+    return f"embeddings: moved to --tokenizer {tokenizer} ({init}): {plan.summary()}"
 
 
 @config.command(name="set")

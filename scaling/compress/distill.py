@@ -263,18 +263,16 @@ def prepare(request: RunRequest, cfg: DistillConfig) -> tuple[RunConfig, Distill
         if source.has_weights:
             student_dir = Path(source.location).resolve()
             s_vocab = _vocab_of(s_config)
-            if s_vocab is not None and t_vocab is not None and s_vocab != t_vocab:
+            # A student with a tokenizer of its own is moved to the teacher's (--embedding-init; the run
+            # records the plan and every rank applies it), so only a student without one must match.
+            moves = has_tokenizer(student_dir) and tokenizer_fingerprint(load_tokenizer(student_dir)) != (
+                tokenizer_fingerprint(tokenizer)
+            )
+            if not moves and s_vocab is not None and t_vocab is not None and s_vocab != t_vocab:
                 raise CompressUserError(
                     f"vocabulary mismatch: the teacher has {t_vocab} tokens, the student {cfg.student} has "
                     f"{s_vocab}; distillation compares their token distributions, so the student must use "
                     "the teacher's tokenizer"
-                )
-            if has_tokenizer(student_dir) and tokenizer_fingerprint(load_tokenizer(student_dir)) != (
-                tokenizer_fingerprint(tokenizer)
-            ):
-                raise CompressUserError(
-                    f"vocabulary mismatch: the student {cfg.student} has its own tokenizer, different from the "
-                    f"teacher's in {tokenizer_dir}; teacher and student must share one tokenizer"
                 )
         if task == "seq-cls" and source.has_weights:
             s_labels = getattr(s_config, "num_labels", None)

@@ -56,6 +56,9 @@ class RunConfig:
     """The DPO loss's settings (read by --task dpo only)."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapters over a frozen base (off unless lora.r > 0)."""
+    embedding_transplant: dict[str, Any] = field(default_factory=dict)
+    """A pretrained model moved to another tokenizer: the init, its plan file in OUTPUT, and the rows copied,
+    composed, set by role, set to the mean row, left random (empty: the vocabulary is the model's own)."""
 
     @property
     def output(self) -> Path:
@@ -89,6 +92,7 @@ class RunConfig:
             deepspeed_sources=data["deepspeed_sources"],
             dpo=DpoConfig(**data.get("dpo", {})),
             lora=LoraConfig(**data.get("lora", {})),  # runs saved before LoRA existed have none
+            embedding_transplant=data.get("embedding_transplant", {}),
         )
 
     @classmethod

@@ -16,6 +16,7 @@ LR_SCHEDULES = ("linear", "cosine", "constant")
 ON_NAN = ("stop", "skip")
 TRACKERS = ("tensorboard", "wandb", "mlflow", "csv")
 """What --report-to accepts."""
+EMBEDDING_INITS = ("transplant", "random")
 ASSUMED_GPUS_PER_NODE = 8
 """Ranks per node assumed where the node size is unknown (ZeRO++ hpZ partitions, memory estimates)."""
 
@@ -33,6 +34,10 @@ class ModelConfig:
     chosen/rejected answer pairs)."""
     tokenizer: str | None = option(None)
     """Tokenizer directory (default: the model's own, or one trained on --data for presets and bare configs)."""
+    embedding_init: str = option("transplant", choices=EMBEDDING_INITS)
+    """With a --tokenizer other than a pretrained model's own: 'transplant' gives each new token the old row of
+    the same token, else the mean of the old rows of the pieces the old tokenizer splits it into (special
+    tokens by role); 'random' draws every row afresh. Input and untied output embeddings alike."""
     chat_template: str | None = option(None, metavar="chatml|llama3|FILE")
     """sft, dpo: the chat template, 'chatml', 'llama3' or a Jinja file (default: the tokenizer's own; ChatML,
     with its special tokens added, for a tokenizer trained here)."""

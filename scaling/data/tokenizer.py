@@ -11,6 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from scaling.data.chat import training_text
 from scaling.data.config import DataConfig
@@ -26,6 +27,10 @@ MASK, CLS, SEP = "<mask>", "<cls>", "<sep>"
 _SPECIAL_PIECES = (PAD, UNK, BOS, EOS, MASK, CLS, SEP)
 # Enough text for a small vocabulary; bounds training time and memory whatever the corpus size.
 DEFAULT_MAX_SENTENCES = 300_000
+SPACE = "\u2581"
+"""SentencePiece's visible space, the form spaces take inside pieces."""
+MIN_BYTE_FALLBACK_VOCAB = 384
+"""Below this vocabulary size the 256 byte pieces would crowd out real ones: seen characters are covered instead."""
 _TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -101,18 +106,40 @@ def train_sentencepiece(
     vocab_size: int,
     model_type: str = "unigram",
     seed: int = 0,
+    fold_whitespace: bool = False,
+    chat_template: str | None = None,
 ):
-    """Train SentencePiece on `texts` and write an HF tokenizer directory at `output`; returns the tokenizer.
+    """Train SentencePiece on `texts` and write an HF fast tokenizer directory at `output`; returns it.
 
     Single-threaded with a fixed seed, so every rank that calls this on the same data gets the same vocabulary.
     Ids: pad 0, unk 1, bos 2, eos 3, then <mask>, <cls>, <sep> (usable for clm, mlm and seq-cls alike).
+    By default text is kept as it is (newlines, runs of spaces, tabs; no Unicode normalisation) and characters
+    outside the vocabulary fall back to bytes, so decode(encode(x)) == x; `fold_whitespace` opts into
+    SentencePiece's own normalisation (NFKC, whitespace runs folded to one space, a leading space added).
+    Encoding a text with special tokens adds <s> only: a prompt never ends in </s>.
+    `chat_template` ('chatml' or a Jinja file) is saved with the tokenizer.
     """
     import sentencepiece as spm
 
     if model_type not in MODEL_TYPES:
         raise ConfigError([Problem("--model-type", f"must be one of {MODEL_TYPES}", model_type)])
     model = io.BytesIO()
-    lines = (t.replace("\n", " ") for t in texts if t.strip())
+    # A vocabulary too small to hold the 256 byte pieces beside real ones covers every seen character instead.
+    byte_fallback = vocab_size >= MIN_BYTE_FALLBACK_VOCAB
+    if fold_whitespace:
+        lines = (t.replace("\n", " ") for t in texts if t.strip())
+        text_options: dict = {"character_coverage": 0.9995 if byte_fallback else 1.0}
+    else:
+        lines = (t for t in texts if t)
+        text_options = {
+            "character_coverage": 0.9995 if byte_fallback else 1.0,
+            "normalization_rule_name": "identity",
+            "remove_extra_whitespaces": False,
+            "add_dummy_prefix": False,
+            "allow_whitespace_only_pieces": True,
+            # Line-per-record corpora never show a newline or a tab; code and chat need them as pieces.
+            "required_chars": "\n\t",
+        }
     spm.set_random_generator_seed(seed)
     try:
         spm.SentencePieceTrainer.train(
@@ -120,9 +147,7 @@ def train_sentencepiece(
             model_writer=model,
             vocab_size=vocab_size,
             model_type=model_type,
-            # The unigram converter of transformers ignores byte pieces: cover every character instead.
-            byte_fallback=model_type == "bpe",
-            character_coverage=0.9995 if model_type == "bpe" else 1.0,
+            byte_fallback=byte_fallback,
             pad_id=0,
             unk_id=1,
             bos_id=2,
@@ -130,41 +155,107 @@ def train_sentencepiece(
             user_defined_symbols=[MASK, CLS, SEP],
             num_threads=1,
             minloglevel=2,
-            max_sentence_length=1 << 16,
+            max_sentence_length=1 << 20,
             hard_vocab_limit=False,
+            **text_options,
         )
     except RuntimeError as e:
         raise DataError(_training_failure(str(e), vocab_size, model_type)) from None
     if model.getbuffer().nbytes == 0:
         raise DataError("tokenizer training read no text: the sources are empty")
-    return _wrap_sentencepiece(model.getvalue(), Path(output), model_type)
+    tok = fast_from_sentencepiece(model.getvalue(), fold_whitespace=fold_whitespace)
+    if chat_template is not None:
+        from scaling.data.chat import prepare_chat_tokenizer
 
-
-def _wrap_sentencepiece(model_proto: bytes, output: Path, model_type: str):
-    import transformers
-
-    # T5Tokenizer converts a unigram model faithfully, LlamaTokenizer a BPE one (ids equal to sp.encode).
-    cls_name, file_name, extra = (
-        ("T5Tokenizer", "spiece.model", {"extra_ids": 0})
-        if model_type == "unigram"
-        else ("LlamaTokenizer", "tokenizer.model", {"add_bos_token": False, "add_eos_token": False})
-    )
+        prepare_chat_tokenizer(tok, chat_template, trained_here=True)
+    output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=output) as tmp:
-        (Path(tmp) / file_name).write_bytes(model_proto)
-        tok = getattr(transformers, cls_name).from_pretrained(
-            tmp,
-            pad_token=PAD,
-            unk_token=UNK,
-            bos_token=BOS,
-            eos_token=EOS,
-            mask_token=MASK,
-            cls_token=CLS,
-            sep_token=SEP,
-            **extra,
-        )
-        tok.save_pretrained(str(output))
+    tok.save_pretrained(str(output))
     return load_tokenizer(output)
+
+
+def fast_from_sentencepiece(model_proto: bytes, *, fold_whitespace: bool = False):
+    """A `PreTrainedTokenizerFast` equal to a SentencePiece model trained by `train_sentencepiece`.
+
+    Built here rather than by transformers' converters: those follow the T5 or Llama conventions (an </s>
+    appended to every encoding, a prefix space added and stripped) that a whitespace-exact tokenizer lacks."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    proto: Any = pb.ModelProto()  # type: ignore[attr-defined]  # generated protobuf module
+    proto.ParseFromString(model_proto)
+    pieces = [(p.piece, p.score) for p in proto.pieces]
+    byte_fallback = proto.trainer_spec.byte_fallback
+    if proto.trainer_spec.model_type == 1:  # UNIGRAM in sentencepiece_model.proto
+        model: Any = models.Unigram(pieces, unk_id=proto.trainer_spec.unk_id, byte_fallback=byte_fallback)
+    else:
+        vocab = {piece: i for i, (piece, _) in enumerate(pieces)}
+        normal = {p.piece for p in proto.pieces if p.type == 1}  # NORMAL
+        model = models.BPE(
+            vocab, _merges(vocab, normal), unk_token=UNK, byte_fallback=byte_fallback, fuse_unk=True
+        )
+    tok = Tokenizer(model)
+    if fold_whitespace:
+        tok.normalizer = normalizers.Sequence(
+            [
+                normalizers.NFKC(),
+                normalizers.Replace(Regex(r"\s+"), " "),
+                normalizers.Strip(),
+                normalizers.Prepend(" "),
+                normalizers.Replace(" ", SPACE),
+            ]
+        )
+    else:
+        tok.normalizer = normalizers.Replace(" ", SPACE)
+    # SentencePiece's own word split in training (a run of spaces starts a word): no piece crosses it, and
+    # encoding word by word keeps BPE fast on long documents.
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(f"{SPACE}*[^{SPACE}]+|{SPACE}+"), behavior="isolated")
+    steps: list[Any] = [decoders.Replace(SPACE, " ")]
+    if byte_fallback:
+        steps.append(decoders.ByteFallback())
+    steps.append(decoders.Fuse())
+    if fold_whitespace:
+        steps.append(decoders.Strip(" ", 1, 0))
+    tok.decoder = decoders.Sequence(steps)
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (PAD, UNK, BOS, EOS)])
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in (MASK, CLS, SEP)])
+    bos = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B:1", special_tokens=[(BOS, bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        unk_token=UNK,
+        bos_token=BOS,
+        eos_token=EOS,
+        mask_token=MASK,
+        cls_token=CLS,
+        sep_token=SEP,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def _merges(vocab: dict[str, int], normal: set[str]) -> list[tuple[str, str]]:
+    """BPE merges implied by a SentencePiece BPE vocabulary: every split of a piece into two pieces, ordered
+    by the merged piece's rank (SentencePiece's merge order)."""
+    found = []
+    for piece in normal:
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                found.append((vocab[piece], vocab[left], vocab[right], left, right))
+    return [(left, right) for *_, left, right in sorted(found)]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -25,6 +25,11 @@ def load_run_tokenizer(run: RunConfig, rank: int) -> PreTrainedTokenizerBase:
 def make_model(run: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     """The run's model: built (or loaded) for its task, then its transforms: activation checkpointing and
     LoRA adapters over the frozen base (scaling.models.lora)."""
+    transplant = None
+    if run.embedding_transplant:
+        from scaling.models.transplant import TransplantPlan
+
+        transplant = TransplantPlan.load(run.output / run.embedding_transplant["plan"])
     with _zero3_construction(run):
         model = build_model(
             describe_source(run.model.source),
@@ -32,6 +37,8 @@ def make_model(run: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrained
             tokenizer=tokenizer,
             num_labels=run.model.num_labels,
             quantization=_four_bit(run) if run.lora.four_bit else None,
+            transplant=transplant,
+            seed=run.optim.seed,
         )
     if run.model.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -207,6 +207,7 @@ def materialize(request: RunRequest) -> RunConfig:
         _prepare_chat(run, request, tokenizer, tokenizer_dir)
     if run.lora.enabled:
         _check_frozen_vocabulary(run, tokenizer)
+    moved = _plan_embeddings(run, tokenizer) if request.model.tokenizer is not None else {}
     request = dataclasses.replace(
         request, model=dataclasses.replace(request.model, tokenizer=str(tokenizer_dir.resolve()))
     )
@@ -244,9 +245,26 @@ def materialize(request: RunRequest) -> RunConfig:
         per_epoch = stream.steps_per_epoch(run.optim.grad_accum)
         assert run.optim.epochs is not None
         total_steps = max(1, math.ceil(per_epoch * run.optim.epochs))
-    run = validate(request, total_steps=total_steps)
+    run = dataclasses.replace(validate(request, total_steps=total_steps), embedding_transplant=moved)
     write_run_config(run)
     return run
+
+
+def _plan_embeddings(run: RunConfig, tokenizer: Any) -> dict[str, Any]:
+    """A pretrained model given another tokenizer: plan its new embedding rows once, for every rank."""
+    import logging
+
+    from scaling.checkpoint.store import atomic_write_text
+    from scaling.models.transplant import PLAN_FILE, plan_for_model, record
+
+    plan = plan_for_model(run.model.source, tokenizer, init=run.model.embedding_init)
+    if plan is None:
+        return {}
+    atomic_write_text(run.output / PLAN_FILE, plan.to_json())
+    logging.getLogger("scaling").info(
+        "embeddings moved to the new tokenizer (%s): %s", run.model.embedding_init, plan.summary()
+    )
+    return record(plan, run.model.embedding_init)
 
 
 def _prepare_chat(run: RunConfig, request: RunRequest, tokenizer: Any, tokenizer_dir: Path) -> None:

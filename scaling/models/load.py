@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+    from scaling.models.transplant import TransplantPlan
+
 WEIGHT_FILES = (
     "model.safetensors",
     "model.safetensors.index.json",
@@ -122,11 +124,14 @@ def build_model(
     num_labels: int = 2,
     dtype: torch.dtype | None = None,
     quantization: Any = None,
+    transplant: TransplantPlan | None = None,
+    seed: int = 0,
 ) -> PreTrainedModel:
     """Load (weights) or initialise (config/preset) an HF model for `task`, sized to the tokenizer;
     `quantization` (a transformers quantization config, QLoRA's 4-bit base) applies to loaded weights.
 
-    The caller seeds torch beforehand, so random initialisation is identical on every rank.
+    The caller seeds torch beforehand, so random initialisation is identical on every rank. `transplant`
+    moves pretrained weights to the tokenizer's vocabulary (scaling.models.transplant).
     """
     import torch
 
@@ -145,7 +150,11 @@ def build_model(
     else:
         config.vocab_size = len(tokenizer)
         model = cls.from_config(config, dtype=dtype or torch.float32)
-    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+    if transplant is not None and source.has_weights:
+        from scaling.models.transplant import apply_transplant
+
+        apply_transplant(model, transplant, seed=seed)
+    elif model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False  # training never reuses past key/values; caching only costs memory

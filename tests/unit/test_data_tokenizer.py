@@ -111,3 +111,59 @@ def test_padding_and_truncation_saved_in_tokenizer_json_do_not_leak_into_batches
     attended = batch["input_ids"][batch["attention_mask"].bool()]
     assert tok.pad_token_id not in attended.tolist()
     assert batch["input_ids"].shape[1] < 20
+
+
+def _python_sources() -> list[str]:
+    import json
+    import textwrap
+
+    files = [*sorted(Path(json.__file__).parent.glob("*.py")), Path(textwrap.__file__)]
+    return [f.read_text(encoding="utf-8") for f in files]
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_trained_tokenizer_round_trips_shakespeare_and_python_source_exactly(tmp_path, model_type):
+    """Newlines, indentation, runs of spaces and tabs survive; characters never seen fall back to bytes."""
+    from transformers import AutoTokenizer
+
+    shakespeare = list(iter_training_text([str(SHAKESPEARE)], max_sentences=3000))
+    python = _python_sources()
+    train_sentencepiece(shakespeare + python, tmp_path / "tok", vocab_size=800, model_type=model_type)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert tok.is_fast
+    for text in [*shakespeare, *python, "def f(x):\n    return x\t# \u20ac \u6f22\n\n  end  "]:
+        assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
+    assert tok.unk_token_id not in tok("\u6f22\u5b57 \U0001f600", add_special_tokens=False)["input_ids"]
+    code = tok.tokenize("if x:\n        y = 1")
+    assert any("\n" in piece for piece in code) and any(set(piece) == {"\u2581"} for piece in code), code
+
+
+def test_a_prompt_encodes_with_bos_and_without_a_trailing_eos(tmp_path):
+    from transformers import AutoTokenizer
+
+    texts = list(iter_training_text([str(SHAKESPEARE)], max_sentences=2000))
+    train_sentencepiece(texts, tmp_path / "tok", vocab_size=500, model_type="unigram")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    ids = tok("First Citizen:")["input_ids"]
+    assert ids[0] == tok.bos_token_id and tok.eos_token_id not in ids
+    assert tok.decode(ids, skip_special_tokens=True) == "First Citizen:"
+
+
+def test_whitespace_folding_is_an_option(tmp_path):
+    from transformers import AutoTokenizer
+
+    texts = list(iter_training_text([str(SHAKESPEARE)], max_sentences=2000))
+    train_sentencepiece(texts, tmp_path / "tok", vocab_size=500, fold_whitespace=True)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    assert tok.decode(tok("a\n\n   b\tc", add_special_tokens=False)["input_ids"]) == "a b c"
+
+
+def test_chat_template_is_saved_with_the_tokenizer(tmp_path):
+    from transformers import AutoTokenizer
+
+    texts = list(iter_training_text([str(SHAKESPEARE)], max_sentences=1000))
+    train_sentencepiece(texts, tmp_path / "tok", vocab_size=500, chat_template="chatml")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "tok"))
+    rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert "<|im_start|>user\nhi<|im_end|>" in rendered
+    assert len(tok("<|im_start|>", add_special_tokens=False)["input_ids"]) == 1
