@@ -13,7 +13,7 @@ def sst2_tokenizer(shared_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tok") / "sst2"
     data = DataConfig(train=[f"{shared_data / 'sst2' / 'train.tsv'}:sentence"])
-    build_tokenizer("tiny-bert", None, data, task="seq-cls", vocab_size=2000, save_dir=out).save_pretrained(
+    build_tokenizer("tiny-bert", None, data, task="seq-cls", vocab_size=4096, save_dir=out).save_pretrained(
         out
     )
     return out
@@ -29,7 +29,7 @@ def test_seq_cls_on_sst2_beats_chance(tmp_path, shared_data, sst2_tokenizer):
     args = [
         *common(tmp_path / "run", sst2_tokenizer),
         "--task", "seq-cls", "--data", f"{sst2 / 'train.tsv'}:sentence", "--eval-data", f"{sst2 / 'dev.tsv'}:sentence",
-        "--seq-len", "64", "--micro-batch", "16", "--lr", "2e-3", "--warmup-steps", "10", "--max-steps", "100",
+        "--seq-len", "64", "--micro-batch", "16", "--lr", "2e-3", "--warmup-steps", "10", "--max-steps", "200",
         "--log-every", "20", "--eval-batches", "28",
     ]  # fmt: skip
     rank0, _ = run_ranks(train_cli, 2, args)
