@@ -84,8 +84,12 @@ def test_sigterm_saves_exits_75_then_kill9_is_bounded_and_resume_is_exact(
     log = (tmp_path / "b.log").read_text()
     assert code not in (0, 75), log[-3000:]
     assert took < KILL_BOUND_S, f"took {took:.1f} s to end after kill -9"
-    assert "rank 1 stopped without a report" in log, log[-3000:]
-    assert "rank 0 on" in log and "at step" in log
+    # Rank 1 is named; rank 0 reports where it was when its collective fails, unless DeepSpeed's launch.py,
+    # which ends every rank once one exits non-zero, kills it first (a race: then it is named as well).
+    assert "rank 1 stopped without a report" in log or "rank 0, 1 stopped without a report" in log, log[
+        -3000:
+    ]
+    assert ("rank 0 on" in log and "at step" in log) or "rank 0, 1 stopped without a report" in log
     assert leftovers(str(out)) == []
     print(f"kill -9 of rank 1: launch exited rc {code} after {took:.1f} s")
 
