@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
+from typing import Any
 
 import numpy as np
 import torch
@@ -180,17 +181,22 @@ class TextChunker:
             return blocks[chunk_rng(self.seed, self.dp_rank, chunk, 2).permutation(len(blocks))]
         return blocks
 
-    def encode_conversations(
-        self, records: list[tuple[int, SourceRecord]]
-    ) -> list[tuple[list[int], list[int]]]:
-        conversations = []
+    def _parse_records(self, records: list[tuple[int, SourceRecord]], parse: Any) -> list[Any]:
+        """Each record through `parse(text, format)`; a bad one stops the run naming its source and index."""
+        parsed = []
         for source, record in records:
             try:
-                conversations.append(parse_record(record.text, self.formats[source]))
+                parsed.append(parse(record.text, self.formats[source]))
             except RecordError as e:
                 raise DataError(
                     f"data source {self.streams[source].spec.raw!r}, record {record.index + 1}: {e}"
                 ) from None
+        return parsed
+
+    def encode_conversations(
+        self, records: list[tuple[int, SourceRecord]]
+    ) -> list[tuple[list[int], list[int]]]:
+        conversations = self._parse_records(records, parse_record)
         return encode_conversations(self.tokenizer, conversations, train_on_prompt=self.data.train_on_prompt)
 
     def _produce_sft(
@@ -223,14 +229,7 @@ class TextChunker:
         """Preference pairs: batches of [2, 2, L] pair arrays (scaling.data.preference), never packed."""
         from scaling.data.preference import encode_pairs, parse_pair
 
-        pairs = []
-        for source, record in records:
-            try:
-                pairs.append(parse_pair(record.text, self.formats[source]))
-            except RecordError as e:
-                raise DataError(
-                    f"data source {self.streams[source].spec.raw!r}, record {record.index + 1}: {e}"
-                ) from None
+        pairs = self._parse_records(records, parse_pair)
         arrays, truncated = encode_pairs(self.tokenizer, pairs, self.data.seq_len)
         batches = self._group(arrays, [None] * len(arrays), state["chunk"])
         stats = {"docs": len(records), "truncated": truncated}

@@ -71,7 +71,7 @@ def dump_failure(output: Path, rank: int, step: int, err: BaseException) -> None
         handle.flush()
         faulthandler.dump_traceback(file=handle, all_threads=True)
         handle.flush()
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # a full disk or a closed file: the failure itself is still reported
         pass
 
 
